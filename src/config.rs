@@ -1,0 +1,268 @@
+//! Agent configuration: a YAML file whose every key has a default, so that the
+//! agent runs with no file at all. Unknown keys are rejected by name.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        message: String,
+    },
+}
+
+/// Everything the agent can be told. Field names follow the kubelet's
+/// KubeletConfiguration where one exists (`staticPodPath`, `fileCheckFrequency`,
+/// `podLogsDir`, `cgroupRoot`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory watched for Pod manifests.
+    pub static_pod_path: PathBuf,
+    /// How often the whole directory is re-read, whatever inotify said.
+    #[serde(with = "humantime_serde")]
+    pub file_check_frequency: Duration,
+    /// State of the agent: pod directories, pinned namespaces.
+    pub root_dir: PathBuf,
+    /// Container logs, laid out as the kubelet does.
+    pub pod_logs_dir: PathBuf,
+    /// OCI or Docker image archives (`*.tar`) imported on demand. Defaults to
+    /// `<rootDir>/images`.
+    pub images_dir: Option<PathBuf>,
+    /// Node name used in static pod names (`<pod>-<nodeName>`). Defaults to the
+    /// hostname, lower-cased.
+    pub node_name: Option<String>,
+    pub containerd: ContainerdConfig,
+    /// Parent cgroup of every pod cgroup (cgroupfs layout, relative to each
+    /// hierarchy's mount point).
+    pub cgroup_root: String,
+    /// HTTP endpoint for status and metrics.
+    pub listen_address: SocketAddr,
+    pub crash_loop_back_off: BackoffConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ContainerdConfig {
+    /// containerd's gRPC socket.
+    pub address: PathBuf,
+    /// containerd namespace that holds our images and containers. Kept apart
+    /// from `k8s.io` so that a CRI kubelet on the same host never sees them.
+    pub namespace: String,
+    pub snapshotter: String,
+    pub runtime: String,
+}
+
+/// The kubelet's crash-loop backoff: 10 s doubling to 5 min, forgotten after a
+/// container has been left alone for twice the maximum.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct BackoffConfig {
+    #[serde(with = "humantime_serde")]
+    pub initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            static_pod_path: PathBuf::from("/etc/kubernetes/manifests"),
+            file_check_frequency: Duration::from_secs(20),
+            root_dir: PathBuf::from("/var/lib/kubelet-lite"),
+            pod_logs_dir: PathBuf::from("/var/log/pods"),
+            images_dir: None,
+            node_name: None,
+            containerd: ContainerdConfig::default(),
+            cgroup_root: "/kubelet-lite".to_string(),
+            listen_address: SocketAddr::from(([127, 0, 0, 1], 10255)),
+            crash_loop_back_off: BackoffConfig::default(),
+        }
+    }
+}
+
+impl Default for ContainerdConfig {
+    fn default() -> Self {
+        ContainerdConfig {
+            address: PathBuf::from("/run/containerd/containerd.sock"),
+            namespace: "kubelet-lite".to_string(),
+            snapshotter: "overlayfs".to_string(),
+            runtime: "io.containerd.runc.v2".to_string(),
+        }
+    }
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            initial: Duration::from_secs(10),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            let de = serde_norway::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: describe_path_error(&e),
+            })?
+        };
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: &'static str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            message,
+        };
+        for (field, dir) in [
+            ("staticPodPath", &self.static_pod_path),
+            ("rootDir", &self.root_dir),
+            ("podLogsDir", &self.pod_logs_dir),
+        ] {
+            if !dir.is_absolute() {
+                return Err(invalid(field, format!("{} is not absolute", dir.display())));
+            }
+        }
+        if let Some(dir) = &self.images_dir
+            && !dir.is_absolute()
+        {
+            return Err(invalid(
+                "imagesDir",
+                format!("{} is not absolute", dir.display()),
+            ));
+        }
+        if let Some(name) = &self.node_name
+            && let Err(e) = crate::manifest::validate::check_subdomain(name)
+        {
+            return Err(invalid("nodeName", e));
+        }
+        if !self.cgroup_root.starts_with('/') || self.cgroup_root.contains("..") {
+            return Err(invalid(
+                "cgroupRoot",
+                format!("{:?} must be an absolute path without ..", self.cgroup_root),
+            ));
+        }
+        if self.file_check_frequency.is_zero() {
+            return Err(invalid("fileCheckFrequency", "must be positive".into()));
+        }
+        let b = &self.crash_loop_back_off;
+        if b.initial.is_zero() || b.max < b.initial {
+            return Err(invalid(
+                "crashLoopBackOff",
+                "initial must be positive and not above max".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn images_dir(&self) -> PathBuf {
+        self.images_dir
+            .clone()
+            .unwrap_or_else(|| self.root_dir.join("images"))
+    }
+
+    /// The node name: configured, or the hostname lower-cased (as the kubelet
+    /// does with `--hostname-override` unset).
+    pub fn node_name(&self) -> String {
+        if let Some(n) = &self.node_name {
+            return n.clone();
+        }
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .map(|h| h.trim().to_lowercase())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_string())
+    }
+}
+
+/// Turns a serde error with its path into `field.path: message`.
+pub fn describe_path_error<E: std::fmt::Display>(e: &serde_path_to_error::Error<E>) -> String {
+    let path = e.path().to_string();
+    if path == "." || path.is_empty() {
+        e.inner().to_string()
+    } else {
+        format!("{}: {}", path, e.inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("agent.yaml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(
+            c.static_pod_path,
+            PathBuf::from("/etc/kubernetes/manifests")
+        );
+        assert_eq!(c.images_dir(), PathBuf::from("/var/lib/kubelet-lite/images"));
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let c = parse("staticPodPath: /srv/pods\ncontainerd:\n  namespace: test\ncrashLoopBackOff:\n  initial: 1s\n").unwrap();
+        assert_eq!(c.static_pod_path, PathBuf::from("/srv/pods"));
+        assert_eq!(c.containerd.namespace, "test");
+        assert_eq!(c.containerd.snapshotter, "overlayfs");
+        assert_eq!(c.crash_loop_back_off.initial, Duration::from_secs(1));
+        assert_eq!(c.crash_loop_back_off.max, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse("staticPodPath: /x\nstaticPodPaht: /y\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("staticPodPaht"), "{msg}");
+        assert!(msg.starts_with("agent.yaml"), "{msg}");
+        let e = parse("containerd:\n  adress: /x\n").unwrap_err();
+        assert!(e.to_string().contains("containerd.adress") || e.to_string().contains("adress"));
+    }
+
+    #[test]
+    fn relative_paths_and_bad_names_are_refused() {
+        let e = parse("rootDir: var/lib\n").unwrap_err();
+        assert!(e.to_string().contains("rootDir"), "{e}");
+        let e = parse("nodeName: Node_1\n").unwrap_err();
+        assert!(e.to_string().contains("nodeName"), "{e}");
+        let e = parse("crashLoopBackOff:\n  initial: 10m\n  max: 1m\n").unwrap_err();
+        assert!(e.to_string().contains("crashLoopBackOff"), "{e}");
+    }
+}

@@ -1,0 +1,20 @@
+//! kubelet-lite: the kubelet's static pods on containerd, without an API
+//! server.
+//!
+//! The agent is a pipeline, one module per stage: manifest files
+//! ([`source`], [`manifest`]) -> desired pods -> one worker per pod
+//! ([`worker`], deciding with [`pod`]) -> side effects through containerd
+//! ([`runtime`], with specs from [`oci`]), namespaces ([`sandbox`]), cgroups
+//! ([`cgroup`]) and logs ([`logs`]) -> status served over HTTP ([`http`]).
+
+pub mod cgroup;
+pub mod config;
+pub mod http;
+pub mod logs;
+pub mod manifest;
+pub mod oci;
+pub mod pod;
+pub mod runtime;
+pub mod sandbox;
+pub mod source;
+pub mod worker;

@@ -1,0 +1,185 @@
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing::{error, info, warn};
+
+use kubelet_lite::config::Config;
+use kubelet_lite::runtime::containerd::{Containerd, ContainerdOptions};
+use kubelet_lite::{cgroup, http, logs, source, worker};
+
+/// A node agent that runs Kubernetes static pods on containerd.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Agent configuration (YAML). Without it, built-in defaults apply.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (the default).
+    Run,
+    /// Check the manifests of the static pod directory (or the given
+    /// files) and print what would run, without running anything.
+    Check { files: Vec<PathBuf> },
+    /// Print the effective configuration.
+    Config,
+    /// Container log writer started by containerd's shim (internal).
+    #[command(name = "cri-log", hide = true)]
+    CriLog { path: PathBuf },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::CriLog { path }) = &cli.command {
+        return std::process::ExitCode::from(logs::run_logger(path) as u8);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KUBELET_LITE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Config => {
+            print!("{}", serde_norway::to_string(&config)?);
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Check { files } => Ok(check(&config, &files)),
+        Command::Run => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(run(config))?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::CriLog { .. } => unreachable!("handled before logging starts"),
+    }
+}
+
+fn check(config: &Config, files: &[PathBuf]) -> std::process::ExitCode {
+    let node = config.node_name();
+    let desired = if files.is_empty() {
+        source::scan(&config.static_pod_path, &node)
+    } else {
+        let mut d = source::Desired::default();
+        for f in files {
+            match std::fs::read_to_string(f) {
+                Ok(text) => {
+                    let p = kubelet_lite::manifest::parse_file(f, &text, &node);
+                    d.pods.extend(p.pods);
+                    d.errors.extend(p.errors);
+                }
+                Err(e) => eprintln!("{}: {e}", f.display()),
+            }
+        }
+        d
+    };
+    for pod in &desired.pods {
+        println!("ok: {} (uid {}) from {}", pod.key(), pod.uid, pod.source.display());
+        for w in &pod.warnings {
+            println!("  warning: {w}");
+        }
+    }
+    for e in &desired.errors {
+        println!("error: {e}");
+    }
+    if desired.errors.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
+async fn connect(config: &Config) -> anyhow::Result<Containerd> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let opts = ContainerdOptions {
+            address: config.containerd.address.clone(),
+            namespace: config.containerd.namespace.clone(),
+            snapshotter: config.containerd.snapshotter.clone(),
+            runtime: config.containerd.runtime.clone(),
+            images_dir: config.images_dir(),
+            logger: std::env::current_exe().context("locating own binary for the log writer")?,
+        };
+        match Containerd::connect(opts).await {
+            Ok(c) => return Ok(c),
+            Err(e) if e.is_transient() => {
+                warn!("{e}; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let node = config.node_name();
+    info!(
+        node,
+        static_pod_path = %config.static_pod_path.display(),
+        containerd = %config.containerd.address.display(),
+        "kubelet-lite starting"
+    );
+    for dir in [&config.root_dir, &config.pod_logs_dir] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let rt = connect(&config).await?;
+    let store: worker::StatusStore = Default::default();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let env = Arc::new(worker::WorkerEnv {
+        rt: Arc::new(rt),
+        root_dir: config.root_dir.clone(),
+        pod_logs_dir: config.pod_logs_dir.clone(),
+        cgroup_root: config.cgroup_root.clone(),
+        cgroup_mounts: cgroup::hierarchies(&mountinfo),
+        backoff_initial: config.crash_loop_back_off.initial,
+        backoff_max: config.crash_loop_back_off.max,
+        store: store.clone(),
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.listen_address)
+        .await
+        .with_context(|| format!("listening on {}", config.listen_address))?;
+    info!(address = %config.listen_address, "serving /healthz and /pods");
+    let server = axum::serve(listener, http::router(store));
+
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(source::Desired::default()));
+    let src = source::Source::new(config.static_pod_path.clone(), node, config.file_check_frequency);
+    tokio::spawn(src.run(tx));
+    let manager = tokio::spawn(worker::manager::run(rx, env));
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = server => r.context("HTTP server")?,
+        _ = term.recv() => info!("SIGTERM: exiting, pods keep running"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: exiting, pods keep running"),
+        _ = manager => warn!("pod manager ended"),
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    Ok(())
+}

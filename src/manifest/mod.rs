@@ -1,0 +1,439 @@
+//! Manifest files -> typed, validated static pods. Pure: the caller reads the
+//! file, this module only looks at its text.
+
+pub mod quantity;
+pub mod validate;
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::Pod;
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+pub use validate::FieldError;
+
+/// `env[].valueFrom.fieldRef.fieldPath` values we can fill without an API server.
+pub const FIELD_REFS: [&str; 6] = [
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+    "spec.nodeName",
+    "status.hostIP",
+    "status.podIP",
+];
+
+/// A pod as the agent will run it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaticPod {
+    /// Derived from node name, file path and content: an edit gives a new UID.
+    pub uid: String,
+    /// `<metadata.name>-<node>`, as the kubelet names mirror pods.
+    pub name: String,
+    pub namespace: String,
+    pub source: PathBuf,
+    /// The manifest, with metadata name/namespace/uid set and spec.nodeName
+    /// filled in.
+    pub pod: Pod,
+    /// Fields that are valid Kubernetes but that this agent ignores.
+    pub warnings: Vec<String>,
+}
+
+impl StaticPod {
+    pub fn spec(&self) -> &k8s_openapi::api::core::v1::PodSpec {
+        self.pod.spec.as_ref().expect("validated pods have a spec")
+    }
+
+    /// `<namespace>/<name>`, for logs.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Why a file (or one document in it) was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    pub file: PathBuf,
+    /// 1-based document number, when the file holds several.
+    pub document: Option<usize>,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(d) = self.document {
+            write!(f, " (document {d})")?;
+        }
+        match &self.field {
+            Some(field) => write!(f, ": {}: {}", field, self.message),
+            None => write!(f, ": {}", self.message),
+        }
+    }
+}
+
+/// What one file yields: the pods it defines, and what was wrong with it. A
+/// document with an error yields no pod; the other documents still do.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub pods: Vec<StaticPod>,
+    pub errors: Vec<ManifestError>,
+    /// Documents of kinds this agent does not act on.
+    pub ignored: Vec<String>,
+}
+
+/// Parses every YAML document of `text` (the content of `file`).
+pub fn parse_file(file: &Path, text: &str, node: &str) -> Parsed {
+    let mut out = Parsed::default();
+    let mut docs = Vec::new();
+    for de in serde_norway::Deserializer::from_str(text) {
+        match Value::deserialize(de) {
+            Ok(Value::Null) => {} // empty document, e.g. a trailing `---`
+            Ok(v) => docs.push(v),
+            Err(e) => {
+                out.errors.push(ManifestError {
+                    file: file.to_path_buf(),
+                    document: None,
+                    field: None,
+                    message: format!("invalid YAML: {e}"),
+                });
+                return out;
+            }
+        }
+    }
+    let numbered = docs.len() > 1;
+    for (i, doc) in docs.into_iter().enumerate() {
+        let document = numbered.then_some(i + 1);
+        let err = |field: Option<String>, message: String| ManifestError {
+            file: file.to_path_buf(),
+            document,
+            field,
+            message,
+        };
+        let Value::Object(map) = &doc else {
+            out.errors.push(err(None, "a document must be a mapping (a Kubernetes object)".into()));
+            continue;
+        };
+        let kind = map.get("kind").and_then(Value::as_str).unwrap_or("");
+        let api_version = map.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        match (api_version, kind) {
+            ("v1", "Pod") => match parse_pod(file, doc.clone(), node) {
+                Ok(pod) => out.pods.push(pod),
+                Err(errors) => out.errors.extend(errors.into_iter().map(|f| err(Some(f.field), f.message))),
+            },
+            (_, "") => out.errors.push(err(Some("kind".into()), "Required value".into())),
+            ("", _) => out.errors.push(err(Some("apiVersion".into()), "Required value".into())),
+            (_, "Pod") => out.errors.push(err(
+                Some("apiVersion".into()),
+                format!("Unsupported value: {api_version:?}: Pod is \"v1\""),
+            )),
+            (v, k) => out.ignored.push(format!("{v} {k}")),
+        }
+    }
+    out
+}
+
+fn parse_pod(file: &Path, mut doc: Value, node: &str) -> Result<StaticPod, Vec<FieldError>> {
+    let field_error = |field: &str, message: String| {
+        vec![FieldError {
+            field: field.to_string(),
+            message,
+        }]
+    };
+    normalize_quantities(&mut doc);
+    let pod: Pod = serde_path_to_error::deserialize(doc.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        field_error(if path == "." { "(root)" } else { &path }, e.inner().to_string())
+    })?;
+    // k8s-openapi skips fields it does not know; a typo must not vanish.
+    let typed = serde_json::to_value(&pod).expect("a Pod serializes");
+    let mut unknown = Vec::new();
+    find_unknown(&doc, &typed, "", &mut unknown);
+    if !unknown.is_empty() {
+        return Err(unknown
+            .into_iter()
+            .map(|f| FieldError {
+                field: f,
+                message: "unknown field".into(),
+            })
+            .collect());
+    }
+    let errors = validate::validate_pod(&pod, node);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let warnings = find_unsupported(&doc);
+
+    let uid = static_pod_uid(node, file, &doc);
+    let name = format!("{}-{}", pod.metadata.name.as_deref().unwrap_or_default(), node);
+    let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".to_string());
+    let mut pod = pod;
+    pod.metadata.name = Some(name.clone());
+    pod.metadata.namespace = Some(namespace.clone());
+    pod.metadata.uid = Some(uid.clone());
+    let annotations = pod.metadata.annotations.get_or_insert_with(Default::default);
+    annotations.insert("kubernetes.io/config.source".into(), "file".into());
+    annotations.insert("kubernetes.io/config.hash".into(), uid.clone());
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.node_name = Some(node.to_string());
+    }
+    Ok(StaticPod {
+        uid,
+        name,
+        namespace,
+        source: file.to_path_buf(),
+        pod,
+        warnings,
+    })
+}
+
+/// The kubelet hashes the pod, node name and source into a static pod's UID;
+/// we do the same with SHA-256 over the canonical JSON of the document, so
+/// reformatting or commenting the YAML keeps the pod.
+pub fn static_pod_uid(node: &str, file: &Path, doc: &Value) -> String {
+    let mut h = Sha256::new();
+    h.update(node.as_bytes());
+    h.update([0]);
+    h.update(file.as_os_str().as_encoded_bytes());
+    h.update([0]);
+    h.update(serde_json::to_vec(doc).expect("a JSON value serializes"));
+    hex::encode(&h.finalize()[..16])
+}
+
+/// Kubernetes accepts `cpu: 1` and `memory: 128974848` (YAML numbers) where the
+/// Rust types want strings.
+fn normalize_quantities(doc: &mut Value) {
+    let Some(spec) = doc.get_mut("spec") else { return };
+    for group in ["containers", "initContainers"] {
+        let Some(Value::Array(containers)) = spec.get_mut(group) else { continue };
+        for c in containers {
+            let Some(res) = c.get_mut("resources") else { continue };
+            for kind in ["limits", "requests"] {
+                if let Some(Value::Object(m)) = res.get_mut(kind) {
+                    for v in m.values_mut() {
+                        if let Value::Number(n) = v {
+                            *v = Value::String(n.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Paths in `orig` that the typed round trip dropped.
+fn find_unknown(orig: &Value, typed: &Value, path: &str, out: &mut Vec<String>) {
+    match (orig, typed) {
+        (Value::Object(o), Value::Object(t)) => {
+            for (k, v) in o {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                match t.get(k) {
+                    Some(tv) => find_unknown(v, tv, &p, out),
+                    None if v.is_null() => {}
+                    None => out.push(p),
+                }
+            }
+        }
+        (Value::Array(o), Value::Array(t)) => {
+            for (i, (ov, tv)) in o.iter().zip(t).enumerate() {
+                find_unknown(ov, tv, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Field paths this agent acts on; `*` is any array index. A set field
+/// outside these is valid Kubernetes that we ignore, with a warning.
+const SUPPORTED_POD: &[&str] = &[
+    "apiVersion",
+    "kind",
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.labels",
+    "metadata.annotations",
+    "spec.restartPolicy",
+    "spec.terminationGracePeriodSeconds",
+    "spec.hostNetwork",
+    "spec.hostIPC",
+    "spec.hostPID",
+    "spec.hostname",
+    "spec.dnsPolicy",
+    "spec.nodeName",
+    "spec.securityContext.runAsUser",
+    "spec.securityContext.runAsGroup",
+    "spec.securityContext.supplementalGroups",
+    "spec.volumes.*.name",
+];
+
+/// The same for each entry of `containers` and `initContainers`.
+const SUPPORTED_CONTAINER: &[&str] = &[
+    "name",
+    "image",
+    "imagePullPolicy",
+    "command",
+    "args",
+    "workingDir",
+    "env",
+    "ports",
+    "resources.limits.cpu",
+    "resources.limits.memory",
+    "resources.requests.cpu",
+    "resources.requests.memory",
+    "terminationMessagePath",
+    "terminationMessagePolicy",
+    "securityContext.runAsUser",
+    "securityContext.runAsGroup",
+    "securityContext.privileged",
+    "securityContext.allowPrivilegeEscalation",
+    "securityContext.readOnlyRootFilesystem",
+    "securityContext.capabilities",
+];
+
+fn supported_patterns() -> Vec<Vec<String>> {
+    let split = |s: &str| s.split('.').map(str::to_string).collect::<Vec<_>>();
+    let mut out: Vec<Vec<String>> = SUPPORTED_POD.iter().map(|s| split(s)).collect();
+    for group in ["containers", "initContainers"] {
+        for f in SUPPORTED_CONTAINER {
+            out.push(split(&format!("spec.{group}.*.{f}")));
+        }
+    }
+    out
+}
+
+fn find_unsupported(doc: &Value) -> Vec<String> {
+    fn walk(v: &Value, path: &mut Vec<String>, patterns: &[Vec<String>], out: &mut Vec<String>) {
+        let matches = |p: &[String], full: bool| {
+            patterns.iter().any(|s| {
+                (if full { p.len() >= s.len() } else { p.len() < s.len() })
+                    && s.iter().zip(p).all(|(a, b)| a == "*" || a == b)
+            })
+        };
+        let children: Vec<(String, &Value)> = match v {
+            Value::Object(m) => m.iter().map(|(k, c)| (k.clone(), c)).collect(),
+            Value::Array(items) => items.iter().enumerate().map(|(i, c)| (i.to_string(), c)).collect(),
+            _ => return,
+        };
+        for (k, child) in children {
+            if child.is_null() {
+                continue;
+            }
+            path.push(k);
+            if matches(path, false) {
+                walk(child, path, patterns, out);
+            } else if !matches(path, true) {
+                out.push(format!("{}: not supported by kubelet-lite, ignored", path.join(".")));
+            }
+            path.pop();
+        }
+    }
+    let mut out = Vec::new();
+    walk(doc, &mut Vec::new(), &supported_patterns(), &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Parsed {
+        parse_file(Path::new("/m/web.yaml"), text, "node1")
+    }
+
+    const GOOD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  containers:\n  - name: a\n    image: busybox\n    command: [sleep, '3600']\n    resources:\n      limits: {cpu: 1, memory: 64Mi}\n";
+
+    #[test]
+    fn good_pod_gets_static_name_uid_and_node() {
+        let p = parse(GOOD);
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        let pod = &p.pods[0];
+        assert_eq!(pod.name, "web-node1");
+        assert_eq!(pod.namespace, "default");
+        assert_eq!(pod.uid.len(), 32);
+        assert_eq!(pod.spec().node_name.as_deref(), Some("node1"));
+        assert!(pod.warnings.is_empty(), "{:?}", pod.warnings);
+    }
+
+    #[test]
+    fn uid_follows_content_not_formatting() {
+        let a = parse(GOOD).pods[0].uid.clone();
+        let reformatted = format!("# a comment\n{}", GOOD.replace("[sleep, '3600']", "\n    - sleep\n    - \"3600\""));
+        assert_eq!(parse(&reformatted).pods[0].uid, a);
+        let edited = GOOD.replace("3600", "3601");
+        assert_ne!(parse(&edited).pods[0].uid, a);
+        let other_node = parse_file(Path::new("/m/web.yaml"), GOOD, "node2");
+        assert_ne!(other_node.pods[0].uid, a);
+    }
+
+    #[test]
+    fn negative_quantity_names_file_and_field() {
+        let text = GOOD.replace("memory: 64Mi", "memory: -1Mi");
+        let p = parse(&text);
+        assert!(p.pods.is_empty());
+        assert_eq!(
+            p.errors[0].to_string(),
+            "/m/web.yaml: spec.containers[0].resources.limits.memory: \"-1Mi\" is negative"
+        );
+    }
+
+    #[test]
+    fn several_errors_are_all_reported() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: Web\nspec:\n  restartPolicy: Sometimes\n  containers:\n  - name: a\n    image: busybox\n  - name: a\n    volumeMounts: [{name: data, mountPath: /d}]\n";
+        let p = parse(text);
+        let msgs: Vec<String> = p.errors.iter().map(|e| e.to_string()).collect();
+        let all = msgs.join("\n");
+        for want in [
+            "metadata.name",
+            "spec.containers[1].name: Duplicate value",
+            "spec.containers[1].image: Required value",
+            "spec.containers[1].volumeMounts[0].name: Not found: \"data\"",
+            "spec.restartPolicy: Unsupported value: \"Sometimes\"",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in\n{all}");
+        }
+    }
+
+    #[test]
+    fn unknown_and_mistyped_fields_are_errors() {
+        let p = parse(&GOOD.replace("    command:", "    comand:"));
+        assert_eq!(p.errors[0].field.as_deref(), Some("spec.containers[0].comand"));
+        assert_eq!(p.errors[0].message, "unknown field");
+        let p = parse(&GOOD.replace("[sleep, '3600']", "{a: b}"));
+        assert_eq!(p.errors[0].field.as_deref(), Some("spec.containers[0].command"));
+    }
+
+    #[test]
+    fn multi_document_files() {
+        let text = format!("{GOOD}---\n{}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\n---\n", GOOD.replace("name: web", "name: api"));
+        let p = parse(&text);
+        assert_eq!(p.pods.len(), 2);
+        assert_eq!(p.ignored, vec!["v1 ConfigMap".to_string()]);
+        let bad = format!("{GOOD}---\n{}", GOOD.replace("image: busybox", "image: ''"));
+        let p = parse(&bad);
+        assert_eq!(p.pods.len(), 1);
+        assert_eq!(p.errors[0].document, Some(2));
+        assert!(p.errors[0].to_string().starts_with("/m/web.yaml (document 2): spec.containers[0].image"));
+    }
+
+    #[test]
+    fn unsupported_fields_warn() {
+        let text = GOOD.replace("    command:", "    livenessProbe: {exec: {command: [/bin/true]}}\n    command:");
+        let p = parse(&text);
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        assert_eq!(
+            p.pods[0].warnings,
+            vec!["spec.containers.0.livenessProbe: not supported by kubelet-lite, ignored".to_string()]
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for text in ["{", "- a\n- b\n", "kind: Pod\n", "apiVersion: v2\nkind: Pod\n", "apiVersion: v1\nkind: Pod\nspec: 3\n"] {
+            let p = parse(text);
+            assert!(p.pods.is_empty());
+            assert!(!p.errors.is_empty(), "{text:?}");
+        }
+        assert!(parse("").errors.is_empty());
+    }
+}

@@ -1,0 +1,460 @@
+//! The OCI runtime spec of one container of a pod. Pure: everything it needs
+//! is passed in.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+use oci_spec::runtime::{
+    Capability, LinuxCpu, LinuxMemory, LinuxNamespace, LinuxNamespaceType, LinuxResources, Mount,
+    Spec, User,
+};
+
+use crate::manifest::quantity::Quantity;
+use crate::manifest::StaticPod;
+use crate::runtime::ImageConfig;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SpecError {
+    #[error("{field}: {message}")]
+    Field { field: String, message: String },
+}
+
+/// The namespaces and files a pod's containers share.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodContext {
+    /// Pinned network namespace; `None` is the host's (`hostNetwork`).
+    pub net: Option<PathBuf>,
+    /// Pinned UTS namespace; `None` with `hostNetwork`.
+    pub uts: Option<PathBuf>,
+    /// Pinned IPC namespace; `None` with `hostIPC`.
+    pub ipc: Option<PathBuf>,
+    pub hosts_file: PathBuf,
+    pub hostname_file: PathBuf,
+    pub resolv_conf: PathBuf,
+    /// Pod-wide /dev/shm (a tmpfs), shared like the IPC namespace.
+    pub shm: Option<PathBuf>,
+    pub hostname: String,
+    /// Whether to give containers their own cgroup namespace (cgroup v2).
+    pub cgroupns: bool,
+}
+
+/// One container to describe.
+pub struct ContainerInput<'a> {
+    pub pod: &'a StaticPod,
+    pub container: &'a Container,
+    pub image: &'a ImageConfig,
+    pub ctx: &'a PodContext,
+    pub cgroups_path: String,
+    /// Host file bind-mounted at `terminationMessagePath`.
+    pub termination_log: Option<PathBuf>,
+}
+
+/// CPU shares from a request, as the kubelet computes them
+/// (MilliCPUToShares: milli * 1024 / 1000, at least 2).
+pub fn cpu_shares(milli: i64) -> u64 {
+    ((milli * 1024) / 1000).max(2) as u64
+}
+
+/// CFS quota for a CPU limit over a 100 ms period (MilliCPUToQuota: at least
+/// 1 ms).
+pub fn cpu_quota(milli: i64, period_us: u64) -> i64 {
+    ((milli * period_us as i64) / 1000).max(1000)
+}
+
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+fn quantity(c: &Container, kind: &str, resource: &str) -> Option<Quantity> {
+    let r = c.resources.as_ref()?;
+    let map = if kind == "limits" { r.limits.as_ref()? } else { r.requests.as_ref()? };
+    Quantity::parse(&map.get(resource)?.0).ok()
+}
+
+/// The Linux resources of a container: CPU request -> shares, CPU limit ->
+/// quota, memory limit -> limit. A limit without a request makes the
+/// request equal to the limit, as the API server's defaulting does.
+pub fn resources(c: &Container) -> LinuxResources {
+    let cpu_limit = quantity(c, "limits", "cpu").map(|q| q.milli_ceil());
+    let cpu_request = quantity(c, "requests", "cpu").map(|q| q.milli_ceil()).or(cpu_limit);
+    let mem_limit = quantity(c, "limits", "memory").map(|q| q.value_ceil());
+    let mut res = LinuxResources::default();
+    let mut cpu = LinuxCpu::default();
+    cpu.set_shares(Some(cpu_shares(cpu_request.unwrap_or(0))));
+    if let Some(l) = cpu_limit.filter(|l| *l > 0) {
+        cpu.set_quota(Some(cpu_quota(l, CPU_PERIOD_US)));
+        cpu.set_period(Some(CPU_PERIOD_US));
+    }
+    res.set_cpu(Some(cpu));
+    if let Some(m) = mem_limit.filter(|m| *m > 0) {
+        let mut mem = LinuxMemory::default();
+        mem.set_limit(Some(m));
+        res.set_memory(Some(mem));
+    }
+    res.set_devices(Some(vec![]));
+    res
+}
+
+/// Expands `$(VAR)` references as the kubelet does: known variables are
+/// replaced, `$$` is a literal `$`, anything else is left as written.
+pub fn expand(s: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(inner) = after.strip_prefix('(')
+            && let Some(end) = inner.find(')')
+            && let Some(v) = vars.get(&inner[..end])
+        {
+            out.push_str(v);
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn field_value(path: &str, pod: &StaticPod) -> String {
+    match path {
+        "metadata.name" => pod.name.clone(),
+        "metadata.namespace" => pod.namespace.clone(),
+        "metadata.uid" => pod.uid.clone(),
+        "spec.nodeName" => pod.spec().node_name.clone().unwrap_or_default(),
+        // Pods have no address of their own: they share the node's (host
+        // network) or have loopback only.
+        "status.hostIP" | "status.podIP" => "127.0.0.1".to_string(),
+        _ => String::new(),
+    }
+}
+
+/// The environment: image defaults, overridden by the container's `env` in
+/// order (each value may refer to earlier ones with `$(NAME)`).
+pub fn environment(input: &ContainerInput) -> Vec<(String, String)> {
+    let mut order: Vec<String> = Vec::new();
+    let mut vars: BTreeMap<String, String> = BTreeMap::new();
+    let set = |k: String, v: String, order: &mut Vec<String>, vars: &mut BTreeMap<String, String>| {
+        if !vars.contains_key(&k) {
+            order.push(k.clone());
+        }
+        vars.insert(k, v);
+    };
+    for kv in &input.image.env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        set(k.to_string(), v.to_string(), &mut order, &mut vars);
+    }
+    set("HOSTNAME".into(), input.ctx.hostname.clone(), &mut order, &mut vars);
+    for e in input.container.env.iter().flatten() {
+        let value = match (&e.value, e.value_from.as_ref().and_then(|f| f.field_ref.as_ref())) {
+            (_, Some(r)) => field_value(&r.field_path, input.pod),
+            (Some(v), None) => expand(v, &vars),
+            (None, None) => String::new(),
+        };
+        set(e.name.clone(), value, &mut order, &mut vars);
+    }
+    order.into_iter().map(|k| {
+        let v = vars[&k].clone();
+        (k, v)
+    }).collect()
+}
+
+/// `command`/`args` over the image's `Entrypoint`/`Cmd`, as Kubernetes
+/// defines it: a command replaces both; args alone replace only `Cmd`.
+pub fn argv(c: &Container, image: &ImageConfig, env: &BTreeMap<String, String>) -> Vec<String> {
+    let expand_all = |v: &Vec<String>| v.iter().map(|s| expand(s, env)).collect::<Vec<_>>();
+    match (&c.command, &c.args) {
+        (Some(cmd), args) if !cmd.is_empty() => {
+            let mut out = expand_all(cmd);
+            out.extend(args.as_ref().map(expand_all).unwrap_or_default());
+            out
+        }
+        (_, Some(args)) if !args.is_empty() => {
+            let mut out = image.entrypoint.clone();
+            out.extend(expand_all(args));
+            out
+        }
+        _ => {
+            let mut out = image.entrypoint.clone();
+            out.extend(image.cmd.iter().cloned());
+            out
+        }
+    }
+}
+
+fn user(input: &ContainerInput) -> Result<User, SpecError> {
+    let spec: &PodSpec = input.pod.spec();
+    let csc = input.container.security_context.as_ref();
+    let psc = spec.security_context.as_ref();
+    let mut uid = csc.and_then(|s| s.run_as_user).or(psc.and_then(|s| s.run_as_user));
+    let mut gid = csc.and_then(|s| s.run_as_group).or(psc.and_then(|s| s.run_as_group));
+    if uid.is_none() && !input.image.user.is_empty() {
+        let (u, g) = match input.image.user.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (input.image.user.as_str(), None),
+        };
+        let parse = |s: &str| if s == "root" { Some(0) } else { s.parse::<i64>().ok() };
+        uid = Some(parse(u).ok_or_else(|| SpecError::Field {
+            field: "image config User".into(),
+            message: format!(
+                "{:?} is not numeric; user names inside images are not resolved: set securityContext.runAsUser",
+                input.image.user
+            ),
+        })?);
+        if gid.is_none() {
+            gid = g.and_then(parse);
+        }
+    }
+    let mut user = User::default();
+    user.set_uid(uid.unwrap_or(0) as u32);
+    user.set_gid(gid.unwrap_or(0) as u32);
+    if let Some(groups) = psc.and_then(|s| s.supplemental_groups.as_ref()) {
+        user.set_additional_gids(Some(groups.iter().map(|g| *g as u32).collect()));
+    }
+    Ok(user)
+}
+
+fn bind(destination: &str, source: &PathBuf, readonly: bool) -> Mount {
+    let mut m = Mount::default();
+    m.set_destination(PathBuf::from(destination));
+    m.set_typ(Some("bind".into()));
+    m.set_source(Some(source.clone()));
+    let mut opts = vec!["rbind".to_string(), "rprivate".to_string()];
+    opts.push(if readonly { "ro" } else { "rw" }.to_string());
+    m.set_options(Some(opts));
+    m
+}
+
+pub fn build(input: &ContainerInput) -> Result<Spec, SpecError> {
+    let c = input.container;
+    let field_err = |field: &str, message: String| SpecError::Field {
+        field: field.to_string(),
+        message,
+    };
+    let env = environment(input);
+    let env_map: BTreeMap<String, String> = env.iter().cloned().collect();
+    let args = argv(c, input.image, &env_map);
+    if args.is_empty() {
+        return Err(field_err(
+            "command",
+            "neither the container nor its image says what to run".into(),
+        ));
+    }
+
+    let mut spec = Spec::default();
+    let mut process = spec.process().clone().unwrap_or_default();
+    process.set_args(Some(args));
+    process.set_env(Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()));
+    let cwd = c
+        .working_dir
+        .clone()
+        .filter(|w| !w.is_empty())
+        .or_else(|| Some(input.image.working_dir.clone()).filter(|w| !w.is_empty()))
+        .unwrap_or_else(|| "/".into());
+    process.set_cwd(PathBuf::from(cwd));
+    process.set_user(user(input)?);
+    // Kubernetes' default is allowPrivilegeEscalation: true.
+    let sc = c.security_context.as_ref();
+    process.set_no_new_privileges(Some(sc.and_then(|s| s.allow_privilege_escalation) == Some(false)));
+    // Inherit the shim's limits (containerd's LimitNOFILE), as CRI does.
+    process.set_rlimits(None);
+    if let Some(caps) = sc.and_then(|s| s.capabilities.as_ref()) {
+        let mut set = process.capabilities().clone().unwrap_or_default();
+        let mut bounding = set.bounding().clone().unwrap_or_default();
+        for name in caps.add.iter().flatten() {
+            let cap = Capability::from_str(&format!("CAP_{}", name.trim_start_matches("CAP_")))
+                .map_err(|_| field_err("securityContext.capabilities.add", format!("unknown capability {name:?}")))?;
+            bounding.insert(cap);
+        }
+        for name in caps.drop.iter().flatten() {
+            if name == "ALL" {
+                bounding.clear();
+                continue;
+            }
+            let cap = Capability::from_str(&format!("CAP_{}", name.trim_start_matches("CAP_")))
+                .map_err(|_| field_err("securityContext.capabilities.drop", format!("unknown capability {name:?}")))?;
+            bounding.remove(&cap);
+        }
+        set.set_bounding(Some(bounding.clone()));
+        set.set_effective(Some(bounding.clone()));
+        set.set_permitted(Some(bounding));
+        process.set_capabilities(Some(set));
+    }
+    spec.set_process(Some(process));
+
+    let mut root = spec.root().clone().unwrap_or_default();
+    root.set_path(PathBuf::from("rootfs"));
+    root.set_readonly(Some(sc.and_then(|s| s.read_only_root_filesystem) == Some(true)));
+    spec.set_root(Some(root));
+    let ctx = input.ctx;
+    spec.set_hostname(ctx.uts.as_ref().map(|_| ctx.hostname.clone()));
+
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    if let Some(shm) = &ctx.shm {
+        mounts.retain(|m| m.destination() != &PathBuf::from("/dev/shm"));
+        mounts.push(bind("/dev/shm", shm, false));
+    }
+    mounts.push(bind("/etc/hosts", &ctx.hosts_file, false));
+    mounts.push(bind("/etc/hostname", &ctx.hostname_file, false));
+    mounts.push(bind("/etc/resolv.conf", &ctx.resolv_conf, false));
+    if let Some(log) = &input.termination_log {
+        let dest = c.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into());
+        mounts.push(bind(&dest, log, false));
+    }
+    spec.set_mounts(Some(mounts));
+
+    let spec_pod = input.pod.spec();
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let mut namespaces = vec![LinuxNamespace::default()];
+    namespaces[0].set_typ(LinuxNamespaceType::Mount);
+    if spec_pod.host_pid != Some(true) {
+        let mut ns = LinuxNamespace::default();
+        ns.set_typ(LinuxNamespaceType::Pid);
+        namespaces.push(ns);
+    }
+    for (typ, path) in [
+        (LinuxNamespaceType::Network, &ctx.net),
+        (LinuxNamespaceType::Uts, &ctx.uts),
+        (LinuxNamespaceType::Ipc, &ctx.ipc),
+    ] {
+        if let Some(p) = path {
+            let mut ns = LinuxNamespace::default();
+            ns.set_typ(typ);
+            ns.set_path(Some(p.clone()));
+            namespaces.push(ns);
+        }
+    }
+    if ctx.cgroupns {
+        let mut ns = LinuxNamespace::default();
+        ns.set_typ(LinuxNamespaceType::Cgroup);
+        namespaces.push(ns);
+    }
+    linux.set_namespaces(Some(namespaces));
+    linux.set_cgroups_path(Some(PathBuf::from(&input.cgroups_path)));
+    linux.set_resources(Some(resources(c)));
+    spec.set_linux(Some(linux));
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::parse_file;
+    use std::path::Path;
+
+    fn pod(extra: &str) -> StaticPod {
+        let text = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  containers:\n  - name: c\n    image: busybox\n{extra}"
+        );
+        let p = parse_file(Path::new("/m/w.yaml"), &text, "n1");
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        p.pods.into_iter().next().unwrap()
+    }
+
+    fn ctx() -> PodContext {
+        PodContext {
+            net: Some("/r/ns/net".into()),
+            uts: Some("/r/ns/uts".into()),
+            ipc: Some("/r/ns/ipc".into()),
+            hosts_file: "/r/hosts".into(),
+            hostname_file: "/r/hostname".into(),
+            resolv_conf: "/r/resolv.conf".into(),
+            shm: Some("/r/shm".into()),
+            hostname: "web-n1".into(),
+            cgroupns: false,
+        }
+    }
+
+    fn build_for(p: &StaticPod, image: &ImageConfig) -> Result<Spec, SpecError> {
+        let ctx = ctx();
+        build(&ContainerInput {
+            pod: p,
+            container: &p.spec().containers[0],
+            image,
+            ctx: &ctx,
+            cgroups_path: "/kl/podX/c1".into(),
+            termination_log: None,
+        })
+    }
+
+    fn image() -> ImageConfig {
+        ImageConfig {
+            entrypoint: vec!["/entry".into()],
+            cmd: vec!["serve".into()],
+            env: vec!["PATH=/bin".into(), "MODE=image".into()],
+            working_dir: "/srv".into(),
+            user: "".into(),
+        }
+    }
+
+    #[test]
+    fn command_and_args_follow_kubernetes_rules() {
+        let img = image();
+        let args = |extra: &str| build_for(&pod(extra), &img).unwrap().process().as_ref().unwrap().args().clone().unwrap();
+        assert_eq!(args(""), ["/entry", "serve"]);
+        assert_eq!(args("    args: [run]\n"), ["/entry", "run"]);
+        assert_eq!(args("    command: [sh]\n"), ["sh"]);
+        assert_eq!(args("    command: [sh]\n    args: [-c, 'echo $(MODE) $$(MODE) $(NOPE)']\n"), ["sh", "-c", "echo image $(MODE) $(NOPE)"]);
+        let none = ImageConfig::default();
+        assert!(build_for(&pod(""), &none).is_err());
+    }
+
+    #[test]
+    fn env_overrides_image_and_expands() {
+        let p = pod("    env:\n    - {name: MODE, value: pod}\n    - {name: URL, value: 'http://$(MODE)'}\n    - name: ME\n      valueFrom: {fieldRef: {fieldPath: metadata.name}}\n");
+        let s = build_for(&p, &image()).unwrap();
+        let env = s.process().as_ref().unwrap().env().clone().unwrap();
+        assert_eq!(env, ["PATH=/bin", "MODE=pod", "HOSTNAME=web-n1", "URL=http://pod", "ME=web-n1"]);
+    }
+
+    #[test]
+    fn namespaces_join_the_pod_and_host_network_drops_them() {
+        let s = build_for(&pod(""), &image()).unwrap();
+        let ns = s.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        let net = ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network).unwrap();
+        assert_eq!(net.path().as_deref(), Some(Path::new("/r/ns/net")));
+        assert_eq!(s.hostname().as_deref(), Some("web-n1"));
+        let mut c = ctx();
+        c.net = None;
+        c.uts = None;
+        let p = pod("");
+        let s = build(&ContainerInput { pod: &p, container: &p.spec().containers[0], image: &image(), ctx: &c, cgroups_path: "/x".into(), termination_log: None }).unwrap();
+        let ns = s.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        assert!(ns.iter().all(|n| n.typ() != LinuxNamespaceType::Network && n.typ() != LinuxNamespaceType::Uts));
+        assert_eq!(s.hostname(), &None);
+    }
+
+    #[test]
+    fn resources_translate() {
+        assert_eq!(cpu_shares(0), 2);
+        assert_eq!(cpu_shares(1), 2);
+        assert_eq!(cpu_shares(100), 102);
+        assert_eq!(cpu_shares(1500), 1536);
+        assert_eq!(cpu_quota(200, CPU_PERIOD_US), 20_000);
+        assert_eq!(cpu_quota(1, CPU_PERIOD_US), 1000);
+        let p = pod("    resources:\n      limits: {cpu: 250m, memory: 64Mi}\n");
+        let r = resources(&p.spec().containers[0]);
+        assert_eq!(r.cpu().as_ref().unwrap().shares(), Some(256));
+        assert_eq!(r.cpu().as_ref().unwrap().quota(), Some(25_000));
+        assert_eq!(r.memory().as_ref().unwrap().limit(), Some(64 << 20));
+    }
+
+    #[test]
+    fn users() {
+        let mut img = image();
+        img.user = "1000:2000".into();
+        let s = build_for(&pod(""), &img).unwrap();
+        let u = s.process().as_ref().unwrap().user().clone();
+        assert_eq!((u.uid(), u.gid()), (1000, 2000));
+        let s = build_for(&pod("    securityContext: {runAsUser: 7}\n"), &img).unwrap();
+        assert_eq!(s.process().as_ref().unwrap().user().uid(), 7);
+        img.user = "nobody".into();
+        let e = build_for(&pod(""), &img).unwrap_err();
+        assert!(e.to_string().contains("runAsUser"), "{e}");
+    }
+}

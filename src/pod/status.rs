@@ -1,0 +1,218 @@
+//! What the agent reports about a pod, in the kubelet's vocabulary, and its
+//! conversion to the Kubernetes `PodStatus` type for the HTTP endpoints.
+
+use std::collections::VecDeque;
+use std::time::SystemTime;
+
+use k8s_openapi::api::core::v1 as api;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Phase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Running => "Running",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerState {
+    Waiting {
+        reason: String,
+        message: String,
+    },
+    Running {
+        started_at: SystemTime,
+    },
+    Terminated {
+        exit_code: i32,
+        reason: String,
+        message: String,
+        started_at: Option<SystemTime>,
+        finished_at: SystemTime,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerStatus {
+    pub name: String,
+    pub image: String,
+    pub container_id: Option<String>,
+    pub state: ContainerState,
+    pub last_state: Option<ContainerState>,
+    pub restart_count: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    #[serde(serialize_with = "ser_time")]
+    pub time: SystemTime,
+    /// `Normal` or `Warning`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub reason: String,
+    pub message: String,
+}
+
+fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&to_time(*t).0.to_string())
+}
+
+pub const MAX_EVENTS: usize = 30;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodStatus {
+    pub phase: Phase,
+    /// Why the pod is not running, when that is known (`FailedCreatePodSandBox`).
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    pub start_time: Option<SystemTime>,
+    pub init_containers: Vec<ContainerStatus>,
+    pub containers: Vec<ContainerStatus>,
+    pub events: VecDeque<Event>,
+    /// Set once the pod's containers are gone after a deletion.
+    pub terminating: bool,
+}
+
+impl PodStatus {
+    pub fn new() -> PodStatus {
+        PodStatus {
+            phase: Phase::Pending,
+            reason: None,
+            message: None,
+            start_time: None,
+            init_containers: vec![],
+            containers: vec![],
+            events: VecDeque::new(),
+            terminating: false,
+        }
+    }
+
+    pub fn push_event(&mut self, kind: &'static str, reason: &str, message: String) {
+        if self.events.len() == MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(Event {
+            time: SystemTime::now(),
+            kind,
+            reason: reason.to_string(),
+            message,
+        });
+    }
+}
+
+impl Default for PodStatus {
+    fn default() -> Self {
+        PodStatus::new()
+    }
+}
+
+fn to_time(t: SystemTime) -> Time {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    Time(
+        k8s_openapi::jiff::Timestamp::new(d.as_secs() as i64, d.subsec_nanos() as i32)
+            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+    )
+}
+
+fn state_to_api(s: &ContainerState) -> api::ContainerState {
+    match s {
+        ContainerState::Waiting { reason, message } => api::ContainerState {
+            waiting: Some(api::ContainerStateWaiting {
+                reason: Some(reason.clone()),
+                message: (!message.is_empty()).then(|| message.clone()),
+            }),
+            ..Default::default()
+        },
+        ContainerState::Running { started_at } => api::ContainerState {
+            running: Some(api::ContainerStateRunning {
+                started_at: Some(to_time(*started_at)),
+            }),
+            ..Default::default()
+        },
+        ContainerState::Terminated {
+            exit_code,
+            reason,
+            message,
+            started_at,
+            finished_at,
+        } => api::ContainerState {
+            terminated: Some(api::ContainerStateTerminated {
+                exit_code: *exit_code,
+                reason: Some(reason.clone()),
+                message: (!message.is_empty()).then(|| message.clone()),
+                started_at: started_at.map(to_time),
+                finished_at: Some(to_time(*finished_at)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    }
+}
+
+fn container_to_api(c: &ContainerStatus) -> api::ContainerStatus {
+    let running = matches!(c.state, ContainerState::Running { .. });
+    api::ContainerStatus {
+        name: c.name.clone(),
+        image: c.image.clone(),
+        image_id: String::new(),
+        container_id: c.container_id.as_ref().map(|id| format!("containerd://{id}")),
+        state: Some(state_to_api(&c.state)),
+        last_state: c.last_state.as_ref().map(state_to_api),
+        restart_count: c.restart_count as i32,
+        // Without probes a running container is ready, as the kubelet says.
+        ready: running,
+        started: Some(running),
+        ..Default::default()
+    }
+}
+
+impl PodStatus {
+    /// The status as the Kubernetes API type.
+    pub fn to_api(&self) -> api::PodStatus {
+        let ready = self.phase == Phase::Running
+            && self
+                .containers
+                .iter()
+                .all(|c| matches!(c.state, ContainerState::Running { .. }));
+        let condition = |t: &str, ok: bool| api::PodCondition {
+            type_: t.to_string(),
+            status: if ok { "True" } else { "False" }.to_string(),
+            ..Default::default()
+        };
+        let init_done = self
+            .init_containers
+            .iter()
+            .all(|c| matches!(c.state, ContainerState::Terminated { exit_code: 0, .. }));
+        api::PodStatus {
+            phase: Some(self.phase.as_str().to_string()),
+            reason: self.reason.clone(),
+            message: self.message.clone(),
+            start_time: self.start_time.map(to_time),
+            host_ip: Some("127.0.0.1".into()),
+            conditions: Some(vec![
+                condition("PodScheduled", true),
+                condition("Initialized", init_done),
+                condition("ContainersReady", ready),
+                condition("Ready", ready),
+            ]),
+            init_container_statuses: (!self.init_containers.is_empty())
+                .then(|| self.init_containers.iter().map(container_to_api).collect()),
+            container_statuses: Some(self.containers.iter().map(container_to_api).collect()),
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,732 @@
+//! containerd over its v1 gRPC services (containerd 1.6 has no Transfer or
+//! Sandbox service). Every request carries the `containerd-namespace` header.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use containerd_client::services::v1::container::Runtime as RuntimeInfo;
+use containerd_client::services::v1::snapshots::{
+    CommitSnapshotRequest, MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
+    StatSnapshotRequest,
+};
+use containerd_client::services::v1::{
+    ApplyRequest, Container, CreateContainerRequest, CreateNamespaceRequest, CreateTaskRequest,
+    DeleteContainerRequest, DeleteTaskRequest, GetImageRequest, InfoRequest, KillRequest,
+    ListContainersRequest, ListTasksRequest, ReadContentRequest, StartRequest,
+    UpdateContainerRequest, UpdateRequest as UpdateContentRequest, WaitRequest,
+};
+use containerd_client::tonic::transport::Channel;
+use containerd_client::tonic::{Code, Request, Status};
+use containerd_client::types::{Descriptor, Mount};
+use containerd_client::Client;
+use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
+use tracing::{debug, info};
+
+use super::{
+    ContainerRecord, Exit, Image, ImageConfig, NewContainer, PullPolicy, Runtime, RuntimeError,
+    TaskState,
+};
+
+const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+
+pub struct Containerd {
+    client: Client,
+    namespace: String,
+    snapshotter: String,
+    runtime: String,
+    images_dir: PathBuf,
+    /// The binary the shim runs as the container's log writer (ourselves).
+    logger: PathBuf,
+    /// Parsed image configs by manifest digest: images are immutable.
+    configs: Mutex<HashMap<String, (String, ImageConfig)>>,
+    /// Serializes imports so that two pods of one image import it once.
+    import_lock: tokio::sync::Mutex<()>,
+}
+
+pub struct ContainerdOptions {
+    pub address: PathBuf,
+    pub namespace: String,
+    pub snapshotter: String,
+    pub runtime: String,
+    pub images_dir: PathBuf,
+    pub logger: PathBuf,
+}
+
+pub(super) fn status_error(op: &'static str, s: Status) -> RuntimeError {
+    match s.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Cancelled => {
+            RuntimeError::Unavailable(format!("{op}: {}", s.message()))
+        }
+        Code::NotFound => RuntimeError::NotFound(format!("{op}: {}", s.message())),
+        _ => RuntimeError::Failed {
+            op,
+            message: s.message().to_string(),
+        },
+    }
+}
+
+pub(super) fn to_system_time(t: Option<prost_types::Timestamp>) -> Option<SystemTime> {
+    let t = t?;
+    if t.seconds <= 0 {
+        return None;
+    }
+    Some(SystemTime::UNIX_EPOCH + Duration::new(t.seconds as u64, t.nanos.max(0) as u32))
+}
+
+impl Containerd {
+    /// Connects and makes sure our namespace exists.
+    pub async fn connect(opts: ContainerdOptions) -> Result<Containerd, RuntimeError> {
+        let channel = containerd_client::connect(&opts.address).await.map_err(|e| {
+            RuntimeError::Unavailable(format!("connecting to {}: {e}", opts.address.display()))
+        })?;
+        let c = Containerd {
+            client: Client::from(channel),
+            namespace: opts.namespace,
+            snapshotter: opts.snapshotter,
+            runtime: opts.runtime,
+            images_dir: opts.images_dir,
+            logger: opts.logger,
+            configs: Mutex::new(HashMap::new()),
+            import_lock: tokio::sync::Mutex::new(()),
+        };
+        let req = c.req(CreateNamespaceRequest {
+            namespace: Some(containerd_client::services::v1::Namespace {
+                name: c.namespace.clone(),
+                labels: HashMap::new(),
+            }),
+        });
+        match c.client.namespaces().create(req).await {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::AlreadyExists => {}
+            Err(s) => return Err(status_error("creating namespace", s)),
+        }
+        Ok(c)
+    }
+
+    pub(super) fn channel(&self) -> Channel {
+        self.client.channel()
+    }
+
+    /// Wraps a message with the namespace header.
+    pub(super) fn req<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        r.metadata_mut().insert(
+            "containerd-namespace",
+            self.namespace.parse().expect("namespace names are ASCII"),
+        );
+        r
+    }
+
+    /// Reads a whole blob from the content store.
+    pub(super) async fn read_blob(&self, digest: &str) -> Result<Vec<u8>, RuntimeError> {
+        let mut stream = self
+            .client
+            .content()
+            .read(self.req(ReadContentRequest {
+                digest: digest.to_string(),
+                offset: 0,
+                size: 0,
+            }))
+            .await
+            .map_err(|s| status_error("reading content", s))?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream
+            .message()
+            .await
+            .map_err(|s| status_error("reading content", s))?
+        {
+            out.extend_from_slice(&chunk.data);
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn has_blob(&self, digest: &str) -> Result<bool, RuntimeError> {
+        match self
+            .client
+            .content()
+            .info(self.req(InfoRequest {
+                digest: digest.to_string(),
+            }))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(s) if s.code() == Code::NotFound => Ok(false),
+            Err(s) => Err(status_error("content info", s)),
+        }
+    }
+
+    /// The image as containerd knows it, with its layers unpacked; `None`
+    /// when containerd has no image of that name.
+    async fn resolve(&self, name: &str) -> Result<Option<Image>, RuntimeError> {
+        let image = match self
+            .client
+            .images()
+            .get(self.req(GetImageRequest {
+                name: name.to_string(),
+            }))
+            .await
+        {
+            Ok(r) => r.into_inner().image,
+            Err(s) if s.code() == Code::NotFound => return Ok(None),
+            Err(s) => return Err(status_error("getting image", s)),
+        };
+        let Some(target) = image.and_then(|i| i.target) else {
+            return Ok(None);
+        };
+        let manifest_desc = self.platform_manifest(target, name).await?;
+        if let Some((chain_id, config)) = self.configs.lock().unwrap().get(&manifest_desc.digest) {
+            return Ok(Some(Image {
+                name: name.to_string(),
+                chain_id: chain_id.clone(),
+                config: config.clone(),
+            }));
+        }
+        let manifest: ImageManifest = parse_json(&self.read_blob(&manifest_desc.digest).await?, name)?;
+        let config_digest = manifest.config().digest().to_string();
+        let config: ImageConfiguration = parse_json(&self.read_blob(&config_digest).await?, name)?;
+        let diff_ids = config.rootfs().diff_ids().clone();
+        let chain_id = chain_ids(&diff_ids).last().cloned().ok_or_else(|| RuntimeError::Failed {
+            op: "reading image",
+            message: format!("{name}: image has no layers"),
+        })?;
+        if !self.snapshot_exists(&chain_id).await? {
+            self.unpack(name, &manifest, &diff_ids, &config_digest).await?;
+        }
+        let c = config.config().clone().unwrap_or_default();
+        let image_config = ImageConfig {
+            entrypoint: c.entrypoint().clone().unwrap_or_default(),
+            cmd: c.cmd().clone().unwrap_or_default(),
+            env: c.env().clone().unwrap_or_default(),
+            working_dir: c.working_dir().clone().unwrap_or_default(),
+            user: c.user().clone().unwrap_or_default(),
+        };
+        self.configs
+            .lock()
+            .unwrap()
+            .insert(manifest_desc.digest.clone(), (chain_id.clone(), image_config.clone()));
+        Ok(Some(Image {
+            name: name.to_string(),
+            chain_id,
+            config: image_config,
+        }))
+    }
+
+    /// Follows an index (multi-platform image) to this machine's manifest.
+    async fn platform_manifest(&self, target: Descriptor, name: &str) -> Result<Descriptor, RuntimeError> {
+        if !is_index(&target.media_type) {
+            return Ok(target);
+        }
+        let index: ImageIndex = parse_json(&self.read_blob(&target.digest).await?, name)?;
+        let arch = go_arch();
+        let chosen = index
+            .manifests()
+            .iter()
+            .find(|m| {
+                m.platform()
+                    .as_ref()
+                    .is_none_or(|p| p.architecture().to_string() == arch && p.os().to_string() == "linux")
+            })
+            .ok_or_else(|| RuntimeError::ImageNotFound(format!("image {name} has no linux/{arch} variant")))?;
+        Ok(Descriptor {
+            media_type: chosen.media_type().to_string(),
+            digest: chosen.digest().to_string(),
+            size: chosen.size() as i64,
+            annotations: HashMap::new(),
+        })
+    }
+
+    async fn snapshot_exists(&self, key: &str) -> Result<bool, RuntimeError> {
+        match self
+            .client
+            .snapshots()
+            .stat(self.req(StatSnapshotRequest {
+                snapshotter: self.snapshotter.clone(),
+                key: key.to_string(),
+            }))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(s) if s.code() == Code::NotFound => Ok(false),
+            Err(s) => Err(status_error("stat snapshot", s)),
+        }
+    }
+
+    /// Applies every layer onto a chain of committed snapshots named by chain
+    /// ID, as containerd's unpacker does, then labels the config blob so that
+    /// the garbage collector keeps the snapshots while the image exists.
+    async fn unpack(
+        &self,
+        name: &str,
+        manifest: &ImageManifest,
+        diff_ids: &[String],
+        config_digest: &str,
+    ) -> Result<(), RuntimeError> {
+        info!(image = name, "unpacking image");
+        let chains = chain_ids(diff_ids);
+        if manifest.layers().len() != chains.len() {
+            return Err(RuntimeError::Failed {
+                op: "unpacking image",
+                message: format!("{name}: manifest has {} layers, config {} diff IDs", manifest.layers().len(), chains.len()),
+            });
+        }
+        let lease = super::import::Lease::create(self).await?;
+        let result = async {
+            let mut parent = String::new();
+            for (layer, chain) in manifest.layers().iter().zip(&chains) {
+                if !self.snapshot_exists(chain).await? {
+                    let key = format!("extract-{}-{}", std::process::id(), chain);
+                    let mounts = self
+                        .client
+                        .snapshots()
+                        .prepare(lease.wrap(self.req(PrepareSnapshotRequest {
+                            snapshotter: self.snapshotter.clone(),
+                            key: key.clone(),
+                            parent: parent.clone(),
+                            labels: HashMap::new(),
+                        })))
+                        .await
+                        .map_err(|s| status_error("preparing snapshot", s))?
+                        .into_inner()
+                        .mounts;
+                    let applied = self
+                        .client
+                        .diff()
+                        .apply(lease.wrap(self.req(ApplyRequest {
+                            diff: Some(Descriptor {
+                                media_type: layer.media_type().to_string(),
+                                digest: layer.digest().to_string(),
+                                size: layer.size() as i64,
+                                annotations: HashMap::new(),
+                            }),
+                            mounts,
+                            payloads: HashMap::new(),
+                            sync_fs: false,
+                        })))
+                        .await;
+                    if let Err(s) = applied {
+                        let _ = self.remove_snapshot(&key).await;
+                        return Err(status_error("applying layer", s));
+                    }
+                    let committed = self
+                        .client
+                        .snapshots()
+                        .commit(lease.wrap(self.req(CommitSnapshotRequest {
+                            snapshotter: self.snapshotter.clone(),
+                            name: chain.clone(),
+                            key: key.clone(),
+                            labels: HashMap::new(),
+                        })))
+                        .await;
+                    match committed {
+                        Ok(_) => {}
+                        // Another unpack of the same layer won the race.
+                        Err(s) if s.code() == Code::AlreadyExists => {
+                            let _ = self.remove_snapshot(&key).await;
+                        }
+                        Err(s) => {
+                            let _ = self.remove_snapshot(&key).await;
+                            return Err(status_error("committing snapshot", s));
+                        }
+                    }
+                }
+                parent = chain.clone();
+            }
+            let label = format!("containerd.io/gc.ref.snapshot.{}", self.snapshotter);
+            self.client
+                .content()
+                .update(self.req(UpdateContentRequest {
+                    info: Some(containerd_client::services::v1::Info {
+                        digest: config_digest.to_string(),
+                        labels: HashMap::from([(label.clone(), parent.clone())]),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec![format!("labels.{label}")],
+                    }),
+                }))
+                .await
+                .map_err(|s| status_error("labelling image config", s))?;
+            Ok(())
+        }
+        .await;
+        lease.delete(self).await;
+        result
+    }
+
+    async fn remove_snapshot(&self, key: &str) -> Result<(), RuntimeError> {
+        match self
+            .client
+            .snapshots()
+            .remove(self.req(RemoveSnapshotRequest {
+                snapshotter: self.snapshotter.clone(),
+                key: key.to_string(),
+            }))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(status_error("removing snapshot", s)),
+        }
+    }
+
+    async fn prepare_rootfs(&self, id: &str, parent: &str) -> Result<Vec<Mount>, RuntimeError> {
+        let prepared = self
+            .client
+            .snapshots()
+            .prepare(self.req(PrepareSnapshotRequest {
+                snapshotter: self.snapshotter.clone(),
+                key: id.to_string(),
+                parent: parent.to_string(),
+                labels: HashMap::new(),
+            }))
+            .await;
+        match prepared {
+            Ok(r) => Ok(r.into_inner().mounts),
+            // Left by an earlier attempt that died before creating the task.
+            Err(s) if s.code() == Code::AlreadyExists => Ok(self
+                .client
+                .snapshots()
+                .mounts(self.req(MountsRequest {
+                    snapshotter: self.snapshotter.clone(),
+                    key: id.to_string(),
+                }))
+                .await
+                .map_err(|s| status_error("snapshot mounts", s))?
+                .into_inner()
+                .mounts),
+            Err(s) => Err(status_error("preparing rootfs", s)),
+        }
+    }
+
+    /// `binary://` log URI: the shim starts our own binary as the container's
+    /// logger (fd 3 stdout, fd 4 stderr, fd 5 closed when ready), so logs keep
+    /// flowing while the agent is down. A `file://` URI would be simpler, but
+    /// containerd 1.6 merges stderr into it and writes raw bytes, not the CRI
+    /// log format.
+    fn log_uri(&self, path: &Path) -> String {
+        format!(
+            "binary://{}?cri-log={}",
+            percent_encode(&self.logger.to_string_lossy()),
+            percent_encode(&path.to_string_lossy())
+        )
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"/._-".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn is_index(media_type: &str) -> bool {
+    media_type == "application/vnd.oci.image.index.v1+json"
+        || media_type == "application/vnd.docker.distribution.manifest.list.v2+json"
+}
+
+/// GOARCH spelling of this machine's architecture, as image platforms use.
+pub(super) fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], image: &str) -> Result<T, RuntimeError> {
+    serde_json::from_slice(bytes).map_err(|e| RuntimeError::Failed {
+        op: "reading image",
+        message: format!("{image}: {e}"),
+    })
+}
+
+/// Chain IDs of a layer stack: chain(0) = diff(0), chain(n) =
+/// sha256(chain(n-1) + " " + diff(n)), per the OCI image spec.
+pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    use sha2::{Digest, Sha256};
+    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.clone(),
+            Some(prev) => format!("sha256:{}", hex::encode(Sha256::digest(format!("{prev} {d}")))),
+        };
+        out.push(next);
+    }
+    out
+}
+
+#[async_trait]
+impl Runtime for Containerd {
+    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<Image, RuntimeError> {
+        let name = super::image_ref::normalize(image).map_err(RuntimeError::ImageNotFound)?;
+        if policy != PullPolicy::Always
+            && let Some(img) = self.resolve(&name).await?
+        {
+            return Ok(img);
+        }
+        if policy == PullPolicy::Never {
+            return Err(RuntimeError::ImageNotFound(format!(
+                "container image {name:?} is not present with pull policy of Never"
+            )));
+        }
+        // "Pulling" is importing from the images directory: nodes are air-gapped.
+        let _guard = self.import_lock.lock().await;
+        let imported = super::import::import_matching(self, &self.images_dir, &name).await?;
+        if !imported && policy == PullPolicy::Always {
+            debug!(image = %name, "no archive provides the image; using the one in containerd");
+        }
+        match self.resolve(&name).await? {
+            Some(img) => Ok(img),
+            None => Err(RuntimeError::ImageNotFound(format!(
+                "image {name:?} is not in containerd (namespace {:?}) and no archive in {} provides it; pulling from registries is not supported",
+                self.namespace,
+                self.images_dir.display()
+            ))),
+        }
+    }
+
+    async fn create(&self, c: &NewContainer) -> Result<(), RuntimeError> {
+        let spec = serde_json::to_vec(&c.spec).map_err(|e| RuntimeError::Failed {
+            op: "encoding spec",
+            message: e.to_string(),
+        })?;
+        let mounts = self.prepare_rootfs(&c.id, &c.image.chain_id).await?;
+        let container = Container {
+            id: c.id.clone(),
+            labels: c.labels.clone(),
+            image: c.image.name.clone(),
+            runtime: Some(RuntimeInfo {
+                name: self.runtime.clone(),
+                options: None,
+            }),
+            spec: Some(prost_types::Any {
+                type_url: SPEC_TYPE_URL.to_string(),
+                value: spec,
+            }),
+            snapshotter: self.snapshotter.clone(),
+            snapshot_key: c.id.clone(),
+            ..Default::default()
+        };
+        let created = self
+            .client
+            .containers()
+            .create(self.req(CreateContainerRequest {
+                container: Some(container.clone()),
+            }))
+            .await;
+        if let Err(s) = created {
+            if s.code() != Code::AlreadyExists {
+                let _ = self.remove_snapshot(&c.id).await;
+                return Err(status_error("creating container", s));
+            }
+            // A leftover of a crashed attempt with the same ID: replace it.
+            self.client
+                .containers()
+                .delete(self.req(DeleteContainerRequest { id: c.id.clone() }))
+                .await
+                .map_err(|s| status_error("replacing container", s))?;
+            self.client
+                .containers()
+                .create(self.req(CreateContainerRequest {
+                    container: Some(container),
+                }))
+                .await
+                .map_err(|s| status_error("creating container", s))?;
+        }
+        let uri = self.log_uri(&c.log_path);
+        let task = self
+            .client
+            .tasks()
+            .create(self.req(CreateTaskRequest {
+                container_id: c.id.clone(),
+                rootfs: mounts,
+                stdout: uri.clone(),
+                stderr: uri,
+                ..Default::default()
+            }))
+            .await;
+        if let Err(s) = task {
+            let err = status_error("creating task", s);
+            let _ = self.remove(&c.id).await;
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    async fn start(&self, id: &str) -> Result<u32, RuntimeError> {
+        let r = self
+            .client
+            .tasks()
+            .start(self.req(StartRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+            }))
+            .await
+            .map_err(|s| status_error("starting task", s))?;
+        Ok(r.into_inner().pid)
+    }
+
+    async fn wait(&self, id: &str) -> Result<Exit, RuntimeError> {
+        let r = self
+            .client
+            .tasks()
+            .wait(self.req(WaitRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+            }))
+            .await
+            .map_err(|s| status_error("waiting for task", s))?
+            .into_inner();
+        Ok(Exit {
+            code: r.exit_status,
+            at: to_system_time(r.exited_at).unwrap_or_else(SystemTime::now),
+        })
+    }
+
+    async fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), RuntimeError> {
+        match self
+            .client
+            .tasks()
+            .kill(self.req(KillRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+                signal: signal as u32,
+                all,
+            }))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound || s.code() == Code::FailedPrecondition => Ok(()),
+            Err(s) => Err(status_error("killing task", s)),
+        }
+    }
+
+    async fn delete_task(&self, id: &str) -> Result<(), RuntimeError> {
+        match self
+            .client
+            .tasks()
+            .delete(self.req(DeleteTaskRequest {
+                container_id: id.to_string(),
+            }))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(status_error("deleting task", s)),
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        if let Err(e) = self.delete_task(id).await {
+            // Still running (FailedPrecondition): kill it and try again.
+            if e.is_transient() {
+                return Err(e);
+            }
+            self.kill(id, libc::SIGKILL, true).await?;
+            let _ = tokio::time::timeout(Duration::from_secs(10), self.wait(id)).await;
+            self.delete_task(id).await?;
+        }
+        match self
+            .client
+            .containers()
+            .delete(self.req(DeleteContainerRequest { id: id.to_string() }))
+            .await
+        {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::NotFound => {}
+            Err(s) => return Err(status_error("deleting container", s)),
+        }
+        self.remove_snapshot(id).await
+    }
+
+    async fn list(&self) -> Result<Vec<ContainerRecord>, RuntimeError> {
+        let containers = self
+            .client
+            .containers()
+            .list(self.req(ListContainersRequest { filters: vec![] }))
+            .await
+            .map_err(|s| status_error("listing containers", s))?
+            .into_inner()
+            .containers;
+        let tasks = self
+            .client
+            .tasks()
+            .list(self.req(ListTasksRequest { filter: String::new() }))
+            .await
+            .map_err(|s| status_error("listing tasks", s))?
+            .into_inner()
+            .tasks;
+        let mut by_id: HashMap<String, TaskState> = HashMap::new();
+        for t in tasks {
+            use containerd_client::types::v1::Status;
+            let state = match Status::try_from(t.status).unwrap_or(Status::Unknown) {
+                Status::Created => TaskState::Created,
+                Status::Running | Status::Paused | Status::Pausing => TaskState::Running { pid: t.pid },
+                Status::Stopped => TaskState::Exited(Exit {
+                    code: t.exit_status,
+                    at: to_system_time(t.exited_at).unwrap_or_else(SystemTime::now),
+                }),
+                Status::Unknown => TaskState::None,
+            };
+            by_id.insert(t.container_id, state);
+        }
+        Ok(containers
+            .into_iter()
+            .map(|c| ContainerRecord {
+                task: by_id.remove(&c.id).unwrap_or(TaskState::None),
+                created_at: to_system_time(c.created_at),
+                id: c.id,
+                labels: c.labels,
+            })
+            .collect())
+    }
+
+    async fn set_labels(&self, id: &str, labels: HashMap<String, String>) -> Result<(), RuntimeError> {
+        let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
+        self.client
+            .containers()
+            .update(self.req(UpdateContainerRequest {
+                container: Some(Container {
+                    id: id.to_string(),
+                    labels,
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask { paths }),
+            }))
+            .await
+            .map_err(|s| status_error("updating container labels", s))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_follow_the_image_spec() {
+        let a = "sha256:aaaa".to_string();
+        let b = "sha256:bbbb".to_string();
+        let chains = chain_ids(&[a.clone(), b.clone()]);
+        assert_eq!(chains[0], a);
+        use sha2::{Digest, Sha256};
+        let want = format!("sha256:{}", hex::encode(Sha256::digest("sha256:aaaa sha256:bbbb")));
+        assert_eq!(chains[1], want);
+        assert!(chain_ids(&[]).is_empty());
+    }
+
+    #[test]
+    fn log_uri_escapes_query() {
+        assert_eq!(percent_encode("/var/log/pods/a b?c"), "/var/log/pods/a%20b%3Fc");
+    }
+}

@@ -1,0 +1,277 @@
+//! The pod sandbox without a pause container: the network, UTS and IPC
+//! namespaces a pod's containers share are created once and pinned by bind
+//! mounts of their `/proc/<tid>/ns/*` files (what `ip netns add` does), under
+//! `<root>/pods/<uid>/ns/`. They outlive any container and any restart of the
+//! agent, and go away when the pins are unmounted. The pod's /etc/hosts,
+//! /etc/hostname and resolv.conf, and a pod-wide /dev/shm tmpfs, live beside
+//! them.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+
+use crate::oci::PodContext;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("creating pod namespaces: {0}")]
+    Namespaces(String),
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SandboxError + 'a {
+    move |source| SandboxError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a pod asks of its sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub dir: PathBuf,
+    pub hostname: String,
+    pub host_network: bool,
+    pub host_ipc: bool,
+    /// Size of the pod's /dev/shm tmpfs (Docker's and containerd's 64 MiB).
+    pub shm_bytes: u64,
+}
+
+const NS_KINDS: [&str; 3] = ["net", "uts", "ipc"];
+
+/// Whether `path` is a mount point, from /proc/self/mountinfo.
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let wanted = path.to_string_lossy();
+    info.lines().any(|l| {
+        l.split(' ')
+            .nth(4)
+            .is_some_and(|mp| unescape_mountinfo(mp) == wanted)
+    })
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+}
+
+/// Creates (or, after an agent restart, finds) the sandbox; idempotent.
+pub fn setup(spec: &SandboxSpec) -> Result<PodContext, SandboxError> {
+    let ns_dir = spec.dir.join("ns");
+    std::fs::create_dir_all(&ns_dir).map_err(io_err("creating", &ns_dir))?;
+    let wanted: Vec<&str> = NS_KINDS
+        .iter()
+        .copied()
+        .filter(|k| match *k {
+            "net" | "uts" => !spec.host_network,
+            _ => !spec.host_ipc,
+        })
+        .collect();
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|k| !is_mount_point(&ns_dir.join(k)))
+        .collect();
+    if !missing.is_empty() {
+        // Namespaces are made together so that they stay consistent; any
+        // half-made earlier set is dropped first.
+        for k in &wanted {
+            unpin(&ns_dir.join(k))?;
+        }
+        pin_new_namespaces(&ns_dir, &wanted, &spec.hostname)?;
+    }
+
+    let write = |name: &str, text: String| -> Result<PathBuf, SandboxError> {
+        let p = spec.dir.join(name);
+        std::fs::write(&p, text).map_err(io_err("writing", &p))?;
+        Ok(p)
+    };
+    // The kubelet's managed hosts file, with the pod's hostname on loopback
+    // (pods have no address of their own here).
+    let hosts = if spec.host_network {
+        std::fs::read_to_string("/etc/hosts").unwrap_or_default()
+    } else {
+        format!(
+            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n127.0.0.1\t{}\n",
+            spec.hostname
+        )
+    };
+    let hostname = if spec.host_network {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default()
+    } else {
+        spec.hostname.clone()
+    };
+    let hosts_file = write("etc-hosts", hosts)?;
+    let hostname_file = write("etc-hostname", format!("{hostname}\n"))?;
+    let resolv_conf = write(
+        "resolv.conf",
+        std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    )?;
+
+    let shm = if spec.host_ipc {
+        None
+    } else {
+        let shm = spec.dir.join("shm");
+        std::fs::create_dir_all(&shm).map_err(io_err("creating", &shm))?;
+        if !is_mount_point(&shm) {
+            let opts = format!("mode=1777,size={}", spec.shm_bytes);
+            mount(
+                Some("shm"),
+                &shm,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some(opts.as_str()),
+            )
+            .map_err(|e| io_err("mounting tmpfs on", &shm)(e.into()))?;
+        }
+        Some(shm)
+    };
+    let pinned = |k: &str| wanted.contains(&k).then(|| ns_dir.join(k));
+    Ok(PodContext {
+        net: pinned("net"),
+        uts: pinned("uts"),
+        ipc: pinned("ipc"),
+        hosts_file,
+        hostname_file,
+        resolv_conf,
+        shm,
+        hostname,
+        cgroupns: Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
+    })
+}
+
+/// Creates new namespaces of the given kinds on a short-lived thread and
+/// pins them. unshare(2) of net/uts/ipc affects only the calling thread, so
+/// the rest of the agent stays in the host's namespaces.
+fn pin_new_namespaces(ns_dir: &Path, kinds: &[&str], hostname: &str) -> Result<(), SandboxError> {
+    if kinds.is_empty() {
+        return Ok(());
+    }
+    let mut flags = CloneFlags::empty();
+    for k in kinds {
+        flags |= match *k {
+            "net" => CloneFlags::CLONE_NEWNET,
+            "uts" => CloneFlags::CLONE_NEWUTS,
+            _ => CloneFlags::CLONE_NEWIPC,
+        };
+    }
+    let pins = ns_dir.to_path_buf();
+    let ns_dir = ns_dir.to_path_buf();
+    let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
+    let hostname = hostname.to_string();
+    let made = std::thread::spawn(move || -> Result<(), String> {
+        unshare(flags).map_err(|e| format!("unshare: {e}"))?;
+        if flags.contains(CloneFlags::CLONE_NEWUTS) {
+            nix::unistd::sethostname(&hostname).map_err(|e| format!("sethostname: {e}"))?;
+        }
+        if flags.contains(CloneFlags::CLONE_NEWNET) {
+            loopback_up().map_err(|e| format!("bringing up lo: {e}"))?;
+        }
+        for k in &kinds {
+            let target = ns_dir.join(k);
+            std::fs::File::create(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+            let source = format!("/proc/thread-self/ns/{k}");
+            mount(Some(source.as_str()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(|e| format!("pinning {k} namespace at {}: {e}", target.display()))?;
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| SandboxError::Namespaces("namespace thread panicked".into()))?;
+    if let Err(e) = made {
+        for k in NS_KINDS {
+            let _ = unpin(&pins.join(k));
+        }
+        return Err(SandboxError::Namespaces(e));
+    }
+    Ok(())
+}
+
+/// Sets IFF_UP on `lo` in the calling thread's network namespace. A new
+/// network namespace starts with loopback down; runc only brings it up when
+/// it creates the namespace itself, not when joining a pinned one.
+fn loopback_up() -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the interface named in `req` and writes its
+    // flags into the union; `req` lives across the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the flags member is the one SIOCGIFFLAGS just filled.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: as above, SIOCSIFFLAGS reads `req`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Unmounts a pin or tmpfs if mounted and removes the file or directory.
+fn unpin(path: &Path) -> Result<(), SandboxError> {
+    if is_mount_point(path) {
+        umount2(path, MntFlags::MNT_DETACH).map_err(|e| io_err("unmounting", path)(e.into()))?;
+    }
+    match std::fs::remove_file(path).or_else(|e| {
+        if e.kind() == io::ErrorKind::IsADirectory || path.is_dir() {
+            std::fs::remove_dir(path)
+        } else {
+            Err(e)
+        }
+    }) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("removing", path)(e)),
+    }
+}
+
+/// Releases the namespaces and the shm tmpfs and removes the pod directory.
+/// Only call once no container of the pod runs.
+pub fn teardown(dir: &Path) -> Result<(), SandboxError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    for k in NS_KINDS {
+        unpin(&dir.join("ns").join(k))?;
+    }
+    unpin(&dir.join("shm"))?;
+    // Nothing may still be mounted below the directory before it is removed
+    // recursively, or the removal would reach into the mounted filesystem.
+    let prefix = format!("{}/", dir.to_string_lossy());
+    if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo")
+        && let Some(mp) = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .map(unescape_mountinfo)
+            .find(|mp| mp.starts_with(&prefix))
+    {
+        return Err(SandboxError::Io {
+            what: "refusing to remove, still mounted:",
+            path: PathBuf::from(mp),
+            source: io::Error::from(io::ErrorKind::ResourceBusy),
+        });
+    }
+    std::fs::remove_dir_all(dir).map_err(io_err("removing", dir))
+}
