@@ -44,6 +44,7 @@ pub struct Containerd {
     configs: Mutex<HashMap<String, (String, ImageConfig)>>,
     /// Serializes imports so that two pods of one image import it once.
     import_lock: tokio::sync::Mutex<()>,
+    archives: super::import::ArchiveCache,
 }
 
 pub struct ContainerdOptions {
@@ -91,6 +92,7 @@ impl Containerd {
             logger: opts.logger,
             configs: Mutex::new(HashMap::new()),
             import_lock: tokio::sync::Mutex::new(()),
+            archives: Default::default(),
         };
         let req = c.req(CreateNamespaceRequest {
             namespace: Some(containerd_client::services::v1::Namespace {
@@ -481,11 +483,18 @@ impl Runtime for Containerd {
         }
         // "Pulling" is importing from the images directory: nodes are air-gapped.
         let _guard = self.import_lock.lock().await;
-        let imported = super::import::import_matching(self, &self.images_dir, &name).await?;
-        if !imported && policy == PullPolicy::Always {
+        let dir = &self.images_dir;
+        let provided = super::import::import_matching(self, &self.archives, dir, &name, false).await?;
+        if !provided && policy == PullPolicy::Always {
             debug!(image = %name, "no archive provides the image; using the one in containerd");
         }
-        match self.resolve(&name).await? {
+        let mut found = self.resolve(&name).await?;
+        if found.is_none() && provided {
+            // Imported earlier, then removed from containerd behind our back.
+            super::import::import_matching(self, &self.archives, dir, &name, true).await?;
+            found = self.resolve(&name).await?;
+        }
+        match found {
             Some(img) => Ok(img),
             None => Err(RuntimeError::ImageNotFound(format!(
                 "image {name:?} is not in containerd (namespace {:?}) and no archive in {} provides it; pulling from registries is not supported",

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use containerd_client::services::v1::{
@@ -85,7 +86,7 @@ struct ArchiveImage {
 
 /// Everything needed to import an archive, from a first read of it.
 #[derive(Debug, Default)]
-struct Plan {
+pub(super) struct Plan {
     images: Vec<ArchiveImage>,
     /// Archive entry path -> descriptor and GC labels of the blob it holds.
     blobs: HashMap<String, (Descriptor, HashMap<String, String>)>,
@@ -260,29 +261,63 @@ pub(super) fn archives(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Imports the first archive in `dir` that provides `name`. Returns whether
-/// one did.
-pub(super) async fn import_matching(c: &Containerd, dir: &Path, name: &str) -> Result<bool, RuntimeError> {
+/// An archive read once, remembered until its size or mtime changes.
+pub(super) struct CachedArchive {
+    stamp: (SystemTime, u64),
+    plan: Arc<Plan>,
+    imported: bool,
+}
+
+pub(super) type ArchiveCache = std::sync::Mutex<HashMap<PathBuf, CachedArchive>>;
+
+/// Imports the first archive in `dir` that provides `name`, unless that
+/// archive, unchanged, was already imported (and `force` is false). Returns
+/// whether an archive provides the image.
+pub(super) async fn import_matching(
+    c: &Containerd,
+    cache: &ArchiveCache,
+    dir: &Path,
+    name: &str,
+    force: bool,
+) -> Result<bool, RuntimeError> {
     for path in archives(dir) {
-        let p = path.clone();
-        let plan = match tokio::task::spawn_blocking(move || plan_archive(&p)).await {
-            Ok(Ok(plan)) => plan,
-            Ok(Err(e)) => {
-                warn!("skipping image archive: {e}");
-                continue;
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
+        let cached = cache
+            .lock()
+            .unwrap()
+            .get(&path)
+            .filter(|a| a.stamp == stamp)
+            .map(|a| (Arc::clone(&a.plan), a.imported));
+        let (plan, imported) = match cached {
+            Some(c) => c,
+            None => {
+                let p = path.clone();
+                match tokio::task::spawn_blocking(move || plan_archive(&p)).await {
+                    Ok(Ok(plan)) => (Arc::new(plan), false),
+                    Ok(Err(e)) => {
+                        warn!("skipping image archive: {e}");
+                        continue;
+                    }
+                    Err(e) => return Err(RuntimeError::Failed { op: "reading archive", message: e.to_string() }),
+                }
             }
-            Err(e) => return Err(RuntimeError::Failed { op: "reading archive", message: e.to_string() }),
         };
-        if plan.images.iter().any(|i| i.name == name) {
-            info!(archive = %path.display(), image = name, "importing image archive");
-            import(c, &path, plan).await?;
-            return Ok(true);
+        if !plan.images.iter().any(|i| i.name == name) {
+            cache.lock().unwrap().insert(path, CachedArchive { stamp, plan, imported });
+            continue;
         }
+        if !imported || force {
+            info!(archive = %path.display(), image = name, "importing image archive");
+            import(c, &path, &plan).await?;
+        }
+        cache.lock().unwrap().insert(path, CachedArchive { stamp, plan, imported: true });
+        return Ok(true);
     }
     Ok(false)
 }
 
-async fn import(c: &Containerd, path: &Path, plan: Plan) -> Result<(), RuntimeError> {
+async fn import(c: &Containerd, path: &Path, plan: &Plan) -> Result<(), RuntimeError> {
     let lease = Lease::create(c).await?;
     let result = async {
         // Second pass: write each wanted blob that containerd lacks.
@@ -334,13 +369,13 @@ async fn import(c: &Containerd, path: &Path, plan: Plan) -> Result<(), RuntimeEr
             write_blob(c, &lease, &d, data, labels).await?;
         }
         let _ = reader.await;
-        for (d, data, labels) in plan.generated {
+        for (d, data, labels) in &plan.generated {
             if !c.has_blob(&d.digest).await? {
-                write_blob(c, &lease, &d, data, labels).await?;
+                write_blob(c, &lease, d, data.clone(), labels.clone()).await?;
             }
         }
-        for image in plan.images {
-            create_image(c, &image).await?;
+        for image in &plan.images {
+            create_image(c, image).await?;
         }
         Ok(())
     }

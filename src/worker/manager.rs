@@ -20,6 +20,10 @@ pub async fn run(mut desired: watch::Receiver<Arc<Desired>>, env: Arc<WorkerEnv>
     // Pods being torn down, by (namespace, name).
     let mut terminating: HashMap<(String, String), Terminated> = HashMap::new();
     let mut first = true;
+    // The channel's initial value is a placeholder: wait for the first scan.
+    if desired.changed().await.is_err() {
+        return;
+    }
     loop {
         let current = desired.borrow_and_update().clone();
         let wanted: HashSet<&str> = current.pods.iter().map(|p| p.uid.as_str()).collect();

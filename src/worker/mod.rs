@@ -365,7 +365,6 @@ impl Worker {
             match exit {
                 None => {
                     slot.running = true;
-                    slot.backoff.record_start(Instant::now());
                     slot.status.state = ContainerState::Running {
                         started_at: r.created_at.unwrap_or_else(SystemTime::now),
                     };
@@ -494,19 +493,20 @@ impl Worker {
         let now = Instant::now();
         let previous = self.slots[i].current.replace(id.clone());
         let slot = &mut self.slots[i];
-        slot.backoff.record_start(now);
+        // The kubelet's backoff starts counting at the first restart: the
+        // first start, and the first restart after it, are immediate.
+        if slot.exit_code.is_some() {
+            slot.backoff.record_start(now);
+        }
         slot.next_attempt = attempt + 1;
         slot.running = true;
         slot.not_before = None;
         slot.started_at = Some(SystemTime::now());
         slot.status.restart_count = attempt;
         slot.status.container_id = Some(id.clone());
+        // After CrashLoopBackOff, last_state already holds the exit.
         if let ContainerState::Terminated { .. } = slot.status.state {
             slot.status.last_state = Some(slot.status.state.clone());
-        } else if let ContainerState::Waiting { .. } = slot.status.state
-            && slot.exit_code.is_some()
-        {
-            // Coming out of CrashLoopBackOff: last_state already holds the exit.
         }
         slot.exit_code = None;
         slot.status.state = ContainerState::Running {
@@ -568,7 +568,8 @@ impl Worker {
         slot.exit_code = Some(code);
         let state = terminated(code, message, slot.started_at, at);
         let name = slot.spec.name.clone();
-        let restarts = policy.restarts(code) || (slot.init && code != 0 && policy != RestartPolicy::Never);
+        // Init containers are only ever re-run after a failure.
+        let restarts = if slot.init { code != 0 && policy != RestartPolicy::Never } else { policy.restarts(code) };
         let restart_at = slot.backoff.restart_at(now);
         slot.not_before = Some(restart_at);
         if restarts && restart_at > now {

@@ -1,0 +1,327 @@
+//! Test harness: a private containerd (own root, state and socket), the
+//! agent binary against a temporary manifest directory, and a cleanup that
+//! removes every process, mount, cgroup and file the test made, even when
+//! the test fails.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const NAMESPACE: &str = "kubelet-lite";
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// The busybox OCI archive, built once per test binary.
+pub fn busybox_archive() -> &'static Path {
+    static ARCHIVE: OnceLock<PathBuf> = OnceLock::new();
+    ARCHIVE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("kl-busybox-{}.tar", std::process::id()));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/images/busybox-oci.sh");
+        let ok = Command::new(script).arg(&path).status().expect("running busybox-oci.sh");
+        assert!(ok.success(), "building the busybox image failed");
+        path
+    })
+}
+
+pub struct Env {
+    pub dir: PathBuf,
+    pub manifests: PathBuf,
+    pub port: u16,
+    pub cgroup_root: String,
+    containerd: Option<Child>,
+    agent: Option<Child>,
+    pub agent_log: PathBuf,
+    agent_runs: usize,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Env {
+    /// A fresh containerd with the busybox archive in the images directory.
+    pub fn new(tag: &str) -> Env {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = PathBuf::from(format!("/tmp/kl-test-{}-{n}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for sub in ["manifests", "images", "root", "logs", "containerd"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        std::fs::copy(busybox_archive(), dir.join("images/busybox.tar")).unwrap();
+        let cfg = format!(
+            "version = 2\nroot = \"{d}/containerd/root\"\nstate = \"{d}/containerd/state\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{d}/containerd.sock\"\n[ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("containerd.toml"), cfg).unwrap();
+        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+        let containerd = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.join("containerd.toml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting containerd (apt-get install containerd)");
+        let mut env = Env {
+            manifests: dir.join("manifests"),
+            port: free_port(),
+            cgroup_root: format!("/kl-test-{}-{n}", std::process::id()),
+            agent_log: dir.join("agent.log"),
+            dir,
+            containerd: Some(containerd),
+            agent: None,
+            agent_runs: 0,
+        };
+        let sock = env.dir.join("containerd.sock");
+        env.wait_for("containerd socket", Duration::from_secs(20), || sock.exists().then_some(()));
+        env
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("agent.yaml")
+    }
+
+    /// Writes the agent config; `extra` is appended YAML.
+    pub fn write_config(&self, extra: &str) {
+        let d = self.dir.display();
+        let cfg = format!(
+            "staticPodPath: {d}/manifests\nrootDir: {d}/root\npodLogsDir: {d}/logs\nimagesDir: {d}/images\n\
+             nodeName: node1\ncgroupRoot: {}\nlistenAddress: 127.0.0.1:{}\nfileCheckFrequency: 2s\n\
+             containerd:\n  address: {d}/containerd.sock\n{extra}",
+            self.cgroup_root, self.port
+        );
+        std::fs::write(self.config_path(), cfg).unwrap();
+    }
+
+    pub fn start_agent(&mut self) {
+        if !self.config_path().exists() {
+            self.write_config("crashLoopBackOff:\n  initial: 1s\n  max: 8s\n");
+        }
+        self.agent_runs += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.agent_log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kubelet-lite"))
+            .arg("--config")
+            .arg(self.config_path())
+            .env("KUBELET_LITE_LOG", "info,kubelet_lite=debug")
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting the agent");
+        self.agent = Some(child);
+        self.wait_for("agent /healthz", Duration::from_secs(20), || self.get("/healthz").ok());
+    }
+
+    /// SIGKILL (or SIGTERM) the agent and reap it.
+    pub fn stop_agent(&mut self, signal: i32) {
+        if let Some(mut a) = self.agent.take() {
+            // SAFETY: kill(2) on the PID of a child we spawned and not yet reaped.
+            unsafe { libc::kill(a.id() as i32, signal) };
+            let _ = a.wait();
+        }
+    }
+
+    pub fn agent_is_alive(&mut self) -> bool {
+        self.agent.as_mut().is_some_and(|a| a.try_wait().ok().flatten().is_none())
+    }
+
+    pub fn agent_output(&self) -> String {
+        std::fs::read_to_string(&self.agent_log).unwrap_or_default()
+    }
+
+    pub fn write_manifest(&self, name: &str, text: &str) {
+        // Write then rename, as a careful operator (or config management) would.
+        let tmp = self.manifests.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.manifests.join(name)).unwrap();
+    }
+
+    pub fn remove_manifest(&self, name: &str) {
+        std::fs::remove_file(self.manifests.join(name)).unwrap();
+    }
+
+    /// GET over plain HTTP/1.0 on loopback.
+    pub fn get(&self, path: &str) -> std::io::Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        match out.split_once("\r\n\r\n") {
+            Some((head, body)) if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+            _ => Err(std::io::Error::other(format!("bad response: {out}"))),
+        }
+    }
+
+    /// The agent's `/pods` items.
+    pub fn pods(&self) -> Vec<serde_json::Value> {
+        self.get("/pods")
+            .ok()
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["items"].as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    pub fn pod(&self, name: &str) -> Option<serde_json::Value> {
+        self.pods().into_iter().find(|p| p["metadata"]["name"] == name)
+    }
+
+    /// Polls `f` every 100 ms until it returns Some, or panics with what the
+    /// agent logged.
+    pub fn wait_for<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}\n--- agent log ---\n{}\n--- pods ---\n{}",
+                    self.agent_output(),
+                    serde_json::to_string_pretty(&self.pods()).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the pod's containers all run; returns the pod.
+    pub fn wait_running(&self, name: &str) -> serde_json::Value {
+        self.wait_for(&format!("pod {name} running"), Duration::from_secs(60), || {
+            let p = self.pod(name)?;
+            let statuses = p["status"]["containerStatuses"].as_array()?;
+            (p["status"]["phase"] == "Running" && statuses.iter().all(|c| c["state"]["running"].is_object())).then_some(p)
+        })
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> String {
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(self.dir.join("containerd.sock"))
+            .args(["--namespace", NAMESPACE])
+            .args(args)
+            .output()
+            .expect("running ctr");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// containerd task IDs with their PIDs and status.
+    pub fn tasks(&self) -> Vec<(String, u32, String)> {
+        self.ctr(&["tasks", "ls"])
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Some((f.first()?.to_string(), f.get(1)?.parse().ok()?, f.get(2)?.to_string()))
+            })
+            .collect()
+    }
+
+    pub fn containers(&self) -> Vec<String> {
+        self.ctr(&["containers", "ls", "-q"]).lines().map(str::to_string).collect()
+    }
+
+    pub fn mounts_under_dir(&self) -> Vec<String> {
+        let prefix = format!("{}/", self.dir.display());
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&prefix))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Directories of our cgroup root, across hierarchies.
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        let mut out = vec![];
+        for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let root = h.path().join(self.cgroup_root.trim_start_matches('/'));
+            walk_dirs(&root, &mut out);
+        }
+        out
+    }
+
+    pub fn log_files(&self) -> Vec<PathBuf> {
+        let mut out = vec![];
+        walk_files(&self.dir.join("logs"), &mut out);
+        out.sort();
+        out
+    }
+}
+
+fn walk_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    if !dir.is_dir() {
+        return;
+    }
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            walk_dirs(&e.path(), out);
+        }
+    }
+    out.push(dir.to_path_buf());
+}
+
+fn walk_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            walk_files(&e.path(), out);
+        } else {
+            out.push(e.path());
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.stop_agent(libc::SIGKILL);
+        // Kill and delete every task and container of our containerd.
+        for (id, _, _) in self.tasks() {
+            self.ctr(&["tasks", "kill", "--all", "--signal", "SIGKILL", &id]);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for (id, _, _) in self.tasks() {
+            self.ctr(&["tasks", "delete", "--force", &id]);
+        }
+        for id in self.containers() {
+            self.ctr(&["containers", "delete", &id]);
+        }
+        if let Some(mut c) = self.containerd.take() {
+            // SAFETY: kill(2) on our own child's PID.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+        // Deepest first, so that nested mounts go before their parents.
+        let mut mounts = self.mounts_under_dir();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        for d in self.cgroup_dirs() {
+            let _ = std::fs::remove_dir(d);
+        }
+        if std::env::var_os("KL_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A busybox pod manifest with the given containers block (YAML, indented
+/// by two spaces under `spec:`).
+pub fn pod_yaml(name: &str, spec: &str) -> String {
+    format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n{spec}")
+}
