@@ -233,7 +233,10 @@ mod tests {
             c.static_pod_path,
             PathBuf::from("/etc/kubernetes/manifests")
         );
-        assert_eq!(c.images_dir(), PathBuf::from("/var/lib/kubelet-lite/images"));
+        assert_eq!(
+            c.images_dir(),
+            PathBuf::from("/var/lib/kubelet-lite/images")
+        );
     }
 
     #[test]

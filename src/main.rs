@@ -98,7 +98,12 @@ fn check(config: &Config, files: &[PathBuf]) -> std::process::ExitCode {
         d
     };
     for pod in &desired.pods {
-        println!("ok: {} (uid {}) from {}", pod.key(), pod.uid, pod.source.display());
+        println!(
+            "ok: {} (uid {}) from {}",
+            pod.key(),
+            pod.uid,
+            pod.source.display()
+        );
         for w in &pod.warnings {
             println!("  warning: {w}");
         }
@@ -168,10 +173,25 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let server = axum::serve(listener, http::router(store));
 
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(source::Desired::default()));
-    let src = source::Source::new(config.static_pod_path.clone(), node, config.file_check_frequency);
+    let src = source::Source::new(
+        config.static_pod_path.clone(),
+        node,
+        config.file_check_frequency,
+    );
     tokio::spawn(src.run(tx));
     let manager = tokio::spawn(worker::manager::run(rx, env));
+    // systemd (Type=notify): ready once the endpoint listens and the pod
+    // manager runs; then pet the watchdog at half its period, if one is set.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period / 2);
+            loop {
+                tick.tick().await;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        });
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

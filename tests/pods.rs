@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{pod_yaml, Env};
+use common::{Env, pod_yaml};
 
 const SLEEPER: &str = "  terminationGracePeriodSeconds: 2\n  containers:\n  - name: main\n    image: busybox\n    command: [sleep, '3600']\n";
 
@@ -35,17 +35,29 @@ fn two_containers_share_localhost_and_log_in_cri_format() {
     assert_eq!(pod["metadata"]["namespace"], "default");
     assert_eq!(pod["spec"]["nodeName"], "node1");
 
-    let client_log = env.dir.join(format!("logs/default_web-node1_{uid}/client/0.log"));
-    let text = env.wait_for("client to read from server", Duration::from_secs(20), || {
-        let t = std::fs::read_to_string(&client_log).ok()?;
-        t.contains("stdout F hello-over-localhost").then_some(t)
-    });
+    let client_log = env
+        .dir
+        .join(format!("logs/default_web-node1_{uid}/client/0.log"));
+    let text = env.wait_for(
+        "client to read from server",
+        Duration::from_secs(20),
+        || {
+            let t = std::fs::read_to_string(&client_log).ok()?;
+            t.contains("stdout F hello-over-localhost").then_some(t)
+        },
+    );
     // Every record is `<RFC 3339 time> <stream> <F|P> <text>`.
     for line in text.lines() {
         let mut parts = line.splitn(4, ' ');
         let ts = parts.next().unwrap();
-        assert!(ts.ends_with('Z') && ts.contains('T'), "bad timestamp in {line:?}");
-        assert!(matches!(parts.next(), Some("stdout" | "stderr")), "{line:?}");
+        assert!(
+            ts.ends_with('Z') && ts.contains('T'),
+            "bad timestamp in {line:?}"
+        );
+        assert!(
+            matches!(parts.next(), Some("stdout" | "stderr")),
+            "{line:?}"
+        );
         assert!(matches!(parts.next(), Some("F" | "P")), "{line:?}");
     }
 
@@ -54,16 +66,37 @@ fn two_containers_share_localhost_and_log_in_cri_format() {
     let (server_id, _, _) = env
         .tasks()
         .into_iter()
-        .find(|(id, _, _)| pod["status"]["containerStatuses"][0]["containerID"].as_str().unwrap().ends_with(id.as_str()))
+        .find(|(id, _, _)| {
+            pod["status"]["containerStatuses"][0]["containerID"]
+                .as_str()
+                .unwrap()
+                .ends_with(id.as_str())
+        })
         .expect("server task");
     let out = std::process::Command::new("ctr")
         .arg("--address")
         .arg(env.dir.join("containerd.sock"))
-        .args(["-n", common::NAMESPACE, "tasks", "exec", "--exec-id", "probe", &server_id, "sh", "-c", "httpd -f -p 8080 -h / 2>&1; echo rc=$?"])
+        .args([
+            "-n",
+            common::NAMESPACE,
+            "tasks",
+            "exec",
+            "--exec-id",
+            "probe",
+            &server_id,
+            "sh",
+            "-c",
+            "httpd -f -p 8080 -h / 2>&1; echo rc=$?",
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("Address in use") || text.contains("address already in use") || text.contains("rc=1"), "{text}");
+    assert!(
+        text.contains("Address in use")
+            || text.contains("address already in use")
+            || text.contains("rc=1"),
+        "{text}"
+    );
     // The host's port 8080 is not the pod's.
     assert!(std::net::TcpStream::connect("127.0.0.1:8080").is_err());
 }
@@ -78,32 +111,60 @@ fn edit_delete_and_readd_replace_the_pod() {
     assert_eq!(env.tasks().len(), 1);
 
     // Reformatting the file keeps the pod.
-    env.write_manifest("app.yaml", &format!("# a comment\n{}", pod_yaml("app", SLEEPER)));
+    env.write_manifest(
+        "app.yaml",
+        &format!("# a comment\n{}", pod_yaml("app", SLEEPER)),
+    );
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(env.pod("app-node1").unwrap()["metadata"]["uid"], uid1.as_str());
+    assert_eq!(
+        env.pod("app-node1").unwrap()["metadata"]["uid"],
+        uid1.as_str()
+    );
 
     // An edit replaces it: new UID, old containers gone.
-    env.write_manifest("app.yaml", &pod_yaml("app", &SLEEPER.replace("3600", "3601")));
+    env.write_manifest(
+        "app.yaml",
+        &pod_yaml("app", &SLEEPER.replace("3600", "3601")),
+    );
     let second = env.wait_for("new uid", Duration::from_secs(30), || {
         let p = env.pod("app-node1")?;
         (p["metadata"]["uid"] != uid1.as_str() && p["status"]["phase"] == "Running").then_some(p)
     });
     let uid2 = second["metadata"]["uid"].as_str().unwrap().to_string();
-    env.wait_for("only the new container", Duration::from_secs(30), || (env.tasks().len() == 1 && env.containers().len() == 1).then_some(()));
+    env.wait_for("only the new container", Duration::from_secs(30), || {
+        (env.tasks().len() == 1 && env.containers().len() == 1).then_some(())
+    });
     assert!(!env.dir.join("root/pods").join(&uid1).exists());
 
     // Delete: everything goes, mounts and cgroups included.
     env.remove_manifest("app.yaml");
-    env.wait_for("pod gone", Duration::from_secs(30), || (env.pods().is_empty() && env.containers().is_empty()).then_some(()));
-    env.wait_for("sandbox gone", Duration::from_secs(10), || {
-        (env.mounts_under_dir().iter().all(|m| !m.contains("/root/pods/")) && !env.dir.join("root/pods").join(&uid2).exists()).then_some(())
+    env.wait_for("pod gone", Duration::from_secs(30), || {
+        (env.pods().is_empty() && env.containers().is_empty()).then_some(())
     });
-    let leftover: Vec<_> = env.cgroup_dirs().into_iter().filter(|d| d.to_string_lossy().contains("/pod")).collect();
+    env.wait_for("sandbox gone", Duration::from_secs(10), || {
+        (env.mounts_under_dir()
+            .iter()
+            .all(|m| !m.contains("/root/pods/"))
+            && !env.dir.join("root/pods").join(&uid2).exists())
+        .then_some(())
+    });
+    let leftover: Vec<_> = env
+        .cgroup_dirs()
+        .into_iter()
+        .filter(|d| d.to_string_lossy().contains("/pod"))
+        .collect();
     assert!(leftover.is_empty(), "cgroups left: {leftover:?}");
-    assert!(!env.dir.join(format!("logs/default_app-node1_{uid2}")).exists());
+    assert!(
+        !env.dir
+            .join(format!("logs/default_app-node1_{uid2}"))
+            .exists()
+    );
 
     // Re-adding brings it back, with the second UID (same content).
-    env.write_manifest("app.yaml", &pod_yaml("app", &SLEEPER.replace("3600", "3601")));
+    env.write_manifest(
+        "app.yaml",
+        &pod_yaml("app", &SLEEPER.replace("3600", "3601")),
+    );
     let back = env.wait_running("app-node1");
     assert_eq!(back["metadata"]["uid"], uid2.as_str());
 }
@@ -119,20 +180,30 @@ fn crash_loop_backoff_grows() {
     // Record when each restart shows up (config: 1 s doubling to 8 s).
     let mut seen: Vec<(i64, Instant)> = vec![];
     let deadline = Instant::now() + Duration::from_secs(40);
-    while Instant::now() < deadline && seen.last().map_or(true, |s| s.0 < 4) {
+    while Instant::now() < deadline && seen.last().is_none_or(|s| s.0 < 4) {
         if let Some(p) = env.pod("crash-node1") {
             let n = restart_count(&p, "c");
-            if n >= 0 && seen.last().map_or(true, |s| s.0 != n) {
+            if n >= 0 && seen.last().is_none_or(|s| s.0 != n) {
                 seen.push((n, Instant::now()));
             }
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(seen.len() >= 4 && seen.last().unwrap().0 >= 4, "restarts seen: {seen:?}\n{}", env.agent_output());
-    let gaps: Vec<f64> = seen.windows(2).map(|w| (w[1].1 - w[0].1).as_secs_f64()).collect();
+    assert!(
+        seen.len() >= 4 && seen.last().unwrap().0 >= 4,
+        "restarts seen: {seen:?}\n{}",
+        env.agent_output()
+    );
+    let gaps: Vec<f64> = seen
+        .windows(2)
+        .map(|w| (w[1].1 - w[0].1).as_secs_f64())
+        .collect();
     // Gaps: ~0 (first restart is immediate), then ~1 s, ~2 s, ~4 s.
     let n = gaps.len();
-    assert!(gaps[n - 1] > gaps[n - 2] * 1.5 && gaps[n - 2] > gaps[n - 3] * 1.5, "gaps do not grow: {gaps:?}");
+    assert!(
+        gaps[n - 1] > gaps[n - 2] * 1.5 && gaps[n - 2] > gaps[n - 3] * 1.5,
+        "gaps do not grow: {gaps:?}"
+    );
     assert!(gaps[n - 1] > 3.0 && gaps[n - 1] < 6.5, "last gap {gaps:?}");
 
     let p = env.pod("crash-node1").unwrap();
@@ -145,7 +216,10 @@ fn crash_loop_backoff_grows() {
         let w = p["status"]["containerStatuses"][0]["state"]["waiting"].clone();
         (w["reason"] == "CrashLoopBackOff").then_some(w)
     });
-    assert!(backoff["message"].as_str().unwrap().contains("back-off"), "{backoff}");
+    assert!(
+        backoff["message"].as_str().unwrap().contains("back-off"),
+        "{backoff}"
+    );
     // One log file per attempt.
     assert!(env.log_files().len() >= 4, "{:?}", env.log_files());
 }
@@ -163,11 +237,22 @@ fn init_containers_run_in_order_before_apps() {
     );
     let pod = env.wait_running("init-node1");
     let inits = pod["status"]["initContainerStatuses"].as_array().unwrap();
-    let t = |c: &serde_json::Value, k: &str| c["state"]["terminated"][k].as_str().unwrap().parse::<jiff::Timestamp>().unwrap();
+    let t = |c: &serde_json::Value, k: &str| {
+        c["state"]["terminated"][k]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+    };
     assert_eq!(inits[0]["state"]["terminated"]["reason"], "Completed");
     assert_eq!(inits[1]["state"]["terminated"]["exitCode"], 0);
     assert!(t(&inits[0], "finishedAt") <= t(&inits[1], "startedAt"));
-    let app_started: jiff::Timestamp = pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"].as_str().unwrap().parse().unwrap();
+    let app_started: jiff::Timestamp =
+        pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
     assert!(t(&inits[1], "finishedAt") <= app_started);
 
     // A failing init container with restartPolicy Never fails the pod and
@@ -183,7 +268,10 @@ fn init_containers_run_in_order_before_apps() {
         let p = env.pod("badinit-node1")?;
         (p["status"]["phase"] == "Failed").then_some(p)
     });
-    assert_eq!(failed["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"], 7);
+    assert_eq!(
+        failed["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"],
+        7
+    );
     assert!(failed["status"]["containerStatuses"][0]["state"]["waiting"].is_object());
 }
 
@@ -206,15 +294,25 @@ fn termination_sends_sigterm_then_sigkill_after_grace() {
 
     let t0 = Instant::now();
     env.remove_manifest("polite.yaml");
-    env.wait_for("polite gone", Duration::from_secs(20), || env.pod("polite-node1").is_none().then_some(()));
+    env.wait_for("polite gone", Duration::from_secs(20), || {
+        env.pod("polite-node1").is_none().then_some(())
+    });
     let polite = t0.elapsed();
-    assert!(polite < Duration::from_secs(5), "SIGTERM was not delivered: {polite:?}");
+    assert!(
+        polite < Duration::from_secs(5),
+        "SIGTERM was not delivered: {polite:?}"
+    );
 
     let t0 = Instant::now();
     env.remove_manifest("stubborn.yaml");
-    env.wait_for("stubborn gone", Duration::from_secs(30), || env.pod("stubborn-node1").is_none().then_some(()));
+    env.wait_for("stubborn gone", Duration::from_secs(30), || {
+        env.pod("stubborn-node1").is_none().then_some(())
+    });
     let stubborn = t0.elapsed();
-    assert!(stubborn >= Duration::from_millis(2900) && stubborn < Duration::from_secs(10), "grace period not honoured: {stubborn:?}");
+    assert!(
+        stubborn >= Duration::from_millis(2900) && stubborn < Duration::from_secs(10),
+        "grace period not honoured: {stubborn:?}"
+    );
     assert!(env.containers().is_empty());
 }
 
@@ -238,7 +336,9 @@ fn agent_sigkill_and_restart_adopts_containers() {
     // While the agent is down: one manifest disappears.
     env.remove_manifest("gone.yaml");
     env.start_agent();
-    env.wait_for("gone pod stopped", Duration::from_secs(20), || (env.tasks().len() == 3).then_some(()));
+    env.wait_for("gone pod stopped", Duration::from_secs(20), || {
+        (env.tasks().len() == 3).then_some(())
+    });
     let a = env.wait_running("a-node1");
     let b = env.wait_running("b-node1");
     assert_eq!(restart_count(&a, "main"), 0);
@@ -265,10 +365,31 @@ fn bad_manifests_are_reported_and_do_not_stop_good_ones() {
         "web.yaml",
         &pod_yaml("web", "  containers:\n  - name: a\n    image: busybox\n  - name: b\n    image: busybox\n    resources:\n      limits:\n        memory: \"-1Mi\"\n"),
     );
-    env.write_manifest("typo.yaml", &pod_yaml("typo", "  containers:\n  - name: a\n    image: busybox\n    comand: [sleep, '1']\n"));
-    env.write_manifest("dup.yaml", &pod_yaml("dup", "  containers:\n  - name: a\n    image: busybox\n  - name: a\n    image: busybox\n"));
-    env.write_manifest("policy.yaml", &pod_yaml("policy", "  restartPolicy: Sometimes\n  containers:\n  - name: a\n    image: busybox\n"));
-    env.write_manifest("broken.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: x\n");
+    env.write_manifest(
+        "typo.yaml",
+        &pod_yaml(
+            "typo",
+            "  containers:\n  - name: a\n    image: busybox\n    comand: [sleep, '1']\n",
+        ),
+    );
+    env.write_manifest(
+        "dup.yaml",
+        &pod_yaml(
+            "dup",
+            "  containers:\n  - name: a\n    image: busybox\n  - name: a\n    image: busybox\n",
+        ),
+    );
+    env.write_manifest(
+        "policy.yaml",
+        &pod_yaml(
+            "policy",
+            "  restartPolicy: Sometimes\n  containers:\n  - name: a\n    image: busybox\n",
+        ),
+    );
+    env.write_manifest(
+        "broken.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: x\n",
+    );
     env.write_manifest("noimage.yaml", &pod_yaml("noimage", "  containers:\n  - name: a\n    image: example.invalid/nothing:1\n    imagePullPolicy: IfNotPresent\n"));
     env.write_manifest("web.yaml~", "editor backup: ignored");
     env.write_manifest(".hidden.yaml", "hidden: ignored");
@@ -296,7 +417,13 @@ fn bad_manifests_are_reported_and_do_not_stop_good_ones() {
         let w = p["status"]["containerStatuses"][0]["state"]["waiting"].clone();
         (w["reason"] == "ErrImagePull").then_some(w)
     });
-    assert!(waiting["message"].as_str().unwrap().contains("pulling from registries is not supported"), "{waiting}");
+    assert!(
+        waiting["message"]
+            .as_str()
+            .unwrap()
+            .contains("pulling from registries is not supported"),
+        "{waiting}"
+    );
     assert!(env.agent_is_alive());
     assert_eq!(env.tasks().len(), 1);
 }

@@ -74,13 +74,19 @@ mod tests {
                     32 1 8:1 / / rw - ext4 /dev/vda rw\n";
         assert_eq!(
             hierarchies(info),
-            [PathBuf::from("/sys/fs/cgroup/memory"), PathBuf::from("/sys/fs/cgroup/unified")]
+            [
+                PathBuf::from("/sys/fs/cgroup/memory"),
+                PathBuf::from("/sys/fs/cgroup/unified")
+            ]
         );
     }
 
     #[test]
     fn paths() {
-        assert_eq!(container_cgroup("/kubelet-lite/", "u1", "c1"), "/kubelet-lite/podu1/c1");
+        assert_eq!(
+            container_cgroup("/kubelet-lite/", "u1", "c1"),
+            "/kubelet-lite/podu1/c1"
+        );
     }
 
     #[test]
@@ -88,7 +94,7 @@ mod tests {
         let m = std::env::temp_dir().join(format!("kl-cg-{}", std::process::id()));
         let pod = m.join("kl/podu1");
         std::fs::create_dir_all(pod.join("c1")).unwrap();
-        assert!(remove_pod_cgroups(&[m.clone()], "/kl", "u1").is_empty());
+        assert!(remove_pod_cgroups(std::slice::from_ref(&m), "/kl", "u1").is_empty());
         assert!(!pod.exists());
         assert!(m.join("kl").exists());
         std::fs::remove_dir_all(&m).unwrap();

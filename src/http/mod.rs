@@ -3,11 +3,11 @@
 
 use std::net::SocketAddr;
 
+use axum::Router;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 
@@ -46,7 +46,11 @@ pub fn pod_list(store: &StatusStore) -> serde_json::Value {
 
 async fn pods(State(state): State<AppState>) -> impl IntoResponse {
     let body = serde_json::to_vec(&pod_list(&state.store)).expect("JSON serializes");
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body)
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
 }
 
 /// Serves until the process ends.

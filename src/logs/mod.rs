@@ -21,7 +21,14 @@ pub fn pod_log_dir(root: &Path, namespace: &str, pod: &str, uid: &str) -> PathBu
     root.join(format!("{namespace}_{pod}_{uid}"))
 }
 
-pub fn container_log_path(root: &Path, namespace: &str, pod: &str, uid: &str, container: &str, restart: u32) -> PathBuf {
+pub fn container_log_path(
+    root: &Path,
+    namespace: &str,
+    pod: &str,
+    uid: &str,
+    container: &str,
+    restart: u32,
+) -> PathBuf {
     pod_log_dir(root, namespace, pod, uid)
         .join(container)
         .join(format!("{restart}.log"))
@@ -75,11 +82,23 @@ fn write_record(out: &Mutex<impl Write>, stream: &str, tag: &str, text: &[u8]) -
 pub fn run_logger(path: &Path) -> i32 {
     // SAFETY: containerd's binary logging protocol hands us fds 3, 4 and 5,
     // open and owned by this process; nothing else in it uses them.
-    let (stdout, stderr, ready) = unsafe { (File::from_raw_fd(3), File::from_raw_fd(4), File::from_raw_fd(5)) };
+    let (stdout, stderr, ready) = unsafe {
+        (
+            File::from_raw_fd(3),
+            File::from_raw_fd(4),
+            File::from_raw_fd(5),
+        )
+    };
     let file = path
         .parent()
         .map_or(Ok(()), std::fs::create_dir_all)
-        .and_then(|_| OpenOptions::new().create(true).append(true).mode(0o640).open(path));
+        .and_then(|_| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o640)
+                .open(path)
+        });
     // Closing fd 5 tells the shim we are ready, whatever happened.
     drop(ready);
     let file = match file {
@@ -96,7 +115,7 @@ pub fn run_logger(path: &Path) -> i32 {
     let f2 = Arc::clone(&file);
     let t = std::thread::spawn(move || copy_stream(stderr, "stderr", &f2));
     let a = copy_stream(stdout, "stdout", &file);
-    let b = t.join().unwrap_or_else(|_| Ok(()));
+    let b = t.join().unwrap_or(Ok(()));
     if a.is_err() || b.is_err() { 1 } else { 0 }
 }
 
@@ -140,7 +159,17 @@ mod tests {
 
     #[test]
     fn paths_follow_the_kubelet() {
-        let p = container_log_path(Path::new("/var/log/pods"), "default", "web-n1", "abc", "app", 2);
-        assert_eq!(p, PathBuf::from("/var/log/pods/default_web-n1_abc/app/2.log"));
+        let p = container_log_path(
+            Path::new("/var/log/pods"),
+            "default",
+            "web-n1",
+            "abc",
+            "app",
+            2,
+        );
+        assert_eq!(
+            p,
+            PathBuf::from("/var/log/pods/default_web-n1_abc/app/2.log")
+        );
     }
 }

@@ -112,7 +112,10 @@ pub fn parse_file(file: &Path, text: &str, node: &str) -> Parsed {
             message,
         };
         let Value::Object(map) = &doc else {
-            out.errors.push(err(None, "a document must be a mapping (a Kubernetes object)".into()));
+            out.errors.push(err(
+                None,
+                "a document must be a mapping (a Kubernetes object)".into(),
+            ));
             continue;
         };
         let kind = map.get("kind").and_then(Value::as_str).unwrap_or("");
@@ -120,10 +123,16 @@ pub fn parse_file(file: &Path, text: &str, node: &str) -> Parsed {
         match (api_version, kind) {
             ("v1", "Pod") => match parse_pod(file, doc.clone(), node) {
                 Ok(pod) => out.pods.push(pod),
-                Err(errors) => out.errors.extend(errors.into_iter().map(|f| err(Some(f.field), f.message))),
+                Err(errors) => out
+                    .errors
+                    .extend(errors.into_iter().map(|f| err(Some(f.field), f.message))),
             },
-            (_, "") => out.errors.push(err(Some("kind".into()), "Required value".into())),
-            ("", _) => out.errors.push(err(Some("apiVersion".into()), "Required value".into())),
+            (_, "") => out
+                .errors
+                .push(err(Some("kind".into()), "Required value".into())),
+            ("", _) => out
+                .errors
+                .push(err(Some("apiVersion".into()), "Required value".into())),
             (_, "Pod") => out.errors.push(err(
                 Some("apiVersion".into()),
                 format!("Unsupported value: {api_version:?}: Pod is \"v1\""),
@@ -144,7 +153,10 @@ fn parse_pod(file: &Path, mut doc: Value, node: &str) -> Result<StaticPod, Vec<F
     normalize_quantities(&mut doc);
     let pod: Pod = serde_path_to_error::deserialize(doc.clone()).map_err(|e| {
         let path = e.path().to_string();
-        field_error(if path == "." { "(root)" } else { &path }, e.inner().to_string())
+        field_error(
+            if path == "." { "(root)" } else { &path },
+            e.inner().to_string(),
+        )
     })?;
     // k8s-openapi skips fields it does not know; a typo must not vanish.
     let typed = serde_json::to_value(&pod).expect("a Pod serializes");
@@ -166,13 +178,24 @@ fn parse_pod(file: &Path, mut doc: Value, node: &str) -> Result<StaticPod, Vec<F
     let warnings = find_unsupported(&doc);
 
     let uid = static_pod_uid(node, file, &doc);
-    let name = format!("{}-{}", pod.metadata.name.as_deref().unwrap_or_default(), node);
-    let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".to_string());
+    let name = format!(
+        "{}-{}",
+        pod.metadata.name.as_deref().unwrap_or_default(),
+        node
+    );
+    let namespace = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_string());
     let mut pod = pod;
     pod.metadata.name = Some(name.clone());
     pod.metadata.namespace = Some(namespace.clone());
     pod.metadata.uid = Some(uid.clone());
-    let annotations = pod.metadata.annotations.get_or_insert_with(Default::default);
+    let annotations = pod
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default);
     annotations.insert("kubernetes.io/config.source".into(), "file".into());
     annotations.insert("kubernetes.io/config.hash".into(), uid.clone());
     if let Some(spec) = pod.spec.as_mut() {
@@ -204,11 +227,17 @@ pub fn static_pod_uid(node: &str, file: &Path, doc: &Value) -> String {
 /// Kubernetes accepts `cpu: 1` and `memory: 128974848` (YAML numbers) where the
 /// Rust types want strings.
 fn normalize_quantities(doc: &mut Value) {
-    let Some(spec) = doc.get_mut("spec") else { return };
+    let Some(spec) = doc.get_mut("spec") else {
+        return;
+    };
     for group in ["containers", "initContainers"] {
-        let Some(Value::Array(containers)) = spec.get_mut(group) else { continue };
+        let Some(Value::Array(containers)) = spec.get_mut(group) else {
+            continue;
+        };
         for c in containers {
-            let Some(res) = c.get_mut("resources") else { continue };
+            let Some(res) = c.get_mut("resources") else {
+                continue;
+            };
             for kind in ["limits", "requests"] {
                 if let Some(Value::Object(m)) = res.get_mut(kind) {
                     for v in m.values_mut() {
@@ -227,7 +256,11 @@ fn find_unknown(orig: &Value, typed: &Value, path: &str, out: &mut Vec<String>) 
     match (orig, typed) {
         (Value::Object(o), Value::Object(t)) => {
             for (k, v) in o {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match t.get(k) {
                     Some(tv) => find_unknown(v, tv, &p, out),
                     None if v.is_null() => {}
@@ -306,13 +339,20 @@ fn find_unsupported(doc: &Value) -> Vec<String> {
     fn walk(v: &Value, path: &mut Vec<String>, patterns: &[Vec<String>], out: &mut Vec<String>) {
         let matches = |p: &[String], full: bool| {
             patterns.iter().any(|s| {
-                (if full { p.len() >= s.len() } else { p.len() < s.len() })
-                    && s.iter().zip(p).all(|(a, b)| a == "*" || a == b)
+                (if full {
+                    p.len() >= s.len()
+                } else {
+                    p.len() < s.len()
+                }) && s.iter().zip(p).all(|(a, b)| a == "*" || a == b)
             })
         };
         let children: Vec<(String, &Value)> = match v {
             Value::Object(m) => m.iter().map(|(k, c)| (k.clone(), c)).collect(),
-            Value::Array(items) => items.iter().enumerate().map(|(i, c)| (i.to_string(), c)).collect(),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (i.to_string(), c))
+                .collect(),
             _ => return,
         };
         for (k, child) in children {
@@ -323,7 +363,10 @@ fn find_unsupported(doc: &Value) -> Vec<String> {
             if matches(path, false) {
                 walk(child, path, patterns, out);
             } else if !matches(path, true) {
-                out.push(format!("{}: not supported by kubelet-lite, ignored", path.join(".")));
+                out.push(format!(
+                    "{}: not supported by kubelet-lite, ignored",
+                    path.join(".")
+                ));
             }
             path.pop();
         }
@@ -358,7 +401,10 @@ mod tests {
     #[test]
     fn uid_follows_content_not_formatting() {
         let a = parse(GOOD).pods[0].uid.clone();
-        let reformatted = format!("# a comment\n{}", GOOD.replace("[sleep, '3600']", "\n    - sleep\n    - \"3600\""));
+        let reformatted = format!(
+            "# a comment\n{}",
+            GOOD.replace("[sleep, '3600']", "\n    - sleep\n    - \"3600\"")
+        );
         assert_eq!(parse(&reformatted).pods[0].uid, a);
         let edited = GOOD.replace("3600", "3601");
         assert_ne!(parse(&edited).pods[0].uid, a);
@@ -397,15 +443,24 @@ mod tests {
     #[test]
     fn unknown_and_mistyped_fields_are_errors() {
         let p = parse(&GOOD.replace("    command:", "    comand:"));
-        assert_eq!(p.errors[0].field.as_deref(), Some("spec.containers[0].comand"));
+        assert_eq!(
+            p.errors[0].field.as_deref(),
+            Some("spec.containers[0].comand")
+        );
         assert_eq!(p.errors[0].message, "unknown field");
         let p = parse(&GOOD.replace("[sleep, '3600']", "{a: b}"));
-        assert_eq!(p.errors[0].field.as_deref(), Some("spec.containers[0].command"));
+        assert_eq!(
+            p.errors[0].field.as_deref(),
+            Some("spec.containers[0].command")
+        );
     }
 
     #[test]
     fn multi_document_files() {
-        let text = format!("{GOOD}---\n{}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\n---\n", GOOD.replace("name: web", "name: api"));
+        let text = format!(
+            "{GOOD}---\n{}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\n---\n",
+            GOOD.replace("name: web", "name: api")
+        );
         let p = parse(&text);
         assert_eq!(p.pods.len(), 2);
         assert_eq!(p.ignored, vec!["v1 ConfigMap".to_string()]);
@@ -413,23 +468,39 @@ mod tests {
         let p = parse(&bad);
         assert_eq!(p.pods.len(), 1);
         assert_eq!(p.errors[0].document, Some(2));
-        assert!(p.errors[0].to_string().starts_with("/m/web.yaml (document 2): spec.containers[0].image"));
+        assert!(
+            p.errors[0]
+                .to_string()
+                .starts_with("/m/web.yaml (document 2): spec.containers[0].image")
+        );
     }
 
     #[test]
     fn unsupported_fields_warn() {
-        let text = GOOD.replace("    command:", "    livenessProbe: {exec: {command: [/bin/true]}}\n    command:");
+        let text = GOOD.replace(
+            "    command:",
+            "    livenessProbe: {exec: {command: [/bin/true]}}\n    command:",
+        );
         let p = parse(&text);
         assert!(p.errors.is_empty(), "{:?}", p.errors);
         assert_eq!(
             p.pods[0].warnings,
-            vec!["spec.containers.0.livenessProbe: not supported by kubelet-lite, ignored".to_string()]
+            vec![
+                "spec.containers.0.livenessProbe: not supported by kubelet-lite, ignored"
+                    .to_string()
+            ]
         );
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for text in ["{", "- a\n- b\n", "kind: Pod\n", "apiVersion: v2\nkind: Pod\n", "apiVersion: v1\nkind: Pod\nspec: 3\n"] {
+        for text in [
+            "{",
+            "- a\n- b\n",
+            "kind: Pod\n",
+            "apiVersion: v2\nkind: Pod\n",
+            "apiVersion: v1\nkind: Pod\nspec: 3\n",
+        ] {
             let p = parse(text);
             assert!(p.pods.is_empty());
             assert!(!p.errors.is_empty(), "{text:?}");

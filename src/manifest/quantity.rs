@@ -152,8 +152,8 @@ mod tests {
             ("2", 2000),
             (".5", 500),
             ("1e3", 1_000_000),
-            ("0.0001", 1),  // rounds up
-            ("1500u", 2),   // 1.5m rounds up
+            ("0.0001", 1), // rounds up
+            ("1500u", 2),  // 1.5m rounds up
             ("250000000n", 250),
         ] {
             assert_eq!(Quantity::parse(text).unwrap().milli_ceil(), milli, "{text}");
@@ -181,7 +181,9 @@ mod tests {
     fn negative_and_invalid() {
         assert!(Quantity::parse("-1Mi").unwrap().is_negative());
         assert!(!Quantity::parse("+1Mi").unwrap().is_negative());
-        for bad in ["", "Mi", "1.2.3", "1MB", "1 Gi", "abc", "1e", "1e99", "--1", "1ki"] {
+        for bad in [
+            "", "Mi", "1.2.3", "1MB", "1 Gi", "abc", "1e", "1e99", "--1", "1ki",
+        ] {
             assert!(Quantity::parse(bad).is_err(), "{bad:?} should be refused");
         }
         let msg = Quantity::parse("12XB").unwrap_err().to_string();
@@ -193,6 +195,9 @@ mod tests {
         let a = Quantity::parse("1Gi").unwrap();
         let b = Quantity::parse("1G").unwrap();
         assert!(a > b);
-        assert_eq!(Quantity::parse("1000m").unwrap(), Quantity::parse("1").unwrap());
+        assert_eq!(
+            Quantity::parse("1000m").unwrap(),
+            Quantity::parse("1").unwrap()
+        );
     }
 }

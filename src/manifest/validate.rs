@@ -44,7 +44,8 @@ pub fn check_label(s: &str) -> Result<(), String> {
     let ok_chars = s
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    let ok_ends = s.as_bytes()[0].is_ascii_alphanumeric() && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric();
+    let ok_ends = s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric();
     if !ok_chars || !ok_ends {
         return Err(format!(
             "{s:?} must consist of lower case alphanumeric characters or '-', and start and end with an alphanumeric character"
@@ -119,14 +120,20 @@ fn validate_spec(spec: &PodSpec, e: &mut Errors) {
     }
     let mut names = BTreeSet::new();
     let groups = [
-        ("spec.initContainers", spec.init_containers.as_deref().unwrap_or(&[])),
+        (
+            "spec.initContainers",
+            spec.init_containers.as_deref().unwrap_or(&[]),
+        ),
         ("spec.containers", spec.containers.as_slice()),
     ];
     for (group, containers) in groups {
         for (i, c) in containers.iter().enumerate() {
             let base = format!("{group}[{i}]");
             if !names.insert(c.name.as_str()) {
-                e.add(format!("{base}.name"), format!("Duplicate value: {:?}", c.name));
+                e.add(
+                    format!("{base}.name"),
+                    format!("Duplicate value: {:?}", c.name),
+                );
             }
             validate_container(c, &base, &volume_names, spec.host_network == Some(true), e);
         }
@@ -136,13 +143,18 @@ fn validate_spec(spec: &PodSpec, e: &mut Errors) {
     {
         e.add(
             "spec.restartPolicy",
-            format!("Unsupported value: {p:?}: supported values: \"Always\", \"OnFailure\", \"Never\""),
+            format!(
+                "Unsupported value: {p:?}: supported values: \"Always\", \"OnFailure\", \"Never\""
+            ),
         );
     }
     if let Some(g) = spec.termination_grace_period_seconds
         && g < 0
     {
-        e.add("spec.terminationGracePeriodSeconds", format!("{g} must be >= 0"));
+        e.add(
+            "spec.terminationGracePeriodSeconds",
+            format!("{g} must be >= 0"),
+        );
     }
     if let Some(h) = spec.hostname.as_deref()
         && let Err(m) = check_label(h)
@@ -163,9 +175,10 @@ fn validate_container(
     }
     match c.image.as_deref() {
         None | Some("") => e.add(format!("{base}.image"), "Required value"),
-        Some(img) if img.trim() != img || img.contains(char::is_whitespace) => {
-            e.add(format!("{base}.image"), format!("{img:?} must not contain spaces"))
-        }
+        Some(img) if img.trim() != img || img.contains(char::is_whitespace) => e.add(
+            format!("{base}.image"),
+            format!("{img:?} must not contain spaces"),
+        ),
         Some(img) => {
             if let Err(m) = crate::runtime::image_ref::normalize(img) {
                 e.add(format!("{base}.image"), m);
@@ -184,7 +197,10 @@ fn validate_container(
     for (i, var) in c.env.iter().flatten().enumerate() {
         let field = format!("{base}.env[{i}]");
         if var.name.is_empty() || var.name.contains('=') {
-            e.add(format!("{field}.name"), format!("{:?} is not a valid environment variable name", var.name));
+            e.add(
+                format!("{field}.name"),
+                format!("{:?} is not a valid environment variable name", var.name),
+            );
         }
         env_names.insert(var.name.as_str());
         if let Some(from) = &var.value_from {
@@ -209,31 +225,45 @@ fn validate_container(
         }
     }
     if c.env_from.as_ref().is_some_and(|v| !v.is_empty()) {
-        e.add(format!("{base}.envFrom"), "not supported (no ConfigMap or Secret source yet)");
+        e.add(
+            format!("{base}.envFrom"),
+            "not supported (no ConfigMap or Secret source yet)",
+        );
     }
     let mut port_names = BTreeSet::new();
     for (i, p) in c.ports.iter().flatten().enumerate() {
         let field = format!("{base}.ports[{i}]");
         if !(1..=65535).contains(&p.container_port) {
-            e.add(format!("{field}.containerPort"), format!("{} must be between 1 and 65535", p.container_port));
+            e.add(
+                format!("{field}.containerPort"),
+                format!("{} must be between 1 and 65535", p.container_port),
+            );
         }
         if let Some(hp) = p.host_port
             && (!(1..=65535).contains(&hp) || (host_network && hp != p.container_port))
         {
             e.add(
                 format!("{field}.hostPort"),
-                format!("{hp} must be between 1 and 65535 and equal containerPort with hostNetwork"),
+                format!(
+                    "{hp} must be between 1 and 65535 and equal containerPort with hostNetwork"
+                ),
             );
         }
         if let Some(proto) = p.protocol.as_deref()
             && !["TCP", "UDP", "SCTP"].contains(&proto)
         {
-            e.add(format!("{field}.protocol"), format!("Unsupported value: {proto:?}"));
+            e.add(
+                format!("{field}.protocol"),
+                format!("Unsupported value: {proto:?}"),
+            );
         }
         if let Some(n) = p.name.as_deref()
             && (n.len() > 15 || check_label(n).is_err() || !port_names.insert(n))
         {
-            e.add(format!("{field}.name"), format!("{n:?} must be a unique label of at most 15 characters"));
+            e.add(
+                format!("{field}.name"),
+                format!("{n:?} must be a unique label of at most 15 characters"),
+            );
         }
     }
     for (i, m) in c.volume_mounts.iter().flatten().enumerate() {
@@ -242,7 +272,10 @@ fn validate_container(
             e.add(format!("{field}.name"), format!("Not found: {:?}", m.name));
         }
         if !m.mount_path.starts_with('/') {
-            e.add(format!("{field}.mountPath"), format!("{:?} must be an absolute path", m.mount_path));
+            e.add(
+                format!("{field}.mountPath"),
+                format!("{:?} must be an absolute path", m.mount_path),
+            );
         }
     }
     if let Some(r) = &c.resources {
@@ -251,7 +284,10 @@ fn validate_container(
 }
 
 fn validate_resources(r: &ResourceRequirements, base: &str, e: &mut Errors) {
-    let mut parsed = |kind: &str, map: &Option<std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+    let mut parsed = |kind: &str,
+                      map: &Option<
+        std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    >| {
         let mut out = std::collections::BTreeMap::new();
         for (name, q) in map.iter().flatten() {
             let field = format!("{base}.{kind}.{name}");

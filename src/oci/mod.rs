@@ -2,7 +2,7 @@
 //! is passed in.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use k8s_openapi::api::core::v1::{Container, PodSpec};
@@ -11,8 +11,8 @@ use oci_spec::runtime::{
     Spec, User,
 };
 
-use crate::manifest::quantity::Quantity;
 use crate::manifest::StaticPod;
+use crate::manifest::quantity::Quantity;
 use crate::runtime::ImageConfig;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -67,7 +67,11 @@ pub const CPU_PERIOD_US: u64 = 100_000;
 
 fn quantity(c: &Container, kind: &str, resource: &str) -> Option<Quantity> {
     let r = c.resources.as_ref()?;
-    let map = if kind == "limits" { r.limits.as_ref()? } else { r.requests.as_ref()? };
+    let map = if kind == "limits" {
+        r.limits.as_ref()?
+    } else {
+        r.requests.as_ref()?
+    };
     Quantity::parse(&map.get(resource)?.0).ok()
 }
 
@@ -76,7 +80,9 @@ fn quantity(c: &Container, kind: &str, resource: &str) -> Option<Quantity> {
 /// request equal to the limit, as the API server's defaulting does.
 pub fn resources(c: &Container) -> LinuxResources {
     let cpu_limit = quantity(c, "limits", "cpu").map(|q| q.milli_ceil());
-    let cpu_request = quantity(c, "requests", "cpu").map(|q| q.milli_ceil()).or(cpu_limit);
+    let cpu_request = quantity(c, "requests", "cpu")
+        .map(|q| q.milli_ceil())
+        .or(cpu_limit);
     let mem_limit = quantity(c, "limits", "memory").map(|q| q.value_ceil());
     let mut res = LinuxResources::default();
     let mut cpu = LinuxCpu::default();
@@ -139,29 +145,41 @@ fn field_value(path: &str, pod: &StaticPod) -> String {
 pub fn environment(input: &ContainerInput) -> Vec<(String, String)> {
     let mut order: Vec<String> = Vec::new();
     let mut vars: BTreeMap<String, String> = BTreeMap::new();
-    let set = |k: String, v: String, order: &mut Vec<String>, vars: &mut BTreeMap<String, String>| {
-        if !vars.contains_key(&k) {
-            order.push(k.clone());
-        }
-        vars.insert(k, v);
-    };
+    let set =
+        |k: String, v: String, order: &mut Vec<String>, vars: &mut BTreeMap<String, String>| {
+            if !vars.contains_key(&k) {
+                order.push(k.clone());
+            }
+            vars.insert(k, v);
+        };
     for kv in &input.image.env {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         set(k.to_string(), v.to_string(), &mut order, &mut vars);
     }
-    set("HOSTNAME".into(), input.ctx.hostname.clone(), &mut order, &mut vars);
+    set(
+        "HOSTNAME".into(),
+        input.ctx.hostname.clone(),
+        &mut order,
+        &mut vars,
+    );
     for e in input.container.env.iter().flatten() {
-        let value = match (&e.value, e.value_from.as_ref().and_then(|f| f.field_ref.as_ref())) {
+        let value = match (
+            &e.value,
+            e.value_from.as_ref().and_then(|f| f.field_ref.as_ref()),
+        ) {
             (_, Some(r)) => field_value(&r.field_path, input.pod),
             (Some(v), None) => expand(v, &vars),
             (None, None) => String::new(),
         };
         set(e.name.clone(), value, &mut order, &mut vars);
     }
-    order.into_iter().map(|k| {
-        let v = vars[&k].clone();
-        (k, v)
-    }).collect()
+    order
+        .into_iter()
+        .map(|k| {
+            let v = vars[&k].clone();
+            (k, v)
+        })
+        .collect()
 }
 
 /// `command`/`args` over the image's `Entrypoint`/`Cmd`, as Kubernetes
@@ -191,14 +209,24 @@ fn user(input: &ContainerInput) -> Result<User, SpecError> {
     let spec: &PodSpec = input.pod.spec();
     let csc = input.container.security_context.as_ref();
     let psc = spec.security_context.as_ref();
-    let mut uid = csc.and_then(|s| s.run_as_user).or(psc.and_then(|s| s.run_as_user));
-    let mut gid = csc.and_then(|s| s.run_as_group).or(psc.and_then(|s| s.run_as_group));
+    let mut uid = csc
+        .and_then(|s| s.run_as_user)
+        .or(psc.and_then(|s| s.run_as_user));
+    let mut gid = csc
+        .and_then(|s| s.run_as_group)
+        .or(psc.and_then(|s| s.run_as_group));
     if uid.is_none() && !input.image.user.is_empty() {
         let (u, g) = match input.image.user.split_once(':') {
             Some((u, g)) => (u, Some(g)),
             None => (input.image.user.as_str(), None),
         };
-        let parse = |s: &str| if s == "root" { Some(0) } else { s.parse::<i64>().ok() };
+        let parse = |s: &str| {
+            if s == "root" {
+                Some(0)
+            } else {
+                s.parse::<i64>().ok()
+            }
+        };
         uid = Some(parse(u).ok_or_else(|| SpecError::Field {
             field: "image config User".into(),
             message: format!(
@@ -219,11 +247,11 @@ fn user(input: &ContainerInput) -> Result<User, SpecError> {
     Ok(user)
 }
 
-fn bind(destination: &str, source: &PathBuf, readonly: bool) -> Mount {
+fn bind(destination: &str, source: &Path, readonly: bool) -> Mount {
     let mut m = Mount::default();
     m.set_destination(PathBuf::from(destination));
     m.set_typ(Some("bind".into()));
-    m.set_source(Some(source.clone()));
+    m.set_source(Some(source.to_path_buf()));
     let mut opts = vec!["rbind".to_string(), "rprivate".to_string()];
     opts.push(if readonly { "ro" } else { "rw" }.to_string());
     m.set_options(Some(opts));
@@ -260,7 +288,9 @@ pub fn build(input: &ContainerInput) -> Result<Spec, SpecError> {
     process.set_user(user(input)?);
     // Kubernetes' default is allowPrivilegeEscalation: true.
     let sc = c.security_context.as_ref();
-    process.set_no_new_privileges(Some(sc.and_then(|s| s.allow_privilege_escalation) == Some(false)));
+    process.set_no_new_privileges(Some(
+        sc.and_then(|s| s.allow_privilege_escalation) == Some(false),
+    ));
     // Inherit the shim's limits (containerd's LimitNOFILE), as CRI does.
     process.set_rlimits(None);
     if let Some(caps) = sc.and_then(|s| s.capabilities.as_ref()) {
@@ -268,7 +298,12 @@ pub fn build(input: &ContainerInput) -> Result<Spec, SpecError> {
         let mut bounding = set.bounding().clone().unwrap_or_default();
         for name in caps.add.iter().flatten() {
             let cap = Capability::from_str(&format!("CAP_{}", name.trim_start_matches("CAP_")))
-                .map_err(|_| field_err("securityContext.capabilities.add", format!("unknown capability {name:?}")))?;
+                .map_err(|_| {
+                    field_err(
+                        "securityContext.capabilities.add",
+                        format!("unknown capability {name:?}"),
+                    )
+                })?;
             bounding.insert(cap);
         }
         for name in caps.drop.iter().flatten() {
@@ -277,7 +312,12 @@ pub fn build(input: &ContainerInput) -> Result<Spec, SpecError> {
                 continue;
             }
             let cap = Capability::from_str(&format!("CAP_{}", name.trim_start_matches("CAP_")))
-                .map_err(|_| field_err("securityContext.capabilities.drop", format!("unknown capability {name:?}")))?;
+                .map_err(|_| {
+                    field_err(
+                        "securityContext.capabilities.drop",
+                        format!("unknown capability {name:?}"),
+                    )
+                })?;
             bounding.remove(&cap);
         }
         set.set_bounding(Some(bounding.clone()));
@@ -289,7 +329,9 @@ pub fn build(input: &ContainerInput) -> Result<Spec, SpecError> {
 
     let mut root = spec.root().clone().unwrap_or_default();
     root.set_path(PathBuf::from("rootfs"));
-    root.set_readonly(Some(sc.and_then(|s| s.read_only_root_filesystem) == Some(true)));
+    root.set_readonly(Some(
+        sc.and_then(|s| s.read_only_root_filesystem) == Some(true),
+    ));
     spec.set_root(Some(root));
     let ctx = input.ctx;
     spec.set_hostname(ctx.uts.as_ref().map(|_| ctx.hostname.clone()));
@@ -303,7 +345,10 @@ pub fn build(input: &ContainerInput) -> Result<Spec, SpecError> {
     mounts.push(bind("/etc/hostname", &ctx.hostname_file, false));
     mounts.push(bind("/etc/resolv.conf", &ctx.resolv_conf, false));
     if let Some(log) = &input.termination_log {
-        let dest = c.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into());
+        let dest = c
+            .termination_message_path
+            .clone()
+            .unwrap_or_else(|| "/dev/termination-log".into());
         mounts.push(bind(&dest, log, false));
     }
     spec.set_mounts(Some(mounts));
@@ -395,37 +440,75 @@ mod tests {
     #[test]
     fn command_and_args_follow_kubernetes_rules() {
         let img = image();
-        let args = |extra: &str| build_for(&pod(extra), &img).unwrap().process().as_ref().unwrap().args().clone().unwrap();
+        let args = |extra: &str| {
+            build_for(&pod(extra), &img)
+                .unwrap()
+                .process()
+                .as_ref()
+                .unwrap()
+                .args()
+                .clone()
+                .unwrap()
+        };
         assert_eq!(args(""), ["/entry", "serve"]);
         assert_eq!(args("    args: [run]\n"), ["/entry", "run"]);
         assert_eq!(args("    command: [sh]\n"), ["sh"]);
-        assert_eq!(args("    command: [sh]\n    args: [-c, 'echo $(MODE) $$(MODE) $(NOPE)']\n"), ["sh", "-c", "echo image $(MODE) $(NOPE)"]);
+        assert_eq!(
+            args("    command: [sh]\n    args: [-c, 'echo $(MODE) $$(MODE) $(NOPE)']\n"),
+            ["sh", "-c", "echo image $(MODE) $(NOPE)"]
+        );
         let none = ImageConfig::default();
         assert!(build_for(&pod(""), &none).is_err());
     }
 
     #[test]
     fn env_overrides_image_and_expands() {
-        let p = pod("    env:\n    - {name: MODE, value: pod}\n    - {name: URL, value: 'http://$(MODE)'}\n    - name: ME\n      valueFrom: {fieldRef: {fieldPath: metadata.name}}\n");
+        let p = pod(
+            "    env:\n    - {name: MODE, value: pod}\n    - {name: URL, value: 'http://$(MODE)'}\n    - name: ME\n      valueFrom: {fieldRef: {fieldPath: metadata.name}}\n",
+        );
         let s = build_for(&p, &image()).unwrap();
         let env = s.process().as_ref().unwrap().env().clone().unwrap();
-        assert_eq!(env, ["PATH=/bin", "MODE=pod", "HOSTNAME=web-n1", "URL=http://pod", "ME=web-n1"]);
+        assert_eq!(
+            env,
+            [
+                "PATH=/bin",
+                "MODE=pod",
+                "HOSTNAME=web-n1",
+                "URL=http://pod",
+                "ME=web-n1"
+            ]
+        );
     }
 
     #[test]
     fn namespaces_join_the_pod_and_host_network_drops_them() {
         let s = build_for(&pod(""), &image()).unwrap();
         let ns = s.linux().as_ref().unwrap().namespaces().clone().unwrap();
-        let net = ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network).unwrap();
+        let net = ns
+            .iter()
+            .find(|n| n.typ() == LinuxNamespaceType::Network)
+            .unwrap();
         assert_eq!(net.path().as_deref(), Some(Path::new("/r/ns/net")));
         assert_eq!(s.hostname().as_deref(), Some("web-n1"));
         let mut c = ctx();
         c.net = None;
         c.uts = None;
         let p = pod("");
-        let s = build(&ContainerInput { pod: &p, container: &p.spec().containers[0], image: &image(), ctx: &c, cgroups_path: "/x".into(), termination_log: None }).unwrap();
+        let s = build(&ContainerInput {
+            pod: &p,
+            container: &p.spec().containers[0],
+            image: &image(),
+            ctx: &c,
+            cgroups_path: "/x".into(),
+            termination_log: None,
+        })
+        .unwrap();
         let ns = s.linux().as_ref().unwrap().namespaces().clone().unwrap();
-        assert!(ns.iter().all(|n| n.typ() != LinuxNamespaceType::Network && n.typ() != LinuxNamespaceType::Uts));
+        assert!(
+            ns.iter()
+                .all(|n| n.typ() != LinuxNamespaceType::Network
+                    && n.typ() != LinuxNamespaceType::Uts)
+        );
         assert_eq!(s.hostname(), &None);
     }
 

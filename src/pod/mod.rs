@@ -213,22 +213,60 @@ mod tests {
     }
 
     fn slot(init: bool, running: bool, exit: Option<i32>) -> SlotView {
-        SlotView { init, running, exit_code: exit, not_before: None }
+        SlotView {
+            init,
+            running,
+            exit_code: exit,
+            not_before: None,
+        }
     }
 
     #[test]
     fn init_containers_run_in_order_first() {
         let now = Instant::now();
-        let p = plan(&[slot(true, false, None), slot(true, false, None), slot(false, false, None)], RestartPolicy::Always, now);
+        let p = plan(
+            &[
+                slot(true, false, None),
+                slot(true, false, None),
+                slot(false, false, None),
+            ],
+            RestartPolicy::Always,
+            now,
+        );
         assert_eq!(p.start, [0]);
         assert_eq!(p.phase, Phase::Pending);
-        let p = plan(&[slot(true, false, Some(0)), slot(true, true, None), slot(false, false, None)], RestartPolicy::Always, now);
+        let p = plan(
+            &[
+                slot(true, false, Some(0)),
+                slot(true, true, None),
+                slot(false, false, None),
+            ],
+            RestartPolicy::Always,
+            now,
+        );
         assert!(p.start.is_empty());
-        let p = plan(&[slot(true, false, Some(0)), slot(true, false, Some(0)), slot(false, false, None), slot(false, false, None)], RestartPolicy::Always, now);
+        let p = plan(
+            &[
+                slot(true, false, Some(0)),
+                slot(true, false, Some(0)),
+                slot(false, false, None),
+                slot(false, false, None),
+            ],
+            RestartPolicy::Always,
+            now,
+        );
         assert_eq!(p.start, [2, 3]);
-        let p = plan(&[slot(true, false, Some(1)), slot(false, false, None)], RestartPolicy::Never, now);
+        let p = plan(
+            &[slot(true, false, Some(1)), slot(false, false, None)],
+            RestartPolicy::Never,
+            now,
+        );
         assert_eq!((p.start.len(), p.phase), (0, Phase::Failed));
-        let p = plan(&[slot(true, false, Some(1)), slot(false, false, None)], RestartPolicy::OnFailure, now);
+        let p = plan(
+            &[slot(true, false, Some(1)), slot(false, false, None)],
+            RestartPolicy::OnFailure,
+            now,
+        );
         assert_eq!(p.start, [0]);
     }
 
@@ -242,10 +280,20 @@ mod tests {
         assert_eq!(p.phase, Phase::Failed);
         let p = plan(&[done(0), done(2)], RestartPolicy::OnFailure, now);
         assert_eq!((p.start.clone(), p.phase), (vec![1], Phase::Running));
-        let p = plan(&[done(0), slot(false, true, None)], RestartPolicy::Always, now);
+        let p = plan(
+            &[done(0), slot(false, true, None)],
+            RestartPolicy::Always,
+            now,
+        );
         assert_eq!((p.start.clone(), p.phase), (vec![0], Phase::Running));
-        let later = SlotView { not_before: Some(now + S), ..done(1) };
+        let later = SlotView {
+            not_before: Some(now + S),
+            ..done(1)
+        };
         let p = plan(&[later], RestartPolicy::Always, now);
-        assert_eq!((p.start.len(), p.wake_at, p.phase), (0, Some(now + S), Phase::Running));
+        assert_eq!(
+            (p.start.len(), p.wake_at, p.phase),
+            (0, Some(now + S), Phase::Running)
+        );
     }
 }

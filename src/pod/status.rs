@@ -169,7 +169,10 @@ fn container_to_api(c: &ContainerStatus) -> api::ContainerStatus {
         name: c.name.clone(),
         image: c.image.clone(),
         image_id: String::new(),
-        container_id: c.container_id.as_ref().map(|id| format!("containerd://{id}")),
+        container_id: c
+            .container_id
+            .as_ref()
+            .map(|id| format!("containerd://{id}")),
         state: Some(state_to_api(&c.state)),
         last_state: c.last_state.as_ref().map(state_to_api),
         restart_count: c.restart_count as i32,

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use containerd_client::Client;
 use containerd_client::services::v1::container::Runtime as RuntimeInfo;
 use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
@@ -21,7 +22,6 @@ use containerd_client::services::v1::{
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{Code, Request, Status};
 use containerd_client::types::{Descriptor, Mount};
-use containerd_client::Client;
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use tracing::{debug, info};
 
@@ -80,9 +80,11 @@ pub(super) fn to_system_time(t: Option<prost_types::Timestamp>) -> Option<System
 impl Containerd {
     /// Connects and makes sure our namespace exists.
     pub async fn connect(opts: ContainerdOptions) -> Result<Containerd, RuntimeError> {
-        let channel = containerd_client::connect(&opts.address).await.map_err(|e| {
-            RuntimeError::Unavailable(format!("connecting to {}: {e}", opts.address.display()))
-        })?;
+        let channel = containerd_client::connect(&opts.address)
+            .await
+            .map_err(|e| {
+                RuntimeError::Unavailable(format!("connecting to {}: {e}", opts.address.display()))
+            })?;
         let c = Containerd {
             client: Client::from(channel),
             namespace: opts.namespace,
@@ -187,16 +189,22 @@ impl Containerd {
                 config: config.clone(),
             }));
         }
-        let manifest: ImageManifest = parse_json(&self.read_blob(&manifest_desc.digest).await?, name)?;
+        let manifest: ImageManifest =
+            parse_json(&self.read_blob(&manifest_desc.digest).await?, name)?;
         let config_digest = manifest.config().digest().to_string();
         let config: ImageConfiguration = parse_json(&self.read_blob(&config_digest).await?, name)?;
         let diff_ids = config.rootfs().diff_ids().clone();
-        let chain_id = chain_ids(&diff_ids).last().cloned().ok_or_else(|| RuntimeError::Failed {
-            op: "reading image",
-            message: format!("{name}: image has no layers"),
-        })?;
+        let chain_id =
+            chain_ids(&diff_ids)
+                .last()
+                .cloned()
+                .ok_or_else(|| RuntimeError::Failed {
+                    op: "reading image",
+                    message: format!("{name}: image has no layers"),
+                })?;
         if !self.snapshot_exists(&chain_id).await? {
-            self.unpack(name, &manifest, &diff_ids, &config_digest).await?;
+            self.unpack(name, &manifest, &diff_ids, &config_digest)
+                .await?;
         }
         let c = config.config().clone().unwrap_or_default();
         let image_config = ImageConfig {
@@ -206,10 +214,10 @@ impl Containerd {
             working_dir: c.working_dir().clone().unwrap_or_default(),
             user: c.user().clone().unwrap_or_default(),
         };
-        self.configs
-            .lock()
-            .unwrap()
-            .insert(manifest_desc.digest.clone(), (chain_id.clone(), image_config.clone()));
+        self.configs.lock().unwrap().insert(
+            manifest_desc.digest.clone(),
+            (chain_id.clone(), image_config.clone()),
+        );
         Ok(Some(Image {
             name: name.to_string(),
             chain_id,
@@ -218,7 +226,11 @@ impl Containerd {
     }
 
     /// Follows an index (multi-platform image) to this machine's manifest.
-    async fn platform_manifest(&self, target: Descriptor, name: &str) -> Result<Descriptor, RuntimeError> {
+    async fn platform_manifest(
+        &self,
+        target: Descriptor,
+        name: &str,
+    ) -> Result<Descriptor, RuntimeError> {
         if !is_index(&target.media_type) {
             return Ok(target);
         }
@@ -228,11 +240,13 @@ impl Containerd {
             .manifests()
             .iter()
             .find(|m| {
-                m.platform()
-                    .as_ref()
-                    .is_none_or(|p| p.architecture().to_string() == arch && p.os().to_string() == "linux")
+                m.platform().as_ref().is_none_or(|p| {
+                    p.architecture().to_string() == arch && p.os().to_string() == "linux"
+                })
             })
-            .ok_or_else(|| RuntimeError::ImageNotFound(format!("image {name} has no linux/{arch} variant")))?;
+            .ok_or_else(|| {
+                RuntimeError::ImageNotFound(format!("image {name} has no linux/{arch} variant"))
+            })?;
         Ok(Descriptor {
             media_type: chosen.media_type().to_string(),
             digest: chosen.digest().to_string(),
@@ -272,7 +286,11 @@ impl Containerd {
         if manifest.layers().len() != chains.len() {
             return Err(RuntimeError::Failed {
                 op: "unpacking image",
-                message: format!("{name}: manifest has {} layers, config {} diff IDs", manifest.layers().len(), chains.len()),
+                message: format!(
+                    "{name}: manifest has {} layers, config {} diff IDs",
+                    manifest.layers().len(),
+                    chains.len()
+                ),
             });
         }
         let lease = super::import::Lease::create(self).await?;
@@ -445,7 +463,10 @@ pub(super) fn go_arch() -> &'static str {
     }
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], image: &str) -> Result<T, RuntimeError> {
+fn parse_json<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    image: &str,
+) -> Result<T, RuntimeError> {
     serde_json::from_slice(bytes).map_err(|e| RuntimeError::Failed {
         op: "reading image",
         message: format!("{image}: {e}"),
@@ -460,7 +481,10 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     for d in diff_ids {
         let next = match out.last() {
             None => d.clone(),
-            Some(prev) => format!("sha256:{}", hex::encode(Sha256::digest(format!("{prev} {d}")))),
+            Some(prev) => format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(format!("{prev} {d}")))
+            ),
         };
         out.push(next);
     }
@@ -484,7 +508,8 @@ impl Runtime for Containerd {
         // "Pulling" is importing from the images directory: nodes are air-gapped.
         let _guard = self.import_lock.lock().await;
         let dir = &self.images_dir;
-        let provided = super::import::import_matching(self, &self.archives, dir, &name, false).await?;
+        let provided =
+            super::import::import_matching(self, &self.archives, dir, &name, false).await?;
         if !provided && policy == PullPolicy::Always {
             debug!(image = %name, "no archive provides the image; using the one in containerd");
         }
@@ -670,7 +695,9 @@ impl Runtime for Containerd {
         let tasks = self
             .client
             .tasks()
-            .list(self.req(ListTasksRequest { filter: String::new() }))
+            .list(self.req(ListTasksRequest {
+                filter: String::new(),
+            }))
             .await
             .map_err(|s| status_error("listing tasks", s))?
             .into_inner()
@@ -680,7 +707,9 @@ impl Runtime for Containerd {
             use containerd_client::types::v1::Status;
             let state = match Status::try_from(t.status).unwrap_or(Status::Unknown) {
                 Status::Created => TaskState::Created,
-                Status::Running | Status::Paused | Status::Pausing => TaskState::Running { pid: t.pid },
+                Status::Running | Status::Paused | Status::Pausing => {
+                    TaskState::Running { pid: t.pid }
+                }
                 Status::Stopped => TaskState::Exited(Exit {
                     code: t.exit_status,
                     at: to_system_time(t.exited_at).unwrap_or_else(SystemTime::now),
@@ -700,7 +729,11 @@ impl Runtime for Containerd {
             .collect())
     }
 
-    async fn set_labels(&self, id: &str, labels: HashMap<String, String>) -> Result<(), RuntimeError> {
+    async fn set_labels(
+        &self,
+        id: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<(), RuntimeError> {
         let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
         self.client
             .containers()
@@ -729,13 +762,19 @@ mod tests {
         let chains = chain_ids(&[a.clone(), b.clone()]);
         assert_eq!(chains[0], a);
         use sha2::{Digest, Sha256};
-        let want = format!("sha256:{}", hex::encode(Sha256::digest("sha256:aaaa sha256:bbbb")));
+        let want = format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest("sha256:aaaa sha256:bbbb"))
+        );
         assert_eq!(chains[1], want);
         assert!(chain_ids(&[]).is_empty());
     }
 
     #[test]
     fn log_uri_escapes_query() {
-        assert_eq!(percent_encode("/var/log/pods/a b?c"), "/var/log/pods/a%20b%3Fc");
+        assert_eq!(
+            percent_encode("/var/log/pods/a b?c"),
+            "/var/log/pods/a%20b%3Fc"
+        );
     }
 }

@@ -9,9 +9,17 @@ pub fn normalize(image: &str) -> Result<String, String> {
     }
     let (name, digest) = match image.split_once('@') {
         Some((n, d)) => {
-            let hex = d.strip_prefix("sha256:").ok_or_else(|| bad("digest must be sha256:<hex>"))?;
-            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
-                return Err(bad("digest must be sha256 followed by 64 lower-case hex digits"));
+            let hex = d
+                .strip_prefix("sha256:")
+                .ok_or_else(|| bad("digest must be sha256:<hex>"))?;
+            if hex.len() != 64
+                || !hex
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            {
+                return Err(bad(
+                    "digest must be sha256 followed by 64 lower-case hex digits",
+                ));
             }
             (n, Some(d))
         }
@@ -28,7 +36,8 @@ pub fn normalize(image: &str) -> Result<String, String> {
             && t.len() <= 128
             && t.as_bytes()[0] != b'.'
             && t.as_bytes()[0] != b'-'
-            && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
         if !ok {
             return Err(bad("invalid tag"));
         }
@@ -46,11 +55,14 @@ pub fn normalize(image: &str) -> Result<String, String> {
     }
     for p in &parts {
         let ok = !p.is_empty()
-            && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
             && p.as_bytes()[0].is_ascii_alphanumeric()
             && p.as_bytes()[p.len() - 1].is_ascii_alphanumeric();
         if !ok {
-            return Err(bad("repository names are lower-case letters, digits and separators"));
+            return Err(bad(
+                "repository names are lower-case letters, digits and separators",
+            ));
         }
     }
     let mut out = format!("{domain}/{}", parts.join("/"));

@@ -23,8 +23,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use super::containerd::{status_error, Containerd};
 use super::RuntimeError;
+use super::containerd::{Containerd, status_error};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -46,11 +46,15 @@ impl Lease {
             .as_nanos();
         let id = format!("kubelet-lite-{}-{nanos}", std::process::id());
         let expire = jiff::Timestamp::now() + Duration::from_secs(3600);
-        let mut leases = containerd_client::services::v1::leases_client::LeasesClient::new(c.channel());
+        let mut leases =
+            containerd_client::services::v1::leases_client::LeasesClient::new(c.channel());
         leases
             .create(c.req(CreateLeaseRequest {
                 id: id.clone(),
-                labels: HashMap::from([("containerd.io/gc.expire".to_string(), expire.to_string())]),
+                labels: HashMap::from([(
+                    "containerd.io/gc.expire".to_string(),
+                    expire.to_string(),
+                )]),
             }))
             .await
             .map_err(|s| status_error("creating lease", s))?;
@@ -58,13 +62,16 @@ impl Lease {
     }
 
     pub(super) fn wrap<T>(&self, mut r: Request<T>) -> Request<T> {
-        r.metadata_mut()
-            .insert("containerd-lease", self.id.parse().expect("lease ids are ASCII"));
+        r.metadata_mut().insert(
+            "containerd-lease",
+            self.id.parse().expect("lease ids are ASCII"),
+        );
         r
     }
 
     pub(super) async fn delete(self, c: &Containerd) {
-        let mut leases = containerd_client::services::v1::leases_client::LeasesClient::new(c.channel());
+        let mut leases =
+            containerd_client::services::v1::leases_client::LeasesClient::new(c.channel());
         if let Err(s) = leases
             .delete(c.req(DeleteLeaseRequest {
                 id: self.id.clone(),
@@ -112,8 +119,11 @@ fn desc(media_type: &str, digest: &str, size: i64) -> Descriptor {
     }
 }
 
+/// Small files of an archive by path, and every file's digest and size.
+type ArchiveFiles = (HashMap<String, Vec<u8>>, HashMap<String, (String, i64)>);
+
 /// Reads an archive once: small files kept, every file hashed.
-fn read_archive(path: &Path) -> std::io::Result<(HashMap<String, Vec<u8>>, HashMap<String, (String, i64)>)> {
+fn read_archive(path: &Path) -> std::io::Result<ArchiveFiles> {
     let mut small = HashMap::new();
     let mut hashes = HashMap::new();
     let mut archive = tar::Archive::new(std::fs::File::open(path)?);
@@ -122,7 +132,11 @@ fn read_archive(path: &Path) -> std::io::Result<(HashMap<String, Vec<u8>>, HashM
         if !entry.header().entry_type().is_file() {
             continue;
         }
-        let name = entry.path()?.to_string_lossy().trim_start_matches("./").to_string();
+        let name = entry
+            .path()?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
         let mut hasher = Sha256::new();
         let mut kept = Vec::new();
         let keep = entry.size() <= 4 << 20;
@@ -139,7 +153,10 @@ fn read_archive(path: &Path) -> std::io::Result<(HashMap<String, Vec<u8>>, HashM
             }
             size += n as i64;
         }
-        hashes.insert(name.clone(), (format!("sha256:{}", hex::encode(hasher.finalize())), size));
+        hashes.insert(
+            name.clone(),
+            (format!("sha256:{}", hex::encode(hasher.finalize())), size),
+        );
         if keep {
             small.insert(name, kept);
         }
@@ -148,9 +165,12 @@ fn read_archive(path: &Path) -> std::io::Result<(HashMap<String, Vec<u8>>, HashM
 }
 
 fn plan_archive(path: &Path) -> Result<Plan, String> {
-    let (small, hashes) = read_archive(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let (small, hashes) =
+        read_archive(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let json = |name: &str| -> Result<serde_json::Value, String> {
-        let bytes = small.get(name).ok_or_else(|| format!("{}: missing {name}", path.display()))?;
+        let bytes = small
+            .get(name)
+            .ok_or_else(|| format!("{}: missing {name}", path.display()))?;
         serde_json::from_slice(bytes).map_err(|e| format!("{}: {name}: {e}", path.display()))
     };
     let mut plan = Plan::default();
@@ -159,7 +179,8 @@ fn plan_archive(path: &Path) -> Result<Plan, String> {
         // their content for the garbage collector.
         for (entry, (digest, size)) in &hashes {
             if entry.starts_with("blobs/") {
-                plan.blobs.insert(entry.clone(), (desc("", digest, *size), HashMap::new()));
+                plan.blobs
+                    .insert(entry.clone(), (desc("", digest, *size), HashMap::new()));
             }
         }
         let index = json("index.json")?;
@@ -174,7 +195,10 @@ fn plan_archive(path: &Path) -> Result<Plan, String> {
                 .as_str()
                 .or_else(|| ann["org.opencontainers.image.ref.name"].as_str());
             if let Some(name) = name.and_then(|n| super::image_ref::normalize(n).ok()) {
-                plan.images.push(ArchiveImage { name, target: d.clone() });
+                plan.images.push(ArchiveImage {
+                    name,
+                    target: d.clone(),
+                });
             }
         }
         // GC references: index -> manifests, manifest -> config and layers.
@@ -182,7 +206,9 @@ fn plan_archive(path: &Path) -> Result<Plan, String> {
             if !entry.starts_with("blobs/") {
                 continue;
             }
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else { continue };
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+                continue;
+            };
             let mut labels = HashMap::new();
             if let Some(ms) = v["manifests"].as_array() {
                 for (i, m) in ms.iter().enumerate() {
@@ -204,23 +230,33 @@ fn plan_archive(path: &Path) -> Result<Plan, String> {
             }
         }
     } else if small.contains_key("manifest.json") {
-        let entries: Vec<DockerEntry> =
-            serde_json::from_value(json("manifest.json")?).map_err(|e| format!("{}: manifest.json: {e}", path.display()))?;
+        let entries: Vec<DockerEntry> = serde_json::from_value(json("manifest.json")?)
+            .map_err(|e| format!("{}: manifest.json: {e}", path.display()))?;
         for e in entries {
             let (cfg_digest, cfg_size) = hashes
                 .get(&e.config)
                 .cloned()
                 .ok_or_else(|| format!("{}: missing {}", path.display(), e.config))?;
-            plan.blobs.insert(e.config.clone(), (desc(DOCKER_CONFIG, &cfg_digest, cfg_size), HashMap::new()));
+            plan.blobs.insert(
+                e.config.clone(),
+                (desc(DOCKER_CONFIG, &cfg_digest, cfg_size), HashMap::new()),
+            );
             let mut layers = Vec::new();
-            let mut labels = HashMap::from([("containerd.io/gc.ref.content.config".to_string(), cfg_digest.clone())]);
+            let mut labels = HashMap::from([(
+                "containerd.io/gc.ref.content.config".to_string(),
+                cfg_digest.clone(),
+            )]);
             for (i, l) in e.layers.iter().enumerate() {
                 let (digest, size) = hashes
                     .get(l)
                     .cloned()
                     .ok_or_else(|| format!("{}: missing {l}", path.display()))?;
                 let gz = l.ends_with(".gz") || l.ends_with(".tgz");
-                let d = desc(if gz { DOCKER_LAYER_GZIP } else { DOCKER_LAYER }, &digest, size);
+                let d = desc(
+                    if gz { DOCKER_LAYER_GZIP } else { DOCKER_LAYER },
+                    &digest,
+                    size,
+                );
                 plan.blobs.insert(l.clone(), (d.clone(), HashMap::new()));
                 labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), digest);
                 layers.push(serde_json::json!({"mediaType": d.media_type, "digest": d.digest, "size": d.size}));
@@ -236,13 +272,19 @@ fn plan_archive(path: &Path) -> Result<Plan, String> {
             let target = desc(DOCKER_MANIFEST, &digest, manifest.len() as i64);
             for tag in &e.repo_tags {
                 if let Ok(name) = super::image_ref::normalize(tag) {
-                    plan.images.push(ArchiveImage { name, target: target.clone() });
+                    plan.images.push(ArchiveImage {
+                        name,
+                        target: target.clone(),
+                    });
                 }
             }
             plan.generated.push((target, manifest, labels));
         }
     } else {
-        return Err(format!("{}: neither an OCI layout (index.json) nor a Docker archive (manifest.json)", path.display()));
+        return Err(format!(
+            "{}: neither an OCI layout (index.json) nor a Docker archive (manifest.json)",
+            path.display()
+        ));
     }
     Ok(plan)
 }
@@ -281,8 +323,13 @@ pub(super) async fn import_matching(
     force: bool,
 ) -> Result<bool, RuntimeError> {
     for path in archives(dir) {
-        let Ok(meta) = std::fs::metadata(&path) else { continue };
-        let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let stamp = (
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            meta.len(),
+        );
         let cached = cache
             .lock()
             .unwrap()
@@ -299,19 +346,38 @@ pub(super) async fn import_matching(
                         warn!("skipping image archive: {e}");
                         continue;
                     }
-                    Err(e) => return Err(RuntimeError::Failed { op: "reading archive", message: e.to_string() }),
+                    Err(e) => {
+                        return Err(RuntimeError::Failed {
+                            op: "reading archive",
+                            message: e.to_string(),
+                        });
+                    }
                 }
             }
         };
         if !plan.images.iter().any(|i| i.name == name) {
-            cache.lock().unwrap().insert(path, CachedArchive { stamp, plan, imported });
+            cache.lock().unwrap().insert(
+                path,
+                CachedArchive {
+                    stamp,
+                    plan,
+                    imported,
+                },
+            );
             continue;
         }
         if !imported || force {
             info!(archive = %path.display(), image = name, "importing image archive");
             import(c, &path, &plan).await?;
         }
-        cache.lock().unwrap().insert(path, CachedArchive { stamp, plan, imported: true });
+        cache.lock().unwrap().insert(
+            path,
+            CachedArchive {
+                stamp,
+                plan,
+                imported: true,
+            },
+        );
         return Ok(true);
     }
     Ok(false)
@@ -327,7 +393,9 @@ async fn import(c: &Containerd, path: &Path, plan: &Plan) -> Result<(), RuntimeE
                 wanted.insert(entry.clone(), (d.clone(), labels.clone()));
             }
         }
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<(Descriptor, HashMap<String, String>, Vec<u8>)>>(1);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<
+            std::io::Result<(Descriptor, HashMap<String, String>, Vec<u8>)>,
+        >(1);
         let p = path.to_path_buf();
         let reader = tokio::task::spawn_blocking(move || {
             let send = |item| tx.blocking_send(item).is_ok();
@@ -416,7 +484,8 @@ async fn write_blob(
         data: vec![],
         labels,
     });
-    let mut content = containerd_client::services::v1::content_client::ContentClient::new(c.channel());
+    let mut content =
+        containerd_client::services::v1::content_client::ContentClient::new(c.channel());
     let req = lease.wrap(c.req(tokio_stream::iter(msgs)));
     match content.write(req).await {
         Ok(resp) => {
@@ -473,7 +542,11 @@ mod tests {
     use super::*;
 
     fn tar_with(files: &[(&str, &[u8])]) -> PathBuf {
-        let path = std::env::temp_dir().join(format!("kl-import-{}-{}.tar", std::process::id(), files.len()));
+        let path = std::env::temp_dir().join(format!(
+            "kl-import-{}-{}.tar",
+            std::process::id(),
+            files.len()
+        ));
         let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
         for (name, data) in files {
             let mut h = tar::Header::new_gnu();
@@ -489,16 +562,27 @@ mod tests {
     #[test]
     fn docker_archive_gets_a_generated_manifest() {
         let config = br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#;
-        let manifest = br#"[{"Config":"c.json","RepoTags":["busybox:1"],"Layers":["l/layer.tar"]}]"#;
-        let path = tar_with(&[("manifest.json", manifest), ("c.json", config), ("l/layer.tar", b"layer")]);
+        let manifest =
+            br#"[{"Config":"c.json","RepoTags":["busybox:1"],"Layers":["l/layer.tar"]}]"#;
+        let path = tar_with(&[
+            ("manifest.json", manifest),
+            ("c.json", config),
+            ("l/layer.tar", b"layer"),
+        ]);
         let plan = plan_archive(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(plan.images[0].name, "docker.io/library/busybox:1");
         assert_eq!(plan.images[0].target.media_type, DOCKER_MANIFEST);
         assert_eq!(plan.blobs["l/layer.tar"].0.media_type, DOCKER_LAYER);
         let (d, bytes, labels) = &plan.generated[0];
-        assert_eq!(d.digest, format!("sha256:{}", hex::encode(Sha256::digest(bytes))));
-        assert_eq!(labels["containerd.io/gc.ref.content.l.0"], plan.blobs["l/layer.tar"].0.digest);
+        assert_eq!(
+            d.digest,
+            format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+        );
+        assert_eq!(
+            labels["containerd.io/gc.ref.content.l.0"],
+            plan.blobs["l/layer.tar"].0.digest
+        );
     }
 
     #[test]

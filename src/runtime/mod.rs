@@ -99,7 +99,9 @@ pub enum TaskState {
     /// Container without a task (never started, or task already deleted).
     None,
     Created,
-    Running { pid: u32 },
+    Running {
+        pid: u32,
+    },
     Exited(Exit),
 }
 
@@ -132,5 +134,9 @@ pub trait Runtime: Send + Sync + 'static {
     /// Every container of our namespace with its task state.
     async fn list(&self) -> Result<Vec<ContainerRecord>, RuntimeError>;
     /// Merges `labels` into the container's labels.
-    async fn set_labels(&self, id: &str, labels: HashMap<String, String>) -> Result<(), RuntimeError>;
+    async fn set_labels(
+        &self,
+        id: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<(), RuntimeError>;
 }

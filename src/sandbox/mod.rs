@@ -9,8 +9,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sched::{unshare, CloneFlags};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
 
 use crate::oci::PodContext;
 
@@ -61,7 +61,10 @@ pub fn is_mount_point(path: &Path) -> bool {
 }
 
 fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// Creates (or, after an agent restart, finds) the sandbox; idempotent.
@@ -183,8 +186,14 @@ fn pin_new_namespaces(ns_dir: &Path, kinds: &[&str], hostname: &str) -> Result<(
             let target = ns_dir.join(k);
             std::fs::File::create(&target).map_err(|e| format!("{}: {e}", target.display()))?;
             let source = format!("/proc/thread-self/ns/{k}");
-            mount(Some(source.as_str()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .map_err(|e| format!("pinning {k} namespace at {}: {e}", target.display()))?;
+            mount(
+                Some(source.as_str()),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| format!("pinning {k} namespace at {}: {e}", target.display()))?;
         }
         Ok(())
     })

@@ -36,9 +36,20 @@ pub fn is_manifest_name(name: &str) -> bool {
     !(name.starts_with('.')
         || name.ends_with('~')
         || (name.starts_with('#') && name.ends_with('#'))
-        || [".swp", ".swx", ".swo", ".tmp", ".bak", ".orig", ".rej", ".dpkg-new", ".dpkg-old", ".dpkg-dist"]
-            .iter()
-            .any(|s| name.ends_with(s)))
+        || [
+            ".swp",
+            ".swx",
+            ".swo",
+            ".tmp",
+            ".bak",
+            ".orig",
+            ".rej",
+            ".dpkg-new",
+            ".dpkg-old",
+            ".dpkg-dist",
+        ]
+        .iter()
+        .any(|s| name.ends_with(s)))
 }
 
 /// Reads every manifest file in `dir` (not its subdirectories).
@@ -78,7 +89,8 @@ pub fn scan(dir: &Path, node: &str) -> Desired {
             // Removed between listing and reading: the next look sees it gone.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
-                out.errors.push(file_error(&file, format!("cannot read: {e}")));
+                out.errors
+                    .push(file_error(&file, format!("cannot read: {e}")));
                 continue;
             }
         };
@@ -177,14 +189,17 @@ impl Source {
                 // Content is complete on close-after-write; renames and
                 // removals change the set. Plain modify events are partial
                 // writes: waiting for the close avoids parsing half a file.
-                Ok(ev) => matches!(
-                    ev.kind,
-                    EventKind::Access(notify::event::AccessKind::Close(notify::event::AccessMode::Write))
-                        | EventKind::Modify(notify::event::ModifyKind::Name(_))
-                        | EventKind::Remove(_)
-                        | EventKind::Create(notify::event::CreateKind::Folder)
-                        | EventKind::Other
-                ) || ev.need_rescan(),
+                Ok(ev) => {
+                    matches!(
+                        ev.kind,
+                        EventKind::Access(notify::event::AccessKind::Close(
+                            notify::event::AccessMode::Write
+                        )) | EventKind::Modify(notify::event::ModifyKind::Name(_))
+                            | EventKind::Remove(_)
+                            | EventKind::Create(notify::event::CreateKind::Folder)
+                            | EventKind::Other
+                    ) || ev.need_rescan()
+                }
                 Err(_) => true,
             };
             if relevant {
@@ -226,7 +241,11 @@ fn report(desired: &Desired, reported: &mut BTreeSet<String>, warned: &mut BTree
         }
     }
     *warned = now_warned;
-    debug!(pods = desired.pods.len(), errors = desired.errors.len(), "static pod directory read");
+    debug!(
+        pods = desired.pods.len(),
+        errors = desired.errors.len(),
+        "static pod directory read"
+    );
 }
 
 #[cfg(test)]
@@ -238,7 +257,15 @@ mod tests {
         for name in ["web.yaml", "web.yml", "web", "db.json"] {
             assert!(is_manifest_name(name), "{name}");
         }
-        for name in [".web.yaml", "web.yaml~", ".web.yaml.swp", "web.yaml.swp", "#web.yaml#", "web.yaml.dpkg-new", "web.yaml.bak"] {
+        for name in [
+            ".web.yaml",
+            "web.yaml~",
+            ".web.yaml.swp",
+            "web.yaml.swp",
+            "#web.yaml#",
+            "web.yaml.dpkg-new",
+            "web.yaml.bak",
+        ] {
             assert!(!is_manifest_name(name), "{name}");
         }
     }
@@ -266,8 +293,14 @@ mod tests {
         assert_eq!(got.pods[0].name, "web-n1");
         let errs: Vec<String> = got.errors.iter().map(|e| e.to_string()).collect();
         assert_eq!(errs.len(), 3, "{errs:?}");
-        assert!(errs.iter().any(|e| e.contains("b.yaml") && e.contains("already defined")));
-        assert!(errs.iter().any(|e| e.contains("c.yaml") && e.contains("spec")));
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("b.yaml") && e.contains("already defined"))
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("c.yaml") && e.contains("spec"))
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -280,10 +313,16 @@ mod tests {
         rx.changed().await.unwrap();
         assert!(rx.borrow_and_update().pods.is_empty());
         std::fs::write(d.join("a.yaml"), POD.replace("NAME", "web")).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), rx.changed()).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(rx.borrow_and_update().pods.len(), 1);
         std::fs::remove_file(d.join("a.yaml")).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), rx.changed()).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(rx.borrow_and_update().pods.is_empty());
         task.abort();
         std::fs::remove_dir_all(&d).unwrap();

@@ -10,7 +10,7 @@ use futures::future::FutureExt;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use super::{cleanup, spawn, stop_containers, PodHandle, Terminated, WorkerEnv};
+use super::{PodHandle, Terminated, WorkerEnv, cleanup, spawn, stop_containers};
 use crate::runtime::labels;
 use crate::source::Desired;
 
@@ -32,7 +32,11 @@ pub async fn run(mut desired: watch::Receiver<Arc<Desired>>, env: Arc<WorkerEnv>
             reap_orphans(&env, &wanted, &mut terminating).await;
         }
         terminating.retain(|_, t| t.peek().is_none());
-        let gone: Vec<String> = workers.keys().filter(|u| !wanted.contains(u.as_str())).cloned().collect();
+        let gone: Vec<String> = workers
+            .keys()
+            .filter(|u| !wanted.contains(u.as_str()))
+            .cloned()
+            .collect();
         for uid in gone {
             let (handle, key) = workers.remove(&uid).expect("listed above");
             info!(pod = %format!("{}/{}", key.0, key.1), uid, "manifest removed or changed: stopping pod");
@@ -53,7 +57,10 @@ pub async fn run(mut desired: watch::Receiver<Arc<Desired>>, env: Arc<WorkerEnv>
             let key = (pod.namespace.clone(), pod.name.clone());
             info!(pod = %pod.key(), uid = %pod.uid, file = %pod.source.display(), "starting pod");
             let after = terminating.get(&key).cloned();
-            workers.insert(pod.uid.clone(), (spawn(pod.clone(), Arc::clone(&env), after), key));
+            workers.insert(
+                pod.uid.clone(),
+                (spawn(pod.clone(), Arc::clone(&env), after), key),
+            );
         }
         if desired.changed().await.is_err() {
             return;
@@ -64,7 +71,11 @@ pub async fn run(mut desired: watch::Receiver<Arc<Desired>>, env: Arc<WorkerEnv>
 /// Stops the containers and sandboxes of pods that are no longer wanted,
 /// found in containerd and under `<root>/pods`: manifests removed or edited
 /// while the agent was down.
-async fn reap_orphans(env: &Arc<WorkerEnv>, wanted: &HashSet<&str>, terminating: &mut HashMap<(String, String), Terminated>) {
+async fn reap_orphans(
+    env: &Arc<WorkerEnv>,
+    wanted: &HashSet<&str>,
+    terminating: &mut HashMap<(String, String), Terminated>,
+) {
     let records = loop {
         match env.rt.list().await {
             Ok(r) => break r,
@@ -78,30 +89,67 @@ async fn reap_orphans(env: &Arc<WorkerEnv>, wanted: &HashSet<&str>, terminating:
             }
         }
     };
-    let mut orphans: HashMap<String, (Vec<String>, u64, (String, String))> = HashMap::new();
+    struct Orphan {
+        running: Vec<String>,
+        grace: u64,
+        key: (String, String),
+    }
+    let mut orphans: HashMap<String, Orphan> = HashMap::new();
     for r in records {
-        let Some(uid) = r.labels.get(labels::POD_UID) else { continue };
+        let Some(uid) = r.labels.get(labels::POD_UID) else {
+            continue;
+        };
         if wanted.contains(uid.as_str()) {
             continue;
         }
         let key = (
-            r.labels.get(labels::POD_NAMESPACE).cloned().unwrap_or_default(),
+            r.labels
+                .get(labels::POD_NAMESPACE)
+                .cloned()
+                .unwrap_or_default(),
             r.labels.get(labels::POD_NAME).cloned().unwrap_or_default(),
         );
-        let grace = r.labels.get(labels::GRACE_PERIOD).and_then(|g| g.parse().ok()).unwrap_or(30);
-        let e = orphans.entry(uid.clone()).or_insert((vec![], grace, key));
+        let grace = r
+            .labels
+            .get(labels::GRACE_PERIOD)
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(30);
+        let e = orphans.entry(uid.clone()).or_insert(Orphan {
+            running: vec![],
+            grace,
+            key,
+        });
         if matches!(r.task, crate::runtime::TaskState::Running { .. }) {
-            e.0.push(r.id);
+            e.running.push(r.id);
         }
     }
     // Sandboxes whose containers are already gone.
-    for entry in std::fs::read_dir(env.root_dir.join("pods")).into_iter().flatten().flatten() {
+    for entry in std::fs::read_dir(env.root_dir.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let uid = entry.file_name().to_string_lossy().into_owned();
         if !wanted.contains(uid.as_str()) && !orphans.contains_key(&uid) {
-            orphans.insert(uid, (vec![], 0, (String::new(), String::new())));
+            orphans.insert(
+                uid,
+                Orphan {
+                    running: vec![],
+                    grace: 0,
+                    key: Default::default(),
+                },
+            );
         }
     }
-    for (uid, (running, grace, key)) in orphans {
+    for (
+        uid,
+        Orphan {
+            running,
+            grace,
+            key,
+        },
+    ) in orphans
+    {
         info!(uid, pod = %format!("{}/{}", key.0, key.1), "stopping pod whose manifest is gone");
         let env = Arc::clone(env);
         let names = key.clone();
@@ -114,7 +162,11 @@ async fn reap_orphans(env: &Arc<WorkerEnv>, wanted: &HashSet<&str>, terminating:
                 let id = id.clone();
                 tokio::spawn(async move {
                     let result = rt.wait(&id).await;
-                    let _ = tx.send(super::Msg::Exited { slot: 0, id, result });
+                    let _ = tx.send(super::Msg::Exited {
+                        slot: 0,
+                        id,
+                        result,
+                    });
                 });
             }
             drop(tx);

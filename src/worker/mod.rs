@@ -16,8 +16,12 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::manifest::StaticPod;
-use crate::pod::{self, Backoff, ContainerState, ContainerStatus, PodStatus, RestartPolicy, SlotView};
-use crate::runtime::{labels, ContainerRecord, Exit, NewContainer, PullPolicy, Runtime, RuntimeError, TaskState};
+use crate::pod::{
+    self, Backoff, ContainerState, ContainerStatus, PodStatus, RestartPolicy, SlotView,
+};
+use crate::runtime::{
+    ContainerRecord, Exit, NewContainer, PullPolicy, Runtime, RuntimeError, TaskState, labels,
+};
 use crate::{cgroup, logs, oci, sandbox};
 
 /// A pod and what is known of it, as the HTTP endpoints show it.
@@ -138,7 +142,10 @@ impl Worker {
     fn new(pod: StaticPod, env: Arc<WorkerEnv>, tx: mpsc::UnboundedSender<Msg>) -> Worker {
         let spec = pod.spec();
         let mut slots = Vec::new();
-        let groups = [(true, spec.init_containers.clone().unwrap_or_default()), (false, spec.containers.clone())];
+        let groups = [
+            (true, spec.init_containers.clone().unwrap_or_default()),
+            (false, spec.containers.clone()),
+        ];
         for (init, containers) in groups {
             for c in containers {
                 slots.push(Slot {
@@ -146,7 +153,14 @@ impl Worker {
                         name: c.name.clone(),
                         image: c.image.clone().unwrap_or_default(),
                         container_id: None,
-                        state: waiting(if init { "PodInitializing" } else { "ContainerCreating" }, ""),
+                        state: waiting(
+                            if init {
+                                "PodInitializing"
+                            } else {
+                                "ContainerCreating"
+                            },
+                            "",
+                        ),
                         last_state: None,
                         restart_count: 0,
                     },
@@ -175,8 +189,18 @@ impl Worker {
 
     fn publish(&self) {
         let mut status = self.status.clone();
-        status.init_containers = self.slots.iter().filter(|s| s.init).map(|s| s.status.clone()).collect();
-        status.containers = self.slots.iter().filter(|s| !s.init).map(|s| s.status.clone()).collect();
+        status.init_containers = self
+            .slots
+            .iter()
+            .filter(|s| s.init)
+            .map(|s| s.status.clone())
+            .collect();
+        status.containers = self
+            .slots
+            .iter()
+            .filter(|s| !s.init)
+            .map(|s| s.status.clone())
+            .collect();
         let entry = PodEntry {
             pod: self.pod.clone(),
             status,
@@ -286,10 +310,15 @@ impl Worker {
         let spec = self.pod.spec();
         let sb = sandbox::SandboxSpec {
             dir: self.env.pod_dir(&self.pod.uid),
-            hostname: spec
-                .hostname
-                .clone()
-                .unwrap_or_else(|| self.pod.name.chars().take(63).collect::<String>().trim_end_matches(['-', '.']).to_string()),
+            hostname: spec.hostname.clone().unwrap_or_else(|| {
+                self.pod
+                    .name
+                    .chars()
+                    .take(63)
+                    .collect::<String>()
+                    .trim_end_matches(['-', '.'])
+                    .to_string()
+            }),
             host_network: spec.host_network == Some(true),
             host_ipc: spec.host_ipc == Some(true),
             shm_bytes: 64 << 20,
@@ -324,7 +353,11 @@ impl Worker {
         let mut found_app = false;
         let mut stale = Vec::new();
         for r in mine {
-            let name = r.labels.get(labels::CONTAINER_NAME).cloned().unwrap_or_default();
+            let name = r
+                .labels
+                .get(labels::CONTAINER_NAME)
+                .cloned()
+                .unwrap_or_default();
             let Some(i) = self.slots.iter().position(|s| s.spec.name == name) else {
                 stale.push(r.id);
                 continue;
@@ -338,15 +371,22 @@ impl Worker {
             let exit = match r.task {
                 TaskState::Running { .. } => None,
                 TaskState::Exited(e) => Some((e.code as i32, e.at)),
-                TaskState::None => r.labels.get(labels::EXIT_CODE).and_then(|c| c.parse().ok()).map(|c| {
-                    let at = r
-                        .labels
-                        .get(labels::FINISHED_AT)
-                        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
-                        .map(|t| SystemTime::UNIX_EPOCH + Duration::from_nanos(t.as_nanosecond().max(0) as u64))
-                        .unwrap_or_else(SystemTime::now);
-                    (c, at)
-                }),
+                TaskState::None => r
+                    .labels
+                    .get(labels::EXIT_CODE)
+                    .and_then(|c| c.parse().ok())
+                    .map(|c| {
+                        let at = r
+                            .labels
+                            .get(labels::FINISHED_AT)
+                            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+                            .map(|t| {
+                                SystemTime::UNIX_EPOCH
+                                    + Duration::from_nanos(t.as_nanosecond().max(0) as u64)
+                            })
+                            .unwrap_or_else(SystemTime::now);
+                        (c, at)
+                    }),
                 TaskState::Created => {
                     // Created but never started: start it afresh.
                     slot.next_attempt = n;
@@ -382,7 +422,11 @@ impl Worker {
         }
         if found_app {
             // App containers exist, so the init containers had all succeeded.
-            for s in self.slots.iter_mut().filter(|s| s.init && s.exit_code.is_none() && !s.running) {
+            for s in self
+                .slots
+                .iter_mut()
+                .filter(|s| s.init && s.exit_code.is_none() && !s.running)
+            {
                 s.exit_code = Some(0);
                 s.status.state = terminated(0, String::new(), None, SystemTime::now());
             }
@@ -423,13 +467,21 @@ impl Worker {
                 slot.not_before = Some(slot.backoff.restart_at(now));
                 slot.status.state = waiting(reason, message.clone());
                 let name = slot.spec.name.clone();
-                self.event("Warning", "Failed", format!("container {name}: {reason}: {message}"));
+                self.event(
+                    "Warning",
+                    "Failed",
+                    format!("container {name}: {reason}: {message}"),
+                );
             }
         }
         self.publish();
     }
 
-    async fn try_start(&mut self, i: usize, ctx: &oci::PodContext) -> Result<(), (&'static str, String)> {
+    async fn try_start(
+        &mut self,
+        i: usize,
+        ctx: &oci::PodContext,
+    ) -> Result<(), (&'static str, String)> {
         let rt = Arc::clone(&self.env.rt);
         let c = self.slots[i].spec.clone();
         let image_name = c.image.clone().unwrap_or_default();
@@ -442,21 +494,42 @@ impl Worker {
             "IfNotPresent" => PullPolicy::IfNotPresent,
             _ => PullPolicy::Always,
         };
-        let image = rt.ensure_image(&image_name, policy).await.map_err(|e| match e {
-            RuntimeError::ImageNotFound(m) if policy == PullPolicy::Never => ("ErrImageNeverPull", m),
-            RuntimeError::ImageNotFound(m) => ("ErrImagePull", m),
-            e => ("ErrImagePull", e.to_string()),
-        })?;
+        let image = rt
+            .ensure_image(&image_name, policy)
+            .await
+            .map_err(|e| match e {
+                RuntimeError::ImageNotFound(m) if policy == PullPolicy::Never => {
+                    ("ErrImageNeverPull", m)
+                }
+                RuntimeError::ImageNotFound(m) => ("ErrImagePull", m),
+                e => ("ErrImagePull", e.to_string()),
+            })?;
         let attempt = self.slots[i].next_attempt;
         let id = container_id(&self.pod.uid, &c.name, attempt);
-        let log_path = logs::container_log_path(&self.env.pod_logs_dir, &self.pod.namespace, &self.pod.name, &self.pod.uid, &c.name, attempt);
-        let term_dir = self.env.pod_dir(&self.pod.uid).join("containers").join(&c.name);
+        let log_path = logs::container_log_path(
+            &self.env.pod_logs_dir,
+            &self.pod.namespace,
+            &self.pod.name,
+            &self.pod.uid,
+            &c.name,
+            attempt,
+        );
+        let term_dir = self
+            .env
+            .pod_dir(&self.pod.uid)
+            .join("containers")
+            .join(&c.name);
         let termination_log = term_dir.join(format!("{attempt}.termination-log"));
         let prepared = std::fs::create_dir_all(&term_dir)
             .and_then(|_| std::fs::write(&termination_log, b""))
-            .and_then(|_| std::fs::create_dir_all(log_path.parent().expect("log paths have a parent")));
+            .and_then(|_| {
+                std::fs::create_dir_all(log_path.parent().expect("log paths have a parent"))
+            });
         if let Err(e) = prepared {
-            return Err(("CreateContainerError", format!("preparing {}: {e}", term_dir.display())));
+            return Err((
+                "CreateContainerError",
+                format!("preparing {}: {e}", term_dir.display()),
+            ));
         }
         let spec = oci::build(&oci::ContainerInput {
             pod: &self.pod,
@@ -467,14 +540,24 @@ impl Worker {
             termination_log: Some(termination_log),
         })
         .map_err(|e| ("CreateContainerConfigError", e.to_string()))?;
-        let grace = self.pod.spec().termination_grace_period_seconds.unwrap_or(30);
+        let grace = self
+            .pod
+            .spec()
+            .termination_grace_period_seconds
+            .unwrap_or(30);
         let container_labels = HashMap::from([
             (labels::POD_NAME.to_string(), self.pod.name.clone()),
-            (labels::POD_NAMESPACE.to_string(), self.pod.namespace.clone()),
+            (
+                labels::POD_NAMESPACE.to_string(),
+                self.pod.namespace.clone(),
+            ),
             (labels::POD_UID.to_string(), self.pod.uid.clone()),
             (labels::CONTAINER_NAME.to_string(), c.name.clone()),
             (labels::RESTART_COUNT.to_string(), attempt.to_string()),
-            (labels::CONTAINER_TYPE.to_string(), if self.slots[i].init { "init" } else { "app" }.to_string()),
+            (
+                labels::CONTAINER_TYPE.to_string(),
+                if self.slots[i].init { "init" } else { "app" }.to_string(),
+            ),
             (labels::GRACE_PERIOD.to_string(), grace.to_string()),
         ]);
         rt.create(&NewContainer {
@@ -524,8 +607,12 @@ impl Worker {
     }
 
     async fn record_exit(&self, id: &str, code: i32, at: SystemTime) {
-        let d = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        let finished = k8s_openapi::jiff::Timestamp::new(d.as_secs() as i64, d.subsec_nanos() as i32).unwrap_or_default();
+        let d = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let finished =
+            k8s_openapi::jiff::Timestamp::new(d.as_secs() as i64, d.subsec_nanos() as i32)
+                .unwrap_or_default();
         let rt = &self.env.rt;
         let labels = HashMap::from([
             (labels::EXIT_CODE.to_string(), code.to_string()),
@@ -569,7 +656,11 @@ impl Worker {
         let state = terminated(code, message, slot.started_at, at);
         let name = slot.spec.name.clone();
         // Init containers are only ever re-run after a failure.
-        let restarts = if slot.init { code != 0 && policy != RestartPolicy::Never } else { policy.restarts(code) };
+        let restarts = if slot.init {
+            code != 0 && policy != RestartPolicy::Never
+        } else {
+            policy.restarts(code)
+        };
         let restart_at = slot.backoff.restart_at(now);
         slot.not_before = Some(restart_at);
         if restarts && restart_at > now {
@@ -577,9 +668,18 @@ impl Worker {
             slot.status.last_state = Some(state);
             slot.status.state = waiting(
                 "CrashLoopBackOff",
-                format!("back-off {}s restarting failed container={} pod={}", delay.as_secs(), name, self.pod.name),
+                format!(
+                    "back-off {}s restarting failed container={} pod={}",
+                    delay.as_secs(),
+                    name,
+                    self.pod.name
+                ),
             );
-            self.event("Warning", "BackOff", format!("Back-off restarting failed container {name}"));
+            self.event(
+                "Warning",
+                "BackOff",
+                format!("Back-off restarting failed container {name}"),
+            );
         } else {
             slot.status.state = state;
         }
@@ -589,7 +689,13 @@ impl Worker {
     /// Kills the pod's containers (SIGTERM, then SIGKILL after the grace
     /// period) and removes them with the sandbox, cgroups and logs.
     async fn terminate(&mut self, rx: &mut mpsc::UnboundedReceiver<Msg>) {
-        let grace = Duration::from_secs(self.pod.spec().termination_grace_period_seconds.unwrap_or(30).max(0) as u64);
+        let grace = Duration::from_secs(
+            self.pod
+                .spec()
+                .termination_grace_period_seconds
+                .unwrap_or(30)
+                .max(0) as u64,
+        );
         let running: Vec<String> = self
             .slots
             .iter()
@@ -602,7 +708,12 @@ impl Worker {
         self.status.terminating = true;
         self.publish();
         stop_containers(&self.env, &running, grace, rx).await;
-        cleanup(&self.env, &self.pod.uid, Some((&self.pod.namespace, &self.pod.name))).await;
+        cleanup(
+            &self.env,
+            &self.pod.uid,
+            Some((&self.pod.namespace, &self.pod.name)),
+        )
+        .await;
         self.forget();
         info!(pod = %self.pod.key(), "pod removed");
     }
@@ -616,7 +727,12 @@ impl Worker {
     }
 }
 
-fn terminated(code: i32, message: String, started_at: Option<SystemTime>, finished_at: SystemTime) -> ContainerState {
+fn terminated(
+    code: i32,
+    message: String,
+    started_at: Option<SystemTime>,
+    finished_at: SystemTime,
+) -> ContainerState {
     ContainerState::Terminated {
         exit_code: code,
         reason: if code == 0 { "Completed" } else { "Error" }.to_string(),
@@ -629,14 +745,22 @@ fn terminated(code: i32, message: String, started_at: Option<SystemTime>, finish
 /// SIGTERM to each task, SIGKILL to whatever still runs after `grace`.
 /// Exits are learned from the worker's channel (its watchers) when given,
 /// else by waiting on containerd directly.
-async fn stop_containers(env: &WorkerEnv, ids: &[String], grace: Duration, rx: &mut mpsc::UnboundedReceiver<Msg>) {
+async fn stop_containers(
+    env: &WorkerEnv,
+    ids: &[String],
+    grace: Duration,
+    rx: &mut mpsc::UnboundedReceiver<Msg>,
+) {
     let mut alive: std::collections::HashSet<String> = ids.iter().cloned().collect();
     for id in ids {
         if let Err(e) = env.rt.kill(id, libc::SIGTERM, false).await {
             warn!(id, "SIGTERM: {e}");
         }
     }
-    for (signal, wait) in [(None, grace), (Some(libc::SIGKILL), Duration::from_secs(10))] {
+    for (signal, wait) in [
+        (None, grace),
+        (Some(libc::SIGKILL), Duration::from_secs(10)),
+    ] {
         if let Some(sig) = signal {
             for id in &alive {
                 if let Err(e) = env.rt.kill(id, sig, true).await {

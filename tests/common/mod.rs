@@ -8,8 +8,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub const NAMESPACE: &str = "kubelet-lite";
@@ -21,7 +21,10 @@ pub fn busybox_archive() -> &'static Path {
     ARCHIVE.get_or_init(|| {
         let path = std::env::temp_dir().join(format!("kl-busybox-{}.tar", std::process::id()));
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/images/busybox-oci.sh");
-        let ok = Command::new(script).arg(&path).status().expect("running busybox-oci.sh");
+        let ok = Command::new(script)
+            .arg(&path)
+            .status()
+            .expect("running busybox-oci.sh");
         assert!(ok.success(), "building the busybox image failed");
         path
     })
@@ -71,7 +74,7 @@ impl Env {
             .stderr(log)
             .spawn()
             .expect("starting containerd (apt-get install containerd)");
-        let mut env = Env {
+        let env = Env {
             manifests: dir.join("manifests"),
             port: free_port(),
             cgroup_root: format!("/kl-test-{}-{n}", std::process::id()),
@@ -82,7 +85,9 @@ impl Env {
             agent_runs: 0,
         };
         let sock = env.dir.join("containerd.sock");
-        env.wait_for("containerd socket", Duration::from_secs(20), || sock.exists().then_some(()));
+        env.wait_for("containerd socket", Duration::from_secs(20), || {
+            sock.exists().then_some(())
+        });
         env
     }
 
@@ -123,7 +128,9 @@ impl Env {
             .spawn()
             .expect("starting the agent");
         self.agent = Some(child);
-        self.wait_for("agent /healthz", Duration::from_secs(20), || self.get("/healthz").ok());
+        self.wait_for("agent /healthz", Duration::from_secs(20), || {
+            self.get("/healthz").ok()
+        });
     }
 
     /// SIGKILL (or SIGTERM) the agent and reap it.
@@ -136,7 +143,9 @@ impl Env {
     }
 
     pub fn agent_is_alive(&mut self) -> bool {
-        self.agent.as_mut().is_some_and(|a| a.try_wait().ok().flatten().is_none())
+        self.agent
+            .as_mut()
+            .is_some_and(|a| a.try_wait().ok().flatten().is_none())
     }
 
     pub fn agent_output(&self) -> String {
@@ -162,7 +171,11 @@ impl Env {
         let mut out = String::new();
         s.read_to_string(&mut out)?;
         match out.split_once("\r\n\r\n") {
-            Some((head, body)) if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+            Some((head, body))
+                if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") =>
+            {
+                Ok(body.to_string())
+            }
             _ => Err(std::io::Error::other(format!("bad response: {out}"))),
         }
     }
@@ -177,12 +190,19 @@ impl Env {
     }
 
     pub fn pod(&self, name: &str) -> Option<serde_json::Value> {
-        self.pods().into_iter().find(|p| p["metadata"]["name"] == name)
+        self.pods()
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == name)
     }
 
     /// Polls `f` every 100 ms until it returns Some, or panics with what the
     /// agent logged.
-    pub fn wait_for<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(v) = f() {
@@ -201,11 +221,17 @@ impl Env {
 
     /// Waits until the pod's containers all run; returns the pod.
     pub fn wait_running(&self, name: &str) -> serde_json::Value {
-        self.wait_for(&format!("pod {name} running"), Duration::from_secs(60), || {
-            let p = self.pod(name)?;
-            let statuses = p["status"]["containerStatuses"].as_array()?;
-            (p["status"]["phase"] == "Running" && statuses.iter().all(|c| c["state"]["running"].is_object())).then_some(p)
-        })
+        self.wait_for(
+            &format!("pod {name} running"),
+            Duration::from_secs(60),
+            || {
+                let p = self.pod(name)?;
+                let statuses = p["status"]["containerStatuses"].as_array()?;
+                (p["status"]["phase"] == "Running"
+                    && statuses.iter().all(|c| c["state"]["running"].is_object()))
+                .then_some(p)
+            },
+        )
     }
 
     pub fn ctr(&self, args: &[&str]) -> String {
@@ -226,13 +252,20 @@ impl Env {
             .skip(1)
             .filter_map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
-                Some((f.first()?.to_string(), f.get(1)?.parse().ok()?, f.get(2)?.to_string()))
+                Some((
+                    f.first()?.to_string(),
+                    f.get(1)?.parse().ok()?,
+                    f.get(2)?.to_string(),
+                ))
             })
             .collect()
     }
 
     pub fn containers(&self) -> Vec<String> {
-        self.ctr(&["containers", "ls", "-q"]).lines().map(str::to_string).collect()
+        self.ctr(&["containers", "ls", "-q"])
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 
     pub fn mounts_under_dir(&self) -> Vec<String> {
@@ -249,7 +282,11 @@ impl Env {
     /// Directories of our cgroup root, across hierarchies.
     pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
         let mut out = vec![];
-        for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        for h in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let root = h.path().join(self.cgroup_root.trim_start_matches('/'));
             walk_dirs(&root, &mut out);
         }
