@@ -249,9 +249,7 @@ impl Worker {
             self.status.phase = plan.phase;
             self.publish();
             if !plan.start.is_empty() {
-                for i in plan.start {
-                    self.start(i, &ctx).await;
-                }
+                self.start_all(&plan.start, &ctx).await;
                 continue;
             }
             let sleep = async {
@@ -457,33 +455,54 @@ impl Worker {
         });
     }
 
-    async fn start(&mut self, i: usize, ctx: &oci::PodContext) {
+    /// Starts the given containers concurrently (their creation is
+    /// independent; only their order of init containers matters, and the
+    /// planner never asks for two of those at once).
+    async fn start_all(&mut self, which: &[usize], ctx: &oci::PodContext) {
         let now = Instant::now();
-        match self.try_start(i, ctx).await {
-            Ok(()) => {}
-            Err((reason, message)) => {
-                let slot = &mut self.slots[i];
-                slot.backoff.record_start(now);
-                slot.not_before = Some(slot.backoff.restart_at(now));
-                slot.status.state = waiting(reason, message.clone());
-                let name = slot.spec.name.clone();
-                self.event(
-                    "Warning",
-                    "Failed",
-                    format!("container {name}: {reason}: {message}"),
-                );
+        let requests: Vec<(usize, u32)> = which
+            .iter()
+            .map(|&i| (i, self.slots[i].next_attempt))
+            .collect();
+        let results = {
+            let this = &*self;
+            futures::future::join_all(
+                requests
+                    .iter()
+                    .map(|&(i, attempt)| this.launch(i, attempt, ctx)),
+            )
+            .await
+        };
+        for ((i, attempt), result) in requests.into_iter().zip(results) {
+            match result {
+                Ok(id) => self.started(i, attempt, id).await,
+                Err((reason, message)) => {
+                    let slot = &mut self.slots[i];
+                    slot.backoff.record_start(now);
+                    slot.not_before = Some(slot.backoff.restart_at(now));
+                    slot.status.state = waiting(reason, message.clone());
+                    let name = slot.spec.name.clone();
+                    self.event(
+                        "Warning",
+                        "Failed",
+                        format!("container {name}: {reason}: {message}"),
+                    );
+                }
             }
         }
         self.publish();
     }
 
-    async fn try_start(
-        &mut self,
+    /// Image, spec, container and task for attempt `attempt` of slot `i`;
+    /// returns the started container's ID. Touches no worker state.
+    async fn launch(
+        &self,
         i: usize,
+        attempt: u32,
         ctx: &oci::PodContext,
-    ) -> Result<(), (&'static str, String)> {
-        let rt = Arc::clone(&self.env.rt);
-        let c = self.slots[i].spec.clone();
+    ) -> Result<String, (&'static str, String)> {
+        let rt = &self.env.rt;
+        let c = &self.slots[i].spec;
         let image_name = c.image.clone().unwrap_or_default();
         let policy = match c
             .image_pull_policy
@@ -504,7 +523,6 @@ impl Worker {
                 RuntimeError::ImageNotFound(m) => ("ErrImagePull", m),
                 e => ("ErrImagePull", e.to_string()),
             })?;
-        let attempt = self.slots[i].next_attempt;
         let id = container_id(&self.pod.uid, &c.name, attempt);
         let log_path = logs::container_log_path(
             &self.env.pod_logs_dir,
@@ -533,7 +551,7 @@ impl Worker {
         }
         let spec = oci::build(&oci::ContainerInput {
             pod: &self.pod,
-            container: &c,
+            container: c,
             image: &image.config,
             ctx,
             cgroups_path: cgroup::container_cgroup(&self.env.cgroup_root, &self.pod.uid, &id),
@@ -573,6 +591,12 @@ impl Worker {
             let _ = rt.remove(&id).await;
             return Err(("RunContainerError", e.to_string()));
         }
+        Ok(id)
+    }
+
+    /// Records a started container, follows it, and drops the previous
+    /// attempt's container (one dead container is kept, as the kubelet does).
+    async fn started(&mut self, i: usize, attempt: u32, id: String) {
         let now = Instant::now();
         let previous = self.slots[i].current.replace(id.clone());
         let slot = &mut self.slots[i];
@@ -595,15 +619,14 @@ impl Worker {
         slot.status.state = ContainerState::Running {
             started_at: slot.started_at.unwrap_or_else(SystemTime::now),
         };
-        self.event("Normal", "Started", format!("Started container {}", c.name));
+        let name = slot.spec.name.clone();
+        self.event("Normal", "Started", format!("Started container {name}"));
         self.watch(i, id);
-        // One dead container per container is kept, as the kubelet does.
         if let Some(prev) = previous
-            && let Err(e) = rt.remove(&prev).await
+            && let Err(e) = self.env.rt.remove(&prev).await
         {
             warn!(pod = %self.pod.key(), id = prev, "removing previous container: {e}");
         }
-        Ok(())
     }
 
     async fn record_exit(&self, id: &str, code: i32, at: SystemTime) {
