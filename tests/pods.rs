@@ -434,3 +434,109 @@ fn bad_manifests_are_reported_and_do_not_stop_good_ones() {
     assert!(env.agent_is_alive());
     assert_eq!(env.tasks().len(), 1);
 }
+
+#[test]
+fn docker_archives_import_and_pull_policies_apply() {
+    let mut env = Env::new("images");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/images/busybox-oci.sh");
+    let ok = std::process::Command::new(script)
+        .arg("--docker")
+        .arg(env.dir.join("images/tools.tar"))
+        .arg("example.org/tools/bb:2")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    env.start_agent();
+    env.write_manifest(
+        "tools.yaml",
+        &pod_yaml("tools", "  terminationGracePeriodSeconds: 0\n  containers:\n  - name: t\n    image: example.org/tools/bb:2\n    command: [sleep, '3600']\n"),
+    );
+    env.write_manifest(
+        "never.yaml",
+        &pod_yaml("never", "  containers:\n  - name: t\n    image: example.org/absent:1\n    imagePullPolicy: Never\n"),
+    );
+    env.wait_running("tools-node1");
+    assert!(
+        env.ctr(&["images", "ls", "-q"])
+            .contains("example.org/tools/bb:2")
+    );
+    let waiting = env.wait_for("ErrImageNeverPull", Duration::from_secs(20), || {
+        let p = env.pod("never-node1")?;
+        let w = p["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        (w["reason"] == "ErrImageNeverPull").then_some(w)
+    });
+    assert!(
+        waiting["message"]
+            .as_str()
+            .unwrap()
+            .contains("pull policy of Never"),
+        "{waiting}"
+    );
+}
+
+#[test]
+fn host_network_pods_use_the_node_network() {
+    let mut env = Env::new("hostnet");
+    env.start_agent();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    env.write_manifest(
+        "hn.yaml",
+        &pod_yaml(
+            "hn",
+            &format!("  hostNetwork: true\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: web\n    image: busybox\n    command: [sh, -c, 'mkdir -p /w && hostname > /w/index.html && exec httpd -f -p 127.0.0.1:{port} -h /w']\n"),
+        ),
+    );
+    env.wait_running("hn-node1");
+    let body = env.wait_for("host port answers", Duration::from_secs(20), || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        out.contains("200").then_some(out)
+    });
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    assert!(body.trim_end().ends_with(&host), "{body}");
+}
+
+#[test]
+fn the_examples_run() {
+    let mut env = Env::new("examples");
+    env.start_agent();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pods");
+    let mut names = vec![];
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        env.write_manifest(&name, &std::fs::read_to_string(&path).unwrap());
+        names.push(name);
+    }
+    assert!(names.len() >= 3, "{names:?}");
+    let web = env.wait_running("web-node1");
+    let uid = web["metadata"]["uid"].as_str().unwrap().to_string();
+    let log = env
+        .dir
+        .join(format!("logs/default_web-node1_{uid}/client/0.log"));
+    env.wait_for("web client output", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log)
+            .ok()?
+            .contains("hello from web-node1")
+            .then_some(())
+    });
+    let job = env.wait_for("job succeeded", Duration::from_secs(30), || {
+        let p = env.pod("job-node1")?;
+        (p["status"]["phase"] == "Succeeded").then_some(p)
+    });
+    assert_eq!(
+        job["status"]["containerStatuses"][0]["state"]["terminated"]["message"],
+        "done\n"
+    );
+    env.wait_running("limited-node1");
+    let log = env.agent_output();
+    assert!(!log.contains("manifest rejected"), "{log}");
+}

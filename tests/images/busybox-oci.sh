@@ -1,8 +1,12 @@
 #!/bin/sh
-# Builds an OCI image layout tar holding Debian's static busybox, for
-# machines with no registry. Usage: busybox-oci.sh OUT.tar [IMAGE-NAME]
+# Builds an image archive holding Debian's static busybox, for machines with
+# no registry: an OCI image layout, or with --docker a Docker archive (the
+# `docker save` format).
+# Usage: busybox-oci.sh [--docker] OUT.tar [IMAGE-NAME]
 # The image is named docker.io/library/busybox:latest unless told otherwise.
 set -eu
+format=oci
+if [ "${1:-}" = --docker ]; then format=docker; shift; fi
 out=$1
 name=${2:-docker.io/library/busybox:latest}
 busybox=$(command -v busybox || true)
@@ -43,5 +47,13 @@ cat > "$work/layout/index.json" <<JSON
 {"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:$manifest","size":$manifest_size,"annotations":{"io.containerd.image.name":"$name","org.opencontainers.image.ref.name":"$name"}}]}
 JSON
 echo '{"imageLayoutVersion":"1.0.0"}' > "$work/layout/oci-layout"
+if [ "$format" = docker ]; then
+    rm -rf "$work/layout"
+    mkdir -p "$work/layout/$layer"
+    cp "$work/layer.tar" "$work/layout/$layer/layer.tar"
+    cp "$work/config.json" "$work/layout/$config.json"
+    printf '[{"Config":"%s.json","RepoTags":["%s"],"Layers":["%s/layer.tar"]}]\n' \
+        "$config" "$name" "$layer" > "$work/layout/manifest.json"
+fi
 tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$work/layout" -cf "$out.tmp" .
 mv "$out.tmp" "$out"
