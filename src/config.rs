@@ -46,12 +46,46 @@ pub struct Config {
     /// hostname, lower-cased.
     pub node_name: Option<String>,
     pub containerd: ContainerdConfig,
-    /// Parent cgroup of every pod cgroup (cgroupfs layout, relative to each
-    /// hierarchy's mount point).
+    /// `cgroupfs` (default) or `systemd`: who names and creates cgroups.
+    pub cgroup_driver: crate::cgroup::Driver,
+    /// Parent of the `kubepods` cgroup (cgroupfs driver), relative to each
+    /// hierarchy's mount point.
     pub cgroup_root: String,
+    /// cgroup v2: how CPU shares become `cpu.weight`.
+    pub cpu_weight_formula: crate::cgroup::WeightFormula,
+    /// cgroup v2: memory requests become `memory.min` (the kubelet's
+    /// MemoryQoS feature).
+    #[serde(rename = "memoryQoS")]
+    pub memory_qos: bool,
+    /// `pids.max` of every pod cgroup; -1 for no limit.
+    pub pod_pids_limit: i64,
+    /// CPU and memory kept back from pods: allocatable = capacity - this.
+    pub system_reserved: Reserved,
     /// HTTP endpoint for status and metrics.
     pub listen_address: SocketAddr,
     pub crash_loop_back_off: BackoffConfig,
+}
+
+/// Resources held back from pods, as Kubernetes quantities.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Reserved {
+    pub cpu: Option<String>,
+    pub memory: Option<String>,
+}
+
+impl Reserved {
+    /// (millicores, bytes); validated at load.
+    pub fn values(&self) -> (i64, i64) {
+        let q = |s: &Option<String>| {
+            s.as_deref()
+                .and_then(|s| crate::manifest::quantity::Quantity::parse(s).ok())
+        };
+        (
+            q(&self.cpu).map_or(0, |q| q.milli_ceil()),
+            q(&self.memory).map_or(0, |q| q.value_ceil()),
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -87,7 +121,12 @@ impl Default for Config {
             images_dir: None,
             node_name: None,
             containerd: ContainerdConfig::default(),
-            cgroup_root: "/kubelet-lite".to_string(),
+            cgroup_driver: Default::default(),
+            cgroup_root: "/".to_string(),
+            cpu_weight_formula: Default::default(),
+            memory_qos: false,
+            pod_pids_limit: -1,
+            system_reserved: Reserved::default(),
             listen_address: SocketAddr::from(([127, 0, 0, 1], 10255)),
             crash_loop_back_off: BackoffConfig::default(),
         }
@@ -172,6 +211,20 @@ impl Config {
                 "cgroupRoot",
                 format!("{:?} must be an absolute path without ..", self.cgroup_root),
             ));
+        }
+        for (field, value) in [
+            ("systemReserved.cpu", &self.system_reserved.cpu),
+            ("systemReserved.memory", &self.system_reserved.memory),
+        ] {
+            if let Some(v) = value {
+                match crate::manifest::quantity::Quantity::parse(v) {
+                    Err(e) => return Err(invalid(field, e.to_string())),
+                    Ok(q) if q.is_negative() => {
+                        return Err(invalid(field, format!("{v:?} is negative")));
+                    }
+                    Ok(_) => {}
+                }
+            }
         }
         if self.file_check_frequency.is_zero() {
             return Err(invalid("fileCheckFrequency", "must be positive".into()));
@@ -267,5 +320,12 @@ mod tests {
         assert!(e.to_string().contains("nodeName"), "{e}");
         let e = parse("crashLoopBackOff:\n  initial: 10m\n  max: 1m\n").unwrap_err();
         assert!(e.to_string().contains("crashLoopBackOff"), "{e}");
+        let e = parse("systemReserved:\n  memory: -1Gi\n").unwrap_err();
+        assert!(e.to_string().contains("systemReserved.memory"), "{e}");
+        let e = parse("cgroupDriver: upstart\n").unwrap_err();
+        assert!(e.to_string().contains("cgroupDriver"), "{e}");
+        let c = parse("cgroupDriver: systemd\ncpuWeightFormula: quadratic\nmemoryQoS: true\nsystemReserved: {cpu: 500m, memory: 1Gi}\n").unwrap();
+        assert_eq!(c.system_reserved.values(), (500, 1 << 30));
+        assert!(c.memory_qos);
     }
 }

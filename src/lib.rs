@@ -12,6 +12,7 @@ pub mod config;
 pub mod http;
 pub mod logs;
 pub mod manifest;
+pub mod node;
 pub mod oci;
 pub mod pod;
 pub mod runtime;

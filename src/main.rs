@@ -8,7 +8,7 @@ use tracing::{error, info, warn};
 
 use kubelet_lite::config::Config;
 use kubelet_lite::runtime::containerd::{Containerd, ContainerdOptions};
-use kubelet_lite::{cgroup, http, logs, source, worker};
+use kubelet_lite::{cgroup, http, logs, node, source, worker};
 
 /// A node agent that runs Kubernetes static pods on containerd.
 #[derive(Parser)]
@@ -128,6 +128,7 @@ async fn connect(config: &Config) -> anyhow::Result<Containerd> {
             runtime: config.containerd.runtime.clone(),
             images_dir: config.images_dir(),
             logger: std::env::current_exe().context("locating own binary for the log writer")?,
+            systemd_cgroup: config.cgroup_driver == cgroup::Driver::Systemd,
         };
         match Containerd::connect(opts).await {
             Ok(c) => return Ok(c),
@@ -154,13 +155,54 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     let rt = connect(&config).await?;
     let store: worker::StatusStore = Default::default();
+
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mode = cgroup::Mode::detect(&mountinfo).context("no cgroup hierarchy is mounted")?;
+    let capacity = node::capacity();
+    let (cpu_reserved, mem_reserved) = config.system_reserved.values();
+    let allocatable = node::allocatable(
+        capacity,
+        node::Resources {
+            cpu_milli: cpu_reserved,
+            memory: mem_reserved,
+        },
+    );
+    info!(
+        cgroups = %mode.describe(),
+        driver = ?config.cgroup_driver,
+        capacity_cpu_milli = capacity.cpu_milli,
+        capacity_memory = capacity.memory,
+        allocatable_cpu_milli = allocatable.cpu_milli,
+        allocatable_memory = allocatable.memory,
+        "node resources"
+    );
+    if !mode.is_v2() {
+        warn!(
+            "cgroup v1 host: memory.min (memoryQoS) and cpu.weight do not apply; using cpu.shares and memory.limit_in_bytes"
+        );
+    }
+    let cgroups = cgroup::Cgroups {
+        mode,
+        layout: cgroup::Layout {
+            driver: config.cgroup_driver,
+            root: config.cgroup_root.clone(),
+        },
+        formula: config.cpu_weight_formula,
+        options: cgroup::qos::Options {
+            memory_qos: config.memory_qos,
+            pids_limit: Some(config.pod_pids_limit).filter(|p| *p > 0),
+        },
+        mounts: cgroup::hierarchies(&mountinfo),
+    };
+    cgroups
+        .setup(allocatable.cpu_milli, allocatable.memory)
+        .context("creating the kubepods cgroups")?;
     let env = Arc::new(worker::WorkerEnv {
         rt: Arc::new(rt),
         root_dir: config.root_dir.clone(),
         pod_logs_dir: config.pod_logs_dir.clone(),
-        cgroup_root: config.cgroup_root.clone(),
-        cgroup_mounts: cgroup::hierarchies(&mountinfo),
+        cgroups,
+        memory_capacity: capacity.memory,
         backoff_initial: config.crash_loop_back_off.initial,
         backoff_max: config.crash_loop_back_off.max,
         store: store.clone(),
@@ -179,7 +221,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.file_check_frequency,
     );
     tokio::spawn(src.run(tx));
-    let manager = tokio::spawn(worker::manager::run(rx, env));
+    let manager = tokio::spawn(worker::manager::run(rx, env, allocatable));
     // systemd (Type=notify): ready once the endpoint listens and the pod
     // manager runs; then pet the watchdog at half its period, if one is set.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);

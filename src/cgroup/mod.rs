@@ -1,9 +1,105 @@
-//! Cgroup housekeeping. runc creates each container's cgroup (and its
-//! missing parents) under `<cgroupRoot>/pod<uid>/` in every mounted
-//! hierarchy, and removes only the container's own directory: the pod's
-//! directories are ours to remove.
+//! The kubepods cgroup hierarchy: where pods and containers live, the pod
+//! cgroups' values, and their removal.
+//!
+//! cgroupfs driver: `<root>/kubepods/pod<uid>` (Guaranteed),
+//! `<root>/kubepods/burstable/pod<uid>`, `<root>/kubepods/besteffort/pod<uid>`,
+//! each container below its pod. systemd driver: `kubepods.slice`,
+//! `kubepods-burstable.slice`, `kubepods-burstable-pod<uid>.slice`, containers
+//! as `kubelet-lite-<id>.scope` units made by runc.
+//!
+//! runc creates each container's cgroup and removes it with the container;
+//! the pod and QoS cgroups are the agent's, as on a kubelet.
 
+pub mod fs;
+pub mod qos;
+
+use std::io;
 use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use fs::Mode;
+pub use qos::{CgroupLimits, QosClass, WeightFormula};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum Driver {
+    #[default]
+    Cgroupfs,
+    Systemd,
+}
+
+/// Names of the cgroups, for one driver and root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub driver: Driver,
+    /// Parent of `kubepods` (cgroupfs driver); `/` puts it at the top, as the
+    /// kubelet's default `cgroupRoot` does.
+    pub root: String,
+}
+
+fn qos_dir(qos: QosClass) -> Option<&'static str> {
+    match qos {
+        QosClass::Guaranteed => None,
+        QosClass::Burstable => Some("burstable"),
+        QosClass::BestEffort => Some("besteffort"),
+    }
+}
+
+impl Layout {
+    fn base(&self) -> String {
+        self.root.trim_end_matches('/').to_string()
+    }
+
+    /// `kubepods`, relative to each hierarchy's mount point.
+    pub fn kubepods(&self) -> String {
+        match self.driver {
+            Driver::Cgroupfs => format!("{}/kubepods", self.base()),
+            Driver::Systemd => "/kubepods.slice".to_string(),
+        }
+    }
+
+    /// The QoS cgroup a pod of class `qos` lives in.
+    pub fn qos_parent(&self, qos: QosClass) -> String {
+        match (self.driver, qos_dir(qos)) {
+            (_, None) => self.kubepods(),
+            (Driver::Cgroupfs, Some(q)) => format!("{}/{q}", self.kubepods()),
+            (Driver::Systemd, Some(q)) => format!("/kubepods.slice/kubepods-{q}.slice"),
+        }
+    }
+
+    /// The pod cgroup, relative to each hierarchy's mount point.
+    pub fn pod(&self, qos: QosClass, uid: &str) -> String {
+        match (self.driver, qos_dir(qos)) {
+            (Driver::Cgroupfs, _) => format!("{}/pod{uid}", self.qos_parent(qos)),
+            (Driver::Systemd, None) => format!("/kubepods.slice/kubepods-pod{uid}.slice"),
+            (Driver::Systemd, Some(q)) => {
+                format!("{}/kubepods-{q}-pod{uid}.slice", self.qos_parent(qos))
+            }
+        }
+    }
+
+    /// The container's `linux.cgroupsPath` for runc: a path with cgroupfs,
+    /// `slice:prefix:name` with systemd.
+    pub fn container_path(&self, qos: QosClass, uid: &str, id: &str) -> String {
+        match self.driver {
+            Driver::Cgroupfs => format!("{}/{id}", self.pod(qos, uid)),
+            Driver::Systemd => {
+                let pod = self.pod(qos, uid);
+                let slice = pod.rsplit('/').next().unwrap_or_default();
+                format!("{slice}:kubelet-lite:{id}")
+            }
+        }
+    }
+
+    /// The container's cgroup directory, relative to the mount points.
+    pub fn container_dir(&self, qos: QosClass, uid: &str, id: &str) -> String {
+        match self.driver {
+            Driver::Cgroupfs => self.container_path(qos, uid, id),
+            Driver::Systemd => format!("{}/kubelet-lite-{id}.scope", self.pod(qos, uid)),
+        }
+    }
+}
 
 /// Mount points of the cgroup hierarchies (v1 controllers and/or the v2
 /// unified tree), read from a mountinfo text.
@@ -19,21 +115,10 @@ pub fn hierarchies(mountinfo: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The pod's cgroup directory relative to a hierarchy's mount point.
-pub fn pod_cgroup(cgroup_root: &str, uid: &str) -> String {
-    format!("{}/pod{}", cgroup_root.trim_end_matches('/'), uid)
-}
-
-/// The container's `cgroupsPath` for runc (cgroupfs driver).
-pub fn container_cgroup(cgroup_root: &str, uid: &str, container_id: &str) -> String {
-    format!("{}/{}", pod_cgroup(cgroup_root, uid), container_id)
-}
-
-/// Removes the pod's (empty) cgroup directories below every hierarchy
-/// mounted under `mount_root`. Only rmdir is used: a cgroup that still
-/// holds a process is left alone and reported.
-pub fn remove_pod_cgroups(mounts: &[PathBuf], cgroup_root: &str, uid: &str) -> Vec<String> {
-    let rel = pod_cgroup(cgroup_root, uid);
+/// Removes the cgroup directory `rel` (and empty children) in every
+/// hierarchy of `mounts`. Only rmdir is used: a cgroup that still holds a
+/// process is left alone and reported.
+pub fn remove_everywhere(mounts: &[PathBuf], rel: &str) -> Vec<String> {
     let mut problems = Vec::new();
     for m in mounts {
         let dir = m.join(rel.trim_start_matches('/'));
@@ -46,10 +131,10 @@ pub fn remove_pod_cgroups(mounts: &[PathBuf], cgroup_root: &str, uid: &str) -> V
 
 /// rmdir of a cgroup tree, children first. Cgroup directories cannot be
 /// removed with remove_dir_all: their control files cannot be unlinked.
-fn remove_tree(dir: &Path) -> std::io::Result<()> {
+fn remove_tree(dir: &Path) -> io::Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
     for entry in entries.flatten() {
@@ -58,8 +143,79 @@ fn remove_tree(dir: &Path) -> std::io::Result<()> {
         }
     }
     match std::fs::remove_dir(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
+    }
+}
+
+/// Everything the agent does with cgroups, for one host.
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    pub mode: Mode,
+    pub layout: Layout,
+    pub formula: WeightFormula,
+    pub options: qos::Options,
+    /// Every mounted hierarchy (v1 controllers we do not write to included:
+    /// runc creates the pod's directory in all of them).
+    pub mounts: Vec<PathBuf>,
+}
+
+impl Cgroups {
+    /// Creates `kubepods` and its QoS children with the kubelet's values:
+    /// `kubepods` limited to the node's allocatable resources, BestEffort at
+    /// the minimum CPU shares.
+    pub fn setup(&self, allocatable_cpu_milli: i64, allocatable_memory: i64) -> io::Result<()> {
+        if self.layout.driver == Driver::Systemd {
+            // systemd owns slices; runc creates them on first use.
+            return Ok(());
+        }
+        let top = CgroupLimits {
+            cpu_shares: Some(qos::cpu_shares(allocatable_cpu_milli)),
+            memory_max: Some(allocatable_memory).filter(|m| *m > 0),
+            ..Default::default()
+        };
+        self.mode
+            .apply(&self.layout.kubepods(), &top, self.formula)?;
+        let burstable = CgroupLimits::default();
+        self.mode.apply(
+            &self.layout.qos_parent(QosClass::Burstable),
+            &burstable,
+            self.formula,
+        )?;
+        let besteffort = CgroupLimits {
+            cpu_shares: Some(qos::MIN_SHARES),
+            ..Default::default()
+        };
+        self.mode.apply(
+            &self.layout.qos_parent(QosClass::BestEffort),
+            &besteffort,
+            self.formula,
+        )
+    }
+
+    /// Creates the pod cgroup with its values, before any container.
+    pub fn apply_pod(&self, qos: QosClass, uid: &str, limits: &CgroupLimits) -> io::Result<()> {
+        self.mode
+            .apply(&self.layout.pod(qos, uid), limits, self.formula)
+    }
+
+    /// Removes the pod's cgroups, whatever QoS class it had.
+    pub fn remove_pod(&self, uid: &str) -> Vec<String> {
+        let mut problems = vec![];
+        for q in [
+            QosClass::Guaranteed,
+            QosClass::Burstable,
+            QosClass::BestEffort,
+        ] {
+            problems.extend(remove_everywhere(&self.mounts, &self.layout.pod(q, uid)));
+        }
+        problems
+    }
+
+    /// OOM kills inside one container's cgroup so far.
+    pub fn container_oom_kills(&self, qos: QosClass, uid: &str, id: &str) -> Option<u64> {
+        self.mode
+            .oom_kills(&self.layout.container_dir(qos, uid, id))
     }
 }
 
@@ -82,21 +238,69 @@ mod tests {
     }
 
     #[test]
-    fn paths() {
+    fn cgroupfs_names() {
+        let l = Layout {
+            driver: Driver::Cgroupfs,
+            root: "/".into(),
+        };
+        assert_eq!(l.pod(QosClass::Guaranteed, "u1"), "/kubepods/podu1");
         assert_eq!(
-            container_cgroup("/kubelet-lite/", "u1", "c1"),
-            "/kubelet-lite/podu1/c1"
+            l.pod(QosClass::Burstable, "u1"),
+            "/kubepods/burstable/podu1"
+        );
+        assert_eq!(
+            l.container_path(QosClass::BestEffort, "u1", "c1"),
+            "/kubepods/besteffort/podu1/c1"
+        );
+        let l = Layout {
+            driver: Driver::Cgroupfs,
+            root: "/test/".into(),
+        };
+        assert_eq!(l.pod(QosClass::Guaranteed, "u1"), "/test/kubepods/podu1");
+    }
+
+    #[test]
+    fn systemd_names() {
+        let l = Layout {
+            driver: Driver::Systemd,
+            root: "/".into(),
+        };
+        assert_eq!(
+            l.pod(QosClass::Burstable, "u1"),
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podu1.slice"
+        );
+        assert_eq!(
+            l.pod(QosClass::Guaranteed, "u1"),
+            "/kubepods.slice/kubepods-podu1.slice"
+        );
+        assert_eq!(
+            l.container_path(QosClass::Burstable, "u1", "c1"),
+            "kubepods-burstable-podu1.slice:kubelet-lite:c1"
+        );
+        assert_eq!(
+            l.container_dir(QosClass::BestEffort, "u1", "c1"),
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podu1.slice/kubelet-lite-c1.scope"
         );
     }
 
     #[test]
     fn removes_nested_empty_dirs_only() {
         let m = std::env::temp_dir().join(format!("kl-cg-{}", std::process::id()));
-        let pod = m.join("kl/podu1");
+        let pod = m.join("kl/kubepods/burstable/podu1");
         std::fs::create_dir_all(pod.join("c1")).unwrap();
-        assert!(remove_pod_cgroups(std::slice::from_ref(&m), "/kl", "u1").is_empty());
+        let cg = Cgroups {
+            mode: Mode::V2(m.clone()),
+            layout: Layout {
+                driver: Driver::Cgroupfs,
+                root: "/kl".into(),
+            },
+            formula: WeightFormula::Linear,
+            options: Default::default(),
+            mounts: vec![m.clone()],
+        };
+        assert!(cg.remove_pod("u1").is_empty());
         assert!(!pod.exists());
-        assert!(m.join("kl").exists());
+        assert!(m.join("kl/kubepods/burstable").exists());
         std::fs::remove_dir_all(&m).unwrap();
     }
 }

@@ -318,7 +318,6 @@ const SUPPORTED_CONTAINER: &[&str] = &[
     "terminationMessagePolicy",
     "securityContext.runAsUser",
     "securityContext.runAsGroup",
-    "securityContext.privileged",
     "securityContext.allowPrivilegeEscalation",
     "securityContext.readOnlyRootFilesystem",
     "securityContext.capabilities",

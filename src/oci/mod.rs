@@ -1,7 +1,7 @@
 //! The OCI runtime spec of one container of a pod. Pure: everything it needs
 //! is passed in.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -11,8 +11,8 @@ use oci_spec::runtime::{
     Spec, User,
 };
 
+use crate::cgroup::qos::{self, CgroupLimits, WeightFormula};
 use crate::manifest::StaticPod;
-use crate::manifest::quantity::Quantity;
 use crate::runtime::ImageConfig;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -47,55 +47,46 @@ pub struct ContainerInput<'a> {
     pub image: &'a ImageConfig,
     pub ctx: &'a PodContext,
     pub cgroups_path: String,
+    pub limits: CgroupLimits,
+    /// `Some(formula)` on cgroup v2.
+    pub cgroup_v2: Option<WeightFormula>,
+    pub oom_score_adj: i32,
     /// Host file bind-mounted at `terminationMessagePath`.
     pub termination_log: Option<PathBuf>,
 }
 
-/// CPU shares from a request, as the kubelet computes them
-/// (MilliCPUToShares: milli * 1024 / 1000, at least 2).
-pub fn cpu_shares(milli: i64) -> u64 {
-    ((milli * 1024) / 1000).max(2) as u64
-}
-
-/// CFS quota for a CPU limit over a 100 ms period (MilliCPUToQuota: at least
-/// 1 ms).
-pub fn cpu_quota(milli: i64, period_us: u64) -> i64 {
-    ((milli * period_us as i64) / 1000).max(1000)
-}
-
-pub const CPU_PERIOD_US: u64 = 100_000;
-
-fn quantity(c: &Container, kind: &str, resource: &str) -> Option<Quantity> {
-    let r = c.resources.as_ref()?;
-    let map = if kind == "limits" {
-        r.limits.as_ref()?
-    } else {
-        r.requests.as_ref()?
-    };
-    Quantity::parse(&map.get(resource)?.0).ok()
-}
-
-/// The Linux resources of a container: CPU request -> shares, CPU limit ->
-/// quota, memory limit -> limit. A limit without a request makes the
-/// request equal to the limit, as the API server's defaulting does.
-pub fn resources(c: &Container) -> LinuxResources {
-    let cpu_limit = quantity(c, "limits", "cpu").map(|q| q.milli_ceil());
-    let cpu_request = quantity(c, "requests", "cpu")
-        .map(|q| q.milli_ceil())
-        .or(cpu_limit);
-    let mem_limit = quantity(c, "limits", "memory").map(|q| q.value_ceil());
+/// A container's Linux resources from its cgroup values. On cgroup v2 the
+/// CPU weight is set directly (`unified`), so that the configured
+/// shares-to-weight formula applies rather than runc's own.
+pub fn resources(limits: &CgroupLimits, v2: Option<WeightFormula>) -> LinuxResources {
     let mut res = LinuxResources::default();
     let mut cpu = LinuxCpu::default();
-    cpu.set_shares(Some(cpu_shares(cpu_request.unwrap_or(0))));
-    if let Some(l) = cpu_limit.filter(|l| *l > 0) {
-        cpu.set_quota(Some(cpu_quota(l, CPU_PERIOD_US)));
-        cpu.set_period(Some(CPU_PERIOD_US));
+    let mut unified = HashMap::new();
+    match (v2, limits.cpu_shares) {
+        (Some(formula), Some(shares)) => {
+            let weight = qos::cpu_weight(shares, formula).to_string();
+            unified.insert("cpu.weight".to_string(), weight);
+        }
+        (None, shares) => {
+            cpu.set_shares(shares);
+        }
+        (Some(_), None) => {}
+    }
+    if let Some(q) = limits.cpu_quota_us {
+        cpu.set_quota(Some(q));
+        cpu.set_period(Some(qos::CPU_PERIOD_US));
     }
     res.set_cpu(Some(cpu));
-    if let Some(m) = mem_limit.filter(|m| *m > 0) {
+    if let Some(m) = limits.memory_max {
         let mut mem = LinuxMemory::default();
         mem.set_limit(Some(m));
         res.set_memory(Some(mem));
+    }
+    if let (Some(_), Some(min)) = (v2, limits.memory_min) {
+        unified.insert("memory.min".to_string(), min.to_string());
+    }
+    if !unified.is_empty() {
+        res.set_unified(Some(unified));
     }
     res.set_devices(Some(vec![]));
     res
@@ -293,6 +284,7 @@ pub fn build(input: &ContainerInput) -> Result<Spec, SpecError> {
     ));
     // Inherit the shim's limits (containerd's LimitNOFILE), as CRI does.
     process.set_rlimits(None);
+    process.set_oom_score_adj(Some(input.oom_score_adj));
     if let Some(caps) = sc.and_then(|s| s.capabilities.as_ref()) {
         let mut set = process.capabilities().clone().unwrap_or_default();
         let mut bounding = set.bounding().clone().unwrap_or_default();
@@ -381,7 +373,7 @@ pub fn build(input: &ContainerInput) -> Result<Spec, SpecError> {
     }
     linux.set_namespaces(Some(namespaces));
     linux.set_cgroups_path(Some(PathBuf::from(&input.cgroups_path)));
-    linux.set_resources(Some(resources(c)));
+    linux.set_resources(Some(resources(&input.limits, input.cgroup_v2)));
     spec.set_linux(Some(linux));
     Ok(spec)
 }
@@ -423,6 +415,9 @@ mod tests {
             image,
             ctx: &ctx,
             cgroups_path: "/kl/podX/c1".into(),
+            limits: qos::container_limits(&p.spec().containers[0], Default::default()),
+            cgroup_v2: None,
+            oom_score_adj: 1000,
             termination_log: None,
         })
     }
@@ -500,6 +495,9 @@ mod tests {
             image: &image(),
             ctx: &c,
             cgroups_path: "/x".into(),
+            limits: CgroupLimits::default(),
+            cgroup_v2: None,
+            oom_score_adj: 0,
             termination_log: None,
         })
         .unwrap();
@@ -514,17 +512,20 @@ mod tests {
 
     #[test]
     fn resources_translate() {
-        assert_eq!(cpu_shares(0), 2);
-        assert_eq!(cpu_shares(1), 2);
-        assert_eq!(cpu_shares(100), 102);
-        assert_eq!(cpu_shares(1500), 1536);
-        assert_eq!(cpu_quota(200, CPU_PERIOD_US), 20_000);
-        assert_eq!(cpu_quota(1, CPU_PERIOD_US), 1000);
         let p = pod("    resources:\n      limits: {cpu: 250m, memory: 64Mi}\n");
-        let r = resources(&p.spec().containers[0]);
+        let limits = qos::container_limits(&p.spec().containers[0], Default::default());
+        let r = resources(&limits, None);
         assert_eq!(r.cpu().as_ref().unwrap().shares(), Some(256));
         assert_eq!(r.cpu().as_ref().unwrap().quota(), Some(25_000));
         assert_eq!(r.memory().as_ref().unwrap().limit(), Some(64 << 20));
+        let r = resources(&limits, Some(WeightFormula::Quadratic));
+        assert_eq!(r.cpu().as_ref().unwrap().shares(), None);
+        assert_eq!(
+            r.unified().as_ref().unwrap()["cpu.weight"],
+            qos::cpu_weight(256, WeightFormula::Quadratic).to_string()
+        );
+        let s = build_for(&p, &image()).unwrap();
+        assert_eq!(s.process().as_ref().unwrap().oom_score_adj(), Some(1000));
     }
 
     #[test]

@@ -85,6 +85,7 @@ pub struct PodStatus {
     pub events: VecDeque<Event>,
     /// Set once the pod's containers are gone after a deletion.
     pub terminating: bool,
+    pub qos_class: Option<crate::cgroup::QosClass>,
 }
 
 impl PodStatus {
@@ -98,6 +99,7 @@ impl PodStatus {
             containers: vec![],
             events: VecDeque::new(),
             terminating: false,
+            qos_class: None,
         }
     }
 
@@ -215,6 +217,7 @@ impl PodStatus {
             init_container_statuses: (!self.init_containers.is_empty())
                 .then(|| self.init_containers.iter().map(container_to_api).collect()),
             container_statuses: Some(self.containers.iter().map(container_to_api).collect()),
+            qos_class: self.qos_class.map(|q| q.as_str().to_string()),
             ..Default::default()
         }
     }

@@ -11,14 +11,31 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::{PodHandle, Terminated, WorkerEnv, cleanup, spawn, stop_containers};
+use crate::node::{self, Resources};
+use crate::pod::PodStatus;
 use crate::runtime::labels;
 use crate::source::Desired;
 
-/// Runs until the source goes away.
-pub async fn run(mut desired: watch::Receiver<Arc<Desired>>, env: Arc<WorkerEnv>) {
-    let mut workers: HashMap<String, (PodHandle, (String, String))> = HashMap::new();
-    // Pods being torn down, by (namespace, name).
+struct Running {
+    handle: PodHandle,
+    key: (String, String),
+    requests: Resources,
+}
+
+/// Runs until the source goes away. Pods are admitted in file order while
+/// their requests fit in `allocatable`; the others wait (reason `OutOfcpu`
+/// or `OutOfmemory`) until pods are removed.
+pub async fn run(
+    mut desired: watch::Receiver<Arc<Desired>>,
+    env: Arc<WorkerEnv>,
+    allocatable: Resources,
+) {
+    let mut workers: HashMap<String, Running> = HashMap::new();
+    // Pods being torn down, by (namespace, name), and what they still hold.
     let mut terminating: HashMap<(String, String), Terminated> = HashMap::new();
+    let mut releasing: HashMap<String, Resources> = HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+    let mut rejected: HashMap<String, String> = HashMap::new();
     let mut first = true;
     // The channel's initial value is a placeholder: wait for the first scan.
     if desired.changed().await.is_err() {
@@ -38,7 +55,11 @@ pub async fn run(mut desired: watch::Receiver<Arc<Desired>>, env: Arc<WorkerEnv>
             .cloned()
             .collect();
         for uid in gone {
-            let (handle, key) = workers.remove(&uid).expect("listed above");
+            let Running {
+                handle,
+                key,
+                requests,
+            } = workers.remove(&uid).expect("listed above");
             info!(pod = %format!("{}/{}", key.0, key.1), uid, "manifest removed or changed: stopping pod");
             let done = handle.stop();
             let previous = terminating.remove(&key);
@@ -47,23 +68,81 @@ pub async fn run(mut desired: watch::Receiver<Arc<Desired>>, env: Arc<WorkerEnv>
                     p.await;
                 }
                 done.await;
-            };
-            terminating.insert(key, chained.boxed().shared());
+            }
+            .boxed()
+            .shared();
+            terminating.insert(key, chained.clone());
+            // Its resources count until its containers are gone.
+            releasing.insert(uid.clone(), requests);
+            let done_tx = done_tx.clone();
+            tokio::spawn(async move {
+                chained.await;
+                let _ = done_tx.send(uid);
+            });
         }
+        for uid in rejected
+            .keys()
+            .filter(|u| !wanted.contains(u.as_str()))
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            rejected.remove(&uid);
+            env.store
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&uid);
+        }
+        let mut used: Resources = workers.values().map(|w| w.requests).sum::<Resources>()
+            + releasing.values().copied().sum();
         for pod in &current.pods {
             if workers.contains_key(&pod.uid) {
                 continue;
             }
+            let (cpu_milli, memory) = crate::cgroup::qos::pod_requests(pod.spec());
+            let requests = Resources { cpu_milli, memory };
+            if let Err((reason, message)) = node::admit(requests, used, allocatable) {
+                if rejected.get(&pod.uid) != Some(&message) {
+                    warn!(pod = %pod.key(), reason, "{message}");
+                    let mut status = PodStatus::new();
+                    status.reason = Some(reason);
+                    status.message = Some(message.clone());
+                    status.qos_class = Some(crate::cgroup::qos::qos_class(pod.spec()));
+                    let entry = super::PodEntry {
+                        pod: pod.clone(),
+                        status,
+                    };
+                    env.store
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(pod.uid.clone(), entry);
+                    rejected.insert(pod.uid.clone(), message);
+                }
+                continue;
+            }
+            rejected.remove(&pod.uid);
+            used = used + requests;
             let key = (pod.namespace.clone(), pod.name.clone());
             info!(pod = %pod.key(), uid = %pod.uid, file = %pod.source.display(), "starting pod");
             let after = terminating.get(&key).cloned();
+            let handle = spawn(pod.clone(), Arc::clone(&env), after);
             workers.insert(
                 pod.uid.clone(),
-                (spawn(pod.clone(), Arc::clone(&env), after), key),
+                Running {
+                    handle,
+                    key,
+                    requests,
+                },
             );
         }
-        if desired.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = desired.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            Some(uid) = done_rx.recv() => {
+                releasing.remove(&uid);
+            }
         }
     }
 }

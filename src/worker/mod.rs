@@ -39,8 +39,9 @@ pub struct WorkerEnv {
     pub rt: Arc<dyn Runtime>,
     pub root_dir: PathBuf,
     pub pod_logs_dir: PathBuf,
-    pub cgroup_root: String,
-    pub cgroup_mounts: Vec<PathBuf>,
+    pub cgroups: cgroup::Cgroups,
+    /// Node memory, for Burstable containers' OOM score adjustment.
+    pub memory_capacity: i64,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub store: StatusStore,
@@ -128,6 +129,7 @@ struct Worker {
     tx: mpsc::UnboundedSender<Msg>,
     slots: Vec<Slot>,
     policy: RestartPolicy,
+    qos: cgroup::QosClass,
     status: PodStatus,
 }
 
@@ -177,13 +179,17 @@ impl Worker {
             }
         }
         let policy = RestartPolicy::parse(spec.restart_policy.as_deref());
+        let qos = cgroup::qos::qos_class(spec);
+        let mut status = PodStatus::new();
+        status.qos_class = Some(qos);
         Worker {
             pod,
             env,
             tx,
             slots,
             policy,
-            status: PodStatus::new(),
+            qos,
+            status,
         }
     }
 
@@ -321,6 +327,11 @@ impl Worker {
             host_ipc: spec.host_ipc == Some(true),
             shm_bytes: 64 << 20,
         };
+        let limits = cgroup::qos::pod_limits(spec, self.qos, self.env.cgroups.options);
+        self.env
+            .cgroups
+            .apply_pod(self.qos, &self.pod.uid, &limits)
+            .map_err(|e| ("FailedCreatePodSandBox", format!("pod cgroup: {e}")))?;
         let ctx = tokio::task::spawn_blocking(move || sandbox::setup(&sb))
             .await
             .map_err(|e| ("FailedCreatePodSandBox", e.to_string()))?
@@ -554,7 +565,19 @@ impl Worker {
             container: c,
             image: &image.config,
             ctx,
-            cgroups_path: cgroup::container_cgroup(&self.env.cgroup_root, &self.pod.uid, &id),
+            cgroups_path: self
+                .env
+                .cgroups
+                .layout
+                .container_path(self.qos, &self.pod.uid, &id),
+            limits: cgroup::qos::container_limits(c, self.env.cgroups.options),
+            cgroup_v2: self
+                .env
+                .cgroups
+                .mode
+                .is_v2()
+                .then_some(self.env.cgroups.formula),
+            oom_score_adj: cgroup::qos::oom_score_adj(self.qos, c, self.env.memory_capacity),
             termination_log: Some(termination_log),
         })
         .map_err(|e| ("CreateContainerConfigError", e.to_string()))?;
@@ -660,6 +683,12 @@ impl Worker {
                 (137, SystemTime::now())
             }
         };
+        // Read before the task is deleted: runc removes the cgroup with it.
+        let oom_killed = self
+            .env
+            .cgroups
+            .container_oom_kills(self.qos, &self.pod.uid, id)
+            .is_some_and(|n| n > 0);
         self.record_exit(id, code, at).await;
         let attempt = self.slots[i].next_attempt.saturating_sub(1);
         let message = std::fs::read(
@@ -676,7 +705,11 @@ impl Worker {
         let slot = &mut self.slots[i];
         slot.running = false;
         slot.exit_code = Some(code);
-        let state = terminated(code, message, slot.started_at, at);
+        let mut state = terminated(code, message, slot.started_at, at);
+        if oom_killed && let ContainerState::Terminated { reason, .. } = &mut state {
+            // Also when PID 1 survived the kill of a child and exited later.
+            *reason = "OOMKilled".to_string();
+        }
         let name = slot.spec.name.clone();
         // Init containers are only ever re-run after a failure.
         let restarts = if slot.init {
@@ -837,7 +870,7 @@ async fn cleanup(env: &WorkerEnv, uid: &str, names: Option<(&str, &str)>) {
         Ok(Err(e)) => warn!(uid, "removing sandbox: {e}"),
         Err(e) => warn!(uid, "removing sandbox: {e}"),
     }
-    for p in cgroup::remove_pod_cgroups(&env.cgroup_mounts, &env.cgroup_root, uid) {
+    for p in env.cgroups.remove_pod(uid) {
         warn!(uid, "removing cgroup {p}");
     }
     if let Some((ns, name)) = names {

@@ -1,0 +1,164 @@
+//! The node's capacity and what pods may use of it (allocatable), and the
+//! kubelet's admission check of a pod's requests against it.
+
+/// CPU in millicores and memory in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Resources {
+    pub cpu_milli: i64,
+    pub memory: i64,
+}
+
+impl std::ops::Add for Resources {
+    type Output = Resources;
+    fn add(self, o: Resources) -> Resources {
+        Resources {
+            cpu_milli: self.cpu_milli + o.cpu_milli,
+            memory: self.memory + o.memory,
+        }
+    }
+}
+
+impl std::iter::Sum for Resources {
+    fn sum<I: Iterator<Item = Resources>>(iter: I) -> Resources {
+        iter.fold(Resources::default(), |a, b| a + b)
+    }
+}
+
+/// Online CPUs and MemTotal, as cAdvisor reports the machine.
+pub fn capacity() -> Resources {
+    // SAFETY: sysconf only reads a system value.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    Resources {
+        cpu_milli: cpus * 1000,
+        memory: mem_total(&meminfo),
+    }
+}
+
+/// `MemTotal` of a /proc/meminfo text, in bytes.
+pub fn mem_total(meminfo: &str) -> i64 {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Capacity minus what is reserved for the system, never negative.
+pub fn allocatable(capacity: Resources, reserved: Resources) -> Resources {
+    Resources {
+        cpu_milli: (capacity.cpu_milli - reserved.cpu_milli).max(0),
+        memory: (capacity.memory - reserved.memory).max(0),
+    }
+}
+
+/// Whether a pod requesting `requested` fits next to pods using `used`.
+/// On refusal, the kubelet's reason (`OutOfcpu`, `OutOfmemory`) and message.
+pub fn admit(
+    requested: Resources,
+    used: Resources,
+    allocatable: Resources,
+) -> Result<(), (String, String)> {
+    for (name, req, use_, cap) in [
+        (
+            "cpu",
+            requested.cpu_milli,
+            used.cpu_milli,
+            allocatable.cpu_milli,
+        ),
+        ("memory", requested.memory, used.memory, allocatable.memory),
+    ] {
+        if req > 0 && req + use_ > cap {
+            return Err((
+                format!("OutOf{name}"),
+                format!(
+                    "Node didn't have enough resource: {name}, requested: {req}, used: {use_}, capacity: {cap}"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission() {
+        let alloc = Resources {
+            cpu_milli: 2000,
+            memory: 1 << 30,
+        };
+        let used = Resources {
+            cpu_milli: 1500,
+            memory: 0,
+        };
+        assert!(
+            admit(
+                Resources {
+                    cpu_milli: 500,
+                    memory: 1 << 30
+                },
+                used,
+                alloc
+            )
+            .is_ok()
+        );
+        let (reason, msg) = admit(
+            Resources {
+                cpu_milli: 600,
+                memory: 0,
+            },
+            used,
+            alloc,
+        )
+        .unwrap_err();
+        assert_eq!(reason, "OutOfcpu");
+        assert_eq!(
+            msg,
+            "Node didn't have enough resource: cpu, requested: 600, used: 1500, capacity: 2000"
+        );
+        let (reason, _) = admit(
+            Resources {
+                cpu_milli: 0,
+                memory: (1 << 30) + 1,
+            },
+            used,
+            alloc,
+        )
+        .unwrap_err();
+        assert_eq!(reason, "OutOfmemory");
+        // A pod that asks for nothing always fits (BestEffort).
+        let full = Resources {
+            cpu_milli: 5000,
+            memory: 5 << 30,
+        };
+        assert!(admit(Resources::default(), full, alloc).is_ok());
+    }
+
+    #[test]
+    fn meminfo_and_allocatable() {
+        assert_eq!(
+            mem_total("MemTotal:       24576000 kB\nMemFree: 1 kB\n"),
+            24_576_000 * 1024
+        );
+        let a = allocatable(
+            Resources {
+                cpu_milli: 2000,
+                memory: 100,
+            },
+            Resources {
+                cpu_milli: 500,
+                memory: 200,
+            },
+        );
+        assert_eq!(
+            a,
+            Resources {
+                cpu_milli: 1500,
+                memory: 0
+            }
+        );
+    }
+}
