@@ -176,6 +176,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         allocatable_memory = allocatable.memory,
         "node resources"
     );
+    let oom_score_floor = node::oom_score_floor();
+    if oom_score_floor > -1000 {
+        warn!(
+            floor = oom_score_floor,
+            "this host does not allow lowering OOM scores: Guaranteed and Burstable containers get at least {oom_score_floor} instead of the kubelet's -997..999"
+        );
+    }
     if !mode.is_v2() {
         warn!(
             "cgroup v1 host: memory.min (memoryQoS) and cpu.weight do not apply; using cpu.shares and memory.limit_in_bytes"
@@ -203,6 +210,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         pod_logs_dir: config.pod_logs_dir.clone(),
         cgroups,
         memory_capacity: capacity.memory,
+        oom_score_floor,
         backoff_initial: config.crash_loop_back_off.initial,
         backoff_max: config.crash_loop_back_off.max,
         store: store.clone(),

@@ -44,6 +44,21 @@ pub fn mem_total(meminfo: &str) -> i64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Lowest OOM score adjustment this host lets us give a process. The agent
+/// protects itself as the kubelet does (-999); where lowering a score is not
+/// permitted (no CAP_SYS_RESOURCE, or a sandbox that forbids it), containers
+/// cannot be given negative scores either and are kept at the agent's own.
+pub fn oom_score_floor() -> i32 {
+    const SELF: &str = "/proc/self/oom_score_adj";
+    if std::fs::write(SELF, "-999").is_ok() {
+        return -1000;
+    }
+    std::fs::read_to_string(SELF)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Capacity minus what is reserved for the system, never negative.
 pub fn allocatable(capacity: Resources, reserved: Resources) -> Resources {
     Resources {

@@ -42,6 +42,8 @@ pub struct WorkerEnv {
     pub cgroups: cgroup::Cgroups,
     /// Node memory, for Burstable containers' OOM score adjustment.
     pub memory_capacity: i64,
+    /// Lowest OOM score adjustment the host allows (see node::oom_score_floor).
+    pub oom_score_floor: i32,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub store: StatusStore,
@@ -577,7 +579,8 @@ impl Worker {
                 .mode
                 .is_v2()
                 .then_some(self.env.cgroups.formula),
-            oom_score_adj: cgroup::qos::oom_score_adj(self.qos, c, self.env.memory_capacity),
+            oom_score_adj: cgroup::qos::oom_score_adj(self.qos, c, self.env.memory_capacity)
+                .max(self.env.oom_score_floor),
             termination_log: Some(termination_log),
         })
         .map_err(|e| ("CreateContainerConfigError", e.to_string()))?;
