@@ -64,6 +64,13 @@ pub struct Config {
     /// HTTP endpoint for status and metrics.
     pub listen_address: SocketAddr,
     pub crash_loop_back_off: BackoffConfig,
+    /// When not empty, hostPath volumes (and hostPath PersistentVolumes)
+    /// must lie below one of these directories.
+    pub host_path_allowed_prefixes: Vec<PathBuf>,
+    /// Deadline of one NFS mount attempt; a failed mount is retried with
+    /// backoff.
+    #[serde(with = "humantime_serde")]
+    pub nfs_mount_timeout: Duration,
 }
 
 /// Resources held back from pods, as Kubernetes quantities.
@@ -129,6 +136,8 @@ impl Default for Config {
             system_reserved: Reserved::default(),
             listen_address: SocketAddr::from(([127, 0, 0, 1], 10255)),
             crash_loop_back_off: BackoffConfig::default(),
+            host_path_allowed_prefixes: vec![],
+            nfs_mount_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -224,6 +233,11 @@ impl Config {
                     }
                     Ok(_) => {}
                 }
+            }
+        }
+        for p in &self.host_path_allowed_prefixes {
+            if !p.is_absolute() {
+                return Err(invalid("hostPathAllowedPrefixes", format!("{} is not absolute", p.display())));
             }
         }
         if self.file_check_frequency.is_zero() {

@@ -18,4 +18,5 @@ pub mod pod;
 pub mod runtime;
 pub mod sandbox;
 pub mod source;
+pub mod volume;
 pub mod worker;

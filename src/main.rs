@@ -211,6 +211,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         cgroups,
         memory_capacity: capacity.memory,
         oom_score_floor,
+        mounts: kubelet_lite::volume::mount::MountConfig {
+            allowed_host_paths: config.host_path_allowed_prefixes.clone(),
+            nfs_timeout: config.nfs_mount_timeout,
+        },
         backoff_initial: config.crash_loop_back_off.initial,
         backoff_max: config.crash_loop_back_off.max,
         store: store.clone(),
@@ -223,13 +227,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let server = axum::serve(listener, http::router(store));
 
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(source::Desired::default()));
+    let (reclaim_tx, reclaim_rx) = tokio::sync::mpsc::unbounded_channel();
     let src = source::Source::new(
         config.static_pod_path.clone(),
         node,
         config.file_check_frequency,
-    );
+    )
+    .with_volumes(config.root_dir.join("volume-bindings.json"), reclaim_tx);
     tokio::spawn(src.run(tx));
-    let manager = tokio::spawn(worker::manager::run(rx, env, allocatable));
+    let manager = tokio::spawn(worker::manager::run(rx, env, allocatable, reclaim_rx));
     // systemd (Type=notify): ready once the endpoint listens and the pod
     // manager runs; then pet the watchdog at half its period, if one is set.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);

@@ -6,7 +6,9 @@ pub mod validate;
 
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
+};
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -37,9 +39,29 @@ pub struct StaticPod {
     pub pod: Pod,
     /// Fields that are valid Kubernetes but that this agent ignores.
     pub warnings: Vec<String>,
+    /// Volumes and env references looked up among the directory's objects.
+    pub resolved: crate::volume::resolve::Resolved,
 }
 
 impl StaticPod {
+    /// Attaches what the pod's references resolved to. The UID then also
+    /// covers it: a changed configMap, or a claim bound to a volume, makes a
+    /// new pod (and replaces the old one), as an edit of the pod would.
+    pub fn with_resolved(mut self, resolved: crate::volume::resolve::Resolved) -> StaticPod {
+        if resolved != Default::default() {
+            let mut h = Sha256::new();
+            h.update(self.uid.as_bytes());
+            h.update(serde_json::to_vec(&resolved).expect("resolved volumes serialize"));
+            self.uid = hex::encode(&h.finalize()[..16]);
+            self.pod.metadata.uid = Some(self.uid.clone());
+            if let Some(a) = self.pod.metadata.annotations.as_mut() {
+                a.insert("kubernetes.io/config.hash".into(), self.uid.clone());
+            }
+        }
+        self.resolved = resolved;
+        self
+    }
+
     pub fn spec(&self) -> &k8s_openapi::api::core::v1::PodSpec {
         self.pod.spec.as_ref().expect("validated pods have a spec")
     }
@@ -73,11 +95,21 @@ impl std::fmt::Display for ManifestError {
     }
 }
 
+/// Objects that pods refer to, placed beside them in the directory.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    ConfigMap(ConfigMap),
+    Secret(Secret),
+    PersistentVolume(PersistentVolume),
+    PersistentVolumeClaim(PersistentVolumeClaim),
+}
+
 /// What one file yields: the pods it defines, and what was wrong with it. A
 /// document with an error yields no pod; the other documents still do.
 #[derive(Debug, Default)]
 pub struct Parsed {
     pub pods: Vec<StaticPod>,
+    pub objects: Vec<Object>,
     pub errors: Vec<ManifestError>,
     /// Documents of kinds this agent does not act on.
     pub ignored: Vec<String>,
@@ -137,31 +169,34 @@ pub fn parse_file(file: &Path, text: &str, node: &str) -> Parsed {
                 Some("apiVersion".into()),
                 format!("Unsupported value: {api_version:?}: Pod is \"v1\""),
             )),
+            ("v1", kind @ ("ConfigMap" | "Secret" | "PersistentVolume" | "PersistentVolumeClaim")) => {
+                match parse_object(kind, &doc) {
+                    Ok(o) => out.objects.push(o),
+                    Err(errors) => out
+                        .errors
+                        .extend(errors.into_iter().map(|f| err(Some(f.field), f.message))),
+                }
+            }
             (v, k) => out.ignored.push(format!("{v} {k}")),
         }
     }
     out
 }
 
-fn parse_pod(file: &Path, mut doc: Value, node: &str) -> Result<StaticPod, Vec<FieldError>> {
-    let field_error = |field: &str, message: String| {
-        vec![FieldError {
-            field: field.to_string(),
-            message,
-        }]
-    };
-    normalize_quantities(&mut doc);
-    let pod: Pod = serde_path_to_error::deserialize(doc.clone()).map_err(|e| {
+/// Deserializes a document into a Kubernetes type, naming the field of a
+/// type error, and refusing fields the type does not have (k8s-openapi
+/// skips them; a typo must not vanish).
+fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(doc: &Value) -> Result<T, Vec<FieldError>> {
+    let value: T = serde_path_to_error::deserialize(doc.clone()).map_err(|e| {
         let path = e.path().to_string();
-        field_error(
-            if path == "." { "(root)" } else { &path },
-            e.inner().to_string(),
-        )
+        vec![FieldError {
+            field: if path == "." { "(root)".into() } else { path },
+            message: e.inner().to_string(),
+        }]
     })?;
-    // k8s-openapi skips fields it does not know; a typo must not vanish.
-    let typed = serde_json::to_value(&pod).expect("a Pod serializes");
+    let round_trip = serde_json::to_value(&value).expect("API objects serialize");
     let mut unknown = Vec::new();
-    find_unknown(&doc, &typed, "", &mut unknown);
+    find_unknown(doc, &round_trip, "", &mut unknown);
     if !unknown.is_empty() {
         return Err(unknown
             .into_iter()
@@ -171,6 +206,72 @@ fn parse_pod(file: &Path, mut doc: Value, node: &str) -> Result<StaticPod, Vec<F
             })
             .collect());
     }
+    Ok(value)
+}
+
+fn parse_object(kind: &str, doc: &Value) -> Result<Object, Vec<FieldError>> {
+    let mut doc = doc.clone();
+    normalize_storage(&mut doc);
+    let object = match kind {
+        "ConfigMap" => Object::ConfigMap(typed(&doc)?),
+        "Secret" => Object::Secret(typed(&doc)?),
+        "PersistentVolume" => Object::PersistentVolume(typed(&doc)?),
+        _ => Object::PersistentVolumeClaim(typed(&doc)?),
+    };
+    let errors = validate::validate_object(&object);
+    if errors.is_empty() { Ok(object) } else { Err(errors) }
+}
+
+/// `storage: 10` (a YAML number) is a valid quantity.
+fn normalize_storage(doc: &mut Value) {
+    for path in [["spec", "capacity"], ["spec", "resources"]] {
+        let Some(mut v) = doc.get_mut(path[0]).and_then(|s| s.get_mut(path[1])) else {
+            continue;
+        };
+        if path[1] == "resources" {
+            match v.get_mut("requests") {
+                Some(r) => v = r,
+                None => continue,
+            }
+        }
+        if let Value::Object(m) = v {
+            for q in m.values_mut() {
+                if let Value::Number(n) = q {
+                    *q = Value::String(n.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// File modes written the YAML 1.1 way (`defaultMode: 0644`, octal, as
+/// kubectl reads them) arrive here as strings: make them numbers.
+fn normalize_modes(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m.iter_mut() {
+                if k == "defaultMode" || k == "mode" {
+                    if let Value::String(s) = child
+                        && s.len() > 1
+                        && s.starts_with('0')
+                        && let Ok(n) = i64::from_str_radix(&s[1..], 8)
+                    {
+                        *child = Value::from(n);
+                    }
+                } else {
+                    normalize_modes(child);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(normalize_modes),
+        _ => {}
+    }
+}
+
+fn parse_pod(file: &Path, mut doc: Value, node: &str) -> Result<StaticPod, Vec<FieldError>> {
+    normalize_quantities(&mut doc);
+    normalize_modes(&mut doc);
+    let pod: Pod = typed(&doc)?;
     let errors = validate::validate_pod(&pod, node);
     if !errors.is_empty() {
         return Err(errors);
@@ -208,6 +309,7 @@ fn parse_pod(file: &Path, mut doc: Value, node: &str) -> Result<StaticPod, Vec<F
         source: file.to_path_buf(),
         pod,
         warnings,
+        resolved: Default::default(),
     })
 }
 
@@ -297,7 +399,7 @@ const SUPPORTED_POD: &[&str] = &[
     "spec.securityContext.runAsUser",
     "spec.securityContext.runAsGroup",
     "spec.securityContext.supplementalGroups",
-    "spec.volumes.*.name",
+    "spec.volumes",
 ];
 
 /// The same for each entry of `containers` and `initContainers`.
@@ -309,7 +411,12 @@ const SUPPORTED_CONTAINER: &[&str] = &[
     "args",
     "workingDir",
     "env",
+    "envFrom",
     "ports",
+    "volumeMounts.*.name",
+    "volumeMounts.*.mountPath",
+    "volumeMounts.*.readOnly",
+    "volumeMounts.*.subPath",
     "resources.limits.cpu",
     "resources.limits.memory",
     "resources.requests.cpu",
@@ -457,12 +564,13 @@ mod tests {
     #[test]
     fn multi_document_files() {
         let text = format!(
-            "{GOOD}---\n{}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\n---\n",
+            "{GOOD}---\n{}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d}}\n---\n",
             GOOD.replace("name: web", "name: api")
         );
         let p = parse(&text);
         assert_eq!(p.pods.len(), 2);
-        assert_eq!(p.ignored, vec!["v1 ConfigMap".to_string()]);
+        assert_eq!(p.objects.len(), 1);
+        assert_eq!(p.ignored, vec!["apps/v1 Deployment".to_string()]);
         let bad = format!("{GOOD}---\n{}", GOOD.replace("image: busybox", "image: ''"));
         let p = parse(&bad);
         assert_eq!(p.pods.len(), 1);

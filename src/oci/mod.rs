@@ -14,6 +14,7 @@ use oci_spec::runtime::{
 use crate::cgroup::qos::{self, CgroupLimits, WeightFormula};
 use crate::manifest::StaticPod;
 use crate::runtime::ImageConfig;
+use crate::volume::resolve::ContainerEnv;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SpecError {
@@ -40,6 +41,14 @@ pub struct PodContext {
     pub cgroupns: bool,
 }
 
+/// A volume bind-mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeMount {
+    pub destination: String,
+    pub source: PathBuf,
+    pub read_only: bool,
+}
+
 /// One container to describe.
 pub struct ContainerInput<'a> {
     pub pod: &'a StaticPod,
@@ -51,6 +60,10 @@ pub struct ContainerInput<'a> {
     /// `Some(formula)` on cgroup v2.
     pub cgroup_v2: Option<WeightFormula>,
     pub oom_score_adj: i32,
+    /// Volume mounts, sources already set up on the host.
+    pub mounts: Vec<VolumeMount>,
+    /// Values from configMaps and secrets (`envFrom`, key references).
+    pub env: Option<&'a ContainerEnv>,
     /// Host file bind-mounted at `terminationMessagePath`.
     pub termination_log: Option<PathBuf>,
 }
@@ -147,6 +160,11 @@ pub fn environment(input: &ContainerInput) -> Vec<(String, String)> {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         set(k.to_string(), v.to_string(), &mut order, &mut vars);
     }
+    if let Some(extra) = input.env {
+        for (k, v) in &extra.from {
+            set(k.clone(), v.clone(), &mut order, &mut vars);
+        }
+    }
     set(
         "HOSTNAME".into(),
         input.ctx.hostname.clone(),
@@ -154,6 +172,10 @@ pub fn environment(input: &ContainerInput) -> Vec<(String, String)> {
         &mut vars,
     );
     for e in input.container.env.iter().flatten() {
+        if let Some(v) = input.env.and_then(|x| x.refs.get(&e.name)) {
+            set(e.name.clone(), v.clone(), &mut order, &mut vars);
+            continue;
+        }
         let value = match (
             &e.value,
             e.value_from.as_ref().and_then(|f| f.field_ref.as_ref()),
@@ -336,6 +358,9 @@ pub fn build(input: &ContainerInput) -> Result<Spec, SpecError> {
     mounts.push(bind("/etc/hosts", &ctx.hosts_file, false));
     mounts.push(bind("/etc/hostname", &ctx.hostname_file, false));
     mounts.push(bind("/etc/resolv.conf", &ctx.resolv_conf, false));
+    for m in &input.mounts {
+        mounts.push(bind(&m.destination, &m.source, m.read_only));
+    }
     if let Some(log) = &input.termination_log {
         let dest = c
             .termination_message_path
@@ -418,6 +443,8 @@ mod tests {
             limits: qos::container_limits(&p.spec().containers[0], Default::default()),
             cgroup_v2: None,
             oom_score_adj: 1000,
+            mounts: vec![],
+            env: None,
             termination_log: None,
         })
     }
@@ -498,6 +525,8 @@ mod tests {
             limits: CgroupLimits::default(),
             cgroup_v2: None,
             oom_score_adj: 0,
+            mounts: vec![],
+            env: None,
             termination_log: None,
         })
         .unwrap();

@@ -60,7 +60,7 @@ pub fn is_mount_point(path: &Path) -> bool {
     })
 }
 
-fn unescape_mountinfo(s: &str) -> String {
+pub fn unescape_mountinfo(s: &str) -> String {
     s.replace("\\040", " ")
         .replace("\\011", "\t")
         .replace("\\012", "\n")
@@ -266,8 +266,9 @@ pub fn teardown(dir: &Path) -> Result<(), SandboxError> {
         unpin(&dir.join("ns").join(k))?;
     }
     unpin(&dir.join("shm"))?;
-    // Nothing may still be mounted below the directory before it is removed
-    // recursively, or the removal would reach into the mounted filesystem.
+    // Volumes (tmpfs, NFS, subPath binds): unmounted before anything is
+    // removed, or the removal would reach into the mounted filesystems.
+    crate::volume::mount::unmount_below(dir).map_err(SandboxError::Namespaces)?;
     let prefix = format!("{}/", dir.to_string_lossy());
     if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo")
         && let Some(mp) = info

@@ -12,21 +12,34 @@ use std::time::Duration;
 
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::manifest::{self, ManifestError, StaticPod};
+use crate::volume::bind::{self, ClaimKey};
+use crate::volume::resolve::{self, Objects};
 
 /// Everything the directory says, at one moment.
 #[derive(Debug, Default, Clone)]
 pub struct Desired {
     pub pods: Vec<StaticPod>,
     pub errors: Vec<ManifestError>,
+    /// ConfigMaps, Secrets, PersistentVolumes and claims, with bindings.
+    pub objects: Objects,
+    /// hostPath/local volumes to empty: their claim was deleted and their
+    /// reclaim policy is Delete.
+    pub reclaims: Vec<PathBuf>,
+    /// Documents of kinds this agent does not run (file: kind).
+    pub ignored: Vec<String>,
 }
 
 impl Desired {
     fn same_as(&self, other: &Desired) -> bool {
         let uids = |d: &Desired| d.pods.iter().map(|p| p.uid.clone()).collect::<Vec<_>>();
-        uids(self) == uids(other) && self.errors == other.errors
+        uids(self) == uids(other)
+            && self.errors == other.errors
+            && self.objects.bindings == other.objects.bindings
+            && self.reclaims.is_empty()
+            && other.reclaims.is_empty()
     }
 }
 
@@ -52,8 +65,46 @@ pub fn is_manifest_name(name: &str) -> bool {
         .any(|s| name.ends_with(s)))
 }
 
-/// Reads every manifest file in `dir` (not its subdirectories).
+/// Reads every manifest file in `dir` (not its subdirectories), binding
+/// claims from scratch.
 pub fn scan(dir: &Path, node: &str) -> Desired {
+    scan_with(dir, node, &BTreeMap::new())
+}
+
+/// Reads the directory, keeping the claim bindings of `previous` that still
+/// hold, and resolves every pod's references.
+pub fn scan_with(dir: &Path, node: &str, previous: &BTreeMap<ClaimKey, String>) -> Desired {
+    let mut out = read_dir(dir, node);
+    let pvs: Vec<_> = out.objects.pvs.values().cloned().collect();
+    let pvcs: Vec<_> = out.objects.pvcs.values().cloned().collect();
+    out.objects.bindings = bind::bind(&pvs, &pvcs, previous);
+    // Claims that are gone release their volume.
+    for (claim, pv_name) in previous {
+        if out.objects.pvcs.contains_key(claim) {
+            continue;
+        }
+        let Some(spec) = out.objects.pvs.get(pv_name).and_then(|pv| pv.spec.as_ref()) else {
+            continue;
+        };
+        if spec.persistent_volume_reclaim_policy.as_deref() == Some("Delete") {
+            let path = spec.host_path.as_ref().map(|h| h.path.clone()).or(spec.local.as_ref().map(|l| l.path.clone()));
+            if let Some(p) = path {
+                out.reclaims.push(PathBuf::from(p));
+            }
+        }
+    }
+    let pods = std::mem::take(&mut out.pods);
+    out.pods = pods
+        .into_iter()
+        .map(|p| {
+            let r = resolve::resolve(&p, &out.objects);
+            p.with_resolved(r)
+        })
+        .collect();
+    out
+}
+
+fn read_dir(dir: &Path, node: &str) -> Desired {
     let mut out = Desired::default();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -115,8 +166,11 @@ pub fn scan(dir: &Path, node: &str) -> Desired {
             seen.insert(key, file.clone());
             out.pods.push(pod);
         }
+        for o in parsed.objects {
+            out.objects.add(o);
+        }
         for kind in parsed.ignored {
-            debug!(file = %file.display(), kind, "ignoring object of a kind this agent does not run");
+            out.ignored.push(format!("{}: {kind}", file.display()));
         }
     }
     out
@@ -136,15 +190,53 @@ pub struct Source {
     dir: PathBuf,
     node: String,
     resync: Duration,
+    /// Where claim bindings are kept across restarts (the API server's job
+    /// on a cluster).
+    bindings_file: Option<PathBuf>,
+    /// hostPath/local volumes to empty (claim deleted, policy Delete).
+    reclaims: Option<mpsc::UnboundedSender<PathBuf>>,
+}
+
+fn load_bindings(path: &Path) -> BTreeMap<ClaimKey, String> {
+    let Ok(text) = std::fs::read_to_string(path) else { return BTreeMap::new() };
+    let list: Vec<(String, String, String)> = serde_json::from_str(&text).unwrap_or_else(|e| {
+        warn!(file = %path.display(), "ignoring unreadable claim bindings: {e}");
+        vec![]
+    });
+    list.into_iter().map(|(ns, name, pv)| ((ns, name), pv)).collect()
+}
+
+fn save_bindings(path: &Path, b: &BTreeMap<ClaimKey, String>) {
+    let list: Vec<(&String, &String, &String)> = b.iter().map(|((ns, n), pv)| (ns, n, pv)).collect();
+    let tmp = path.with_extension("tmp");
+    let written = std::fs::write(&tmp, serde_json::to_vec(&list).expect("bindings serialize"))
+        .and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        warn!(file = %path.display(), "saving claim bindings: {e}");
+    }
 }
 
 impl Source {
     pub fn new(dir: PathBuf, node: String, resync: Duration) -> Source {
-        Source { dir, node, resync }
+        Source {
+            dir,
+            node,
+            resync,
+            bindings_file: None,
+            reclaims: None,
+        }
+    }
+
+    /// Keeps claim bindings in `file` and sends volumes to reclaim to `tx`.
+    pub fn with_volumes(mut self, file: PathBuf, tx: mpsc::UnboundedSender<PathBuf>) -> Source {
+        self.bindings_file = Some(file);
+        self.reclaims = Some(tx);
+        self
     }
 
     /// Scans once, then keeps `tx` up to date until `tx` has no receivers.
     pub async fn run(self, tx: watch::Sender<Arc<Desired>>) {
+        let mut bindings = self.bindings_file.as_deref().map(load_bindings).unwrap_or_default();
         if let Err(e) = std::fs::create_dir_all(&self.dir) {
             error!(dir = %self.dir.display(), "cannot create static pod directory: {e}");
         }
@@ -160,10 +252,32 @@ impl Source {
             }
             let dir = self.dir.clone();
             let node = self.node.clone();
-            let desired = tokio::task::spawn_blocking(move || scan(&dir, &node))
+            let previous = bindings.clone();
+            let desired = tokio::task::spawn_blocking(move || scan_with(&dir, &node, &previous))
                 .await
                 .unwrap_or_default();
             report(&desired, &mut reported, &mut warned);
+            if desired.objects.bindings != bindings {
+                for (claim, pv) in &desired.objects.bindings {
+                    if bindings.get(claim) != Some(pv) {
+                        info!(claim = %format!("{}/{}", claim.0, claim.1), volume = %pv, "claim bound");
+                    }
+                }
+                for (claim, pv) in &bindings {
+                    if !desired.objects.bindings.contains_key(claim) {
+                        info!(claim = %format!("{}/{}", claim.0, claim.1), volume = %pv, "claim released");
+                    }
+                }
+                bindings = desired.objects.bindings.clone();
+                if let Some(f) = &self.bindings_file {
+                    save_bindings(f, &bindings);
+                }
+            }
+            if let Some(r) = &self.reclaims {
+                for p in &desired.reclaims {
+                    let _ = r.send(p.clone());
+                }
+            }
             if first || !desired.same_as(&last) {
                 first = false;
                 last = desired.clone();
@@ -236,6 +350,23 @@ fn report(desired: &Desired, reported: &mut BTreeSet<String>, warned: &mut BTree
             let key = format!("{}: {}", pod.source.display(), w);
             if !warned.contains(&key) {
                 warn!(pod = %pod.key(), "{key}");
+            }
+            now_warned.insert(key);
+        }
+    }
+    for ignored in &desired.ignored {
+        let key = format!("{ignored}: not a kind kubelet-lite runs (Pod, ConfigMap, Secret, PersistentVolume, PersistentVolumeClaim); ignored");
+        if !warned.contains(&key) {
+            warn!("{key}");
+        }
+        now_warned.insert(key);
+    }
+    for (claim, pvc) in &desired.objects.pvcs {
+        if !desired.objects.bindings.contains_key(claim) {
+            let key = format!("claim {}/{} is pending: no PersistentVolume matches", claim.0, claim.1);
+            if !warned.contains(&key) {
+                let _ = pvc;
+                warn!("{key}");
             }
             now_warned.insert(key);
         }

@@ -3,6 +3,7 @@
 //! predecessor (an edited manifest) to be gone.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ pub async fn run(
     mut desired: watch::Receiver<Arc<Desired>>,
     env: Arc<WorkerEnv>,
     allocatable: Resources,
+    mut reclaims: mpsc::UnboundedReceiver<PathBuf>,
 ) {
     let mut workers: HashMap<String, Running> = HashMap::new();
     // Pods being torn down, by (namespace, name), and what they still hold.
@@ -36,6 +38,7 @@ pub async fn run(
     let mut releasing: HashMap<String, Resources> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
     let mut rejected: HashMap<String, String> = HashMap::new();
+    let mut to_reclaim: Vec<PathBuf> = vec![];
     let mut first = true;
     // The channel's initial value is a placeholder: wait for the first scan.
     if desired.changed().await.is_err() {
@@ -78,6 +81,20 @@ pub async fn run(
             tokio::spawn(async move {
                 chained.await;
                 let _ = done_tx.send(uid);
+            });
+        }
+        for path in to_reclaim.drain(..) {
+            // Emptied once the pods being stopped (those that used it) are gone.
+            let pending: Vec<Terminated> = terminating.values().cloned().collect();
+            tokio::spawn(async move {
+                futures::future::join_all(pending).await;
+                info!(path = %path.display(), "reclaiming volume (policy Delete): removing its contents");
+                let p = path.clone();
+                match tokio::task::spawn_blocking(move || crate::volume::mount::reclaim(&p)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!(path = %path.display(), "reclaiming volume: {e}"),
+                    Err(e) => warn!(path = %path.display(), "reclaiming volume: {e}"),
+                }
             });
         }
         for uid in rejected
@@ -143,6 +160,10 @@ pub async fn run(
             Some(uid) = done_rx.recv() => {
                 releasing.remove(&uid);
             }
+            // The source publishes the new pods before it sends the volume
+            // to reclaim: handled on the next turn, after those pods' old
+            // versions are being stopped.
+            Some(path) = reclaims.recv() => to_reclaim.push(path),
         }
     }
 }

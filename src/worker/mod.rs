@@ -22,7 +22,7 @@ use crate::pod::{
 use crate::runtime::{
     ContainerRecord, Exit, NewContainer, PullPolicy, Runtime, RuntimeError, TaskState, labels,
 };
-use crate::{cgroup, logs, oci, sandbox};
+use crate::{cgroup, logs, oci, sandbox, volume};
 
 /// A pod and what is known of it, as the HTTP endpoints show it.
 #[derive(Debug, Clone)]
@@ -44,6 +44,7 @@ pub struct WorkerEnv {
     pub memory_capacity: i64,
     /// Lowest OOM score adjustment the host allows (see node::oom_score_floor).
     pub oom_score_floor: i32,
+    pub mounts: volume::mount::MountConfig,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub store: StatusStore,
@@ -133,6 +134,10 @@ struct Worker {
     policy: RestartPolicy,
     qos: cgroup::QosClass,
     status: PodStatus,
+    /// Host path of each volume, once set up.
+    volumes: HashMap<String, PathBuf>,
+    /// Disk emptyDirs with a size limit already reported over it.
+    over_limit: std::collections::HashSet<String>,
 }
 
 fn waiting(reason: &str, message: impl Into<String>) -> ContainerState {
@@ -192,6 +197,8 @@ impl Worker {
             policy,
             qos,
             status,
+            volumes: HashMap::new(),
+            over_limit: Default::default(),
         }
     }
 
@@ -260,8 +267,20 @@ impl Worker {
                 self.start_all(&plan.start, &ctx).await;
                 continue;
             }
+            // Disk emptyDirs with a size limit are measured every 10 s.
+            let limited = self.pod.resolved.volumes.iter().any(|v| {
+                matches!(v.source, volume::Source::EmptyDir { memory: false, size_limit: Some(_) })
+            });
+            let wake_at = match (plan.wake_at, limited) {
+                (w, true) => {
+                    self.check_empty_dirs();
+                    let next = Instant::now() + Duration::from_secs(10);
+                    Some(w.map_or(next, |w| w.min(next)))
+                }
+                (w, false) => w,
+            };
             let sleep = async {
-                match plan.wake_at {
+                match wake_at {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
                     None => std::future::pending().await,
                 }
@@ -282,6 +301,31 @@ impl Worker {
         }
     }
 
+    /// Reports disk emptyDirs above their `sizeLimit`, as the kubelet's
+    /// eviction manager would (reason `Evicted`; the pod is not killed).
+    fn check_empty_dirs(&mut self) {
+        let pod_dir = self.env.pod_dir(&self.pod.uid);
+        let mut over = vec![];
+        for v in &self.pod.resolved.volumes {
+            if let volume::Source::EmptyDir { memory: false, size_limit: Some(limit) } = v.source
+                && let Some(dir) = v.plugin_dir()
+            {
+                let used = volume::mount::usage(&pod_dir.join(dir));
+                if used > limit as u64 && !self.over_limit.contains(&v.name) {
+                    over.push((v.name.clone(), used, limit));
+                }
+            }
+        }
+        for (name, used, limit) in over {
+            let message = format!("Usage of EmptyDir volume {name:?} exceeds the limit {limit} bytes ({used} bytes used).");
+            self.status.reason = Some("Evicted".into());
+            self.status.message = Some(message.clone());
+            self.event("Warning", "Evicted", message);
+            self.over_limit.insert(name);
+            self.publish();
+        }
+    }
+
     /// Sandbox and adoption, retried until they work or the pod is removed.
     async fn setup(&mut self, rx: &mut mpsc::UnboundedReceiver<Msg>) -> Option<oci::PodContext> {
         let mut delay = Duration::from_secs(1);
@@ -294,9 +338,9 @@ impl Worker {
                 }
                 Err(e) => e,
             };
-            self.status.reason = Some(err.0.to_string());
+            self.status.reason = Some(err.0.clone());
             self.status.message = Some(err.1.clone());
-            self.event("Warning", err.0, err.1);
+            self.event("Warning", &err.0, err.1);
             self.publish();
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -312,7 +356,10 @@ impl Worker {
         }
     }
 
-    async fn try_setup(&mut self) -> Result<oci::PodContext, (&'static str, String)> {
+    async fn try_setup(&mut self) -> Result<oci::PodContext, (String, String)> {
+        if let Some(problem) = &self.pod.resolved.problem {
+            return Err(problem.clone());
+        }
         let spec = self.pod.spec();
         let sb = sandbox::SandboxSpec {
             dir: self.env.pod_dir(&self.pod.uid),
@@ -333,17 +380,31 @@ impl Worker {
         self.env
             .cgroups
             .apply_pod(self.qos, &self.pod.uid, &limits)
-            .map_err(|e| ("FailedCreatePodSandBox", format!("pod cgroup: {e}")))?;
+            .map_err(|e| ("FailedCreatePodSandBox".to_string(), format!("pod cgroup: {e}")))?;
+        let sandbox_failed = |e: String| ("FailedCreatePodSandBox".to_string(), e);
         let ctx = tokio::task::spawn_blocking(move || sandbox::setup(&sb))
             .await
-            .map_err(|e| ("FailedCreatePodSandBox", e.to_string()))?
-            .map_err(|e| ("FailedCreatePodSandBox", e.to_string()))?;
+            .map_err(|e| sandbox_failed(e.to_string()))?
+            .map_err(|e| sandbox_failed(e.to_string()))?;
+        // Volumes, each off the executor: an NFS mount can take its deadline.
+        let pod_dir = self.env.pod_dir(&self.pod.uid);
+        for v in &self.pod.resolved.volumes {
+            if self.volumes.contains_key(&v.name) {
+                continue;
+            }
+            let (dir, vol, cfg) = (pod_dir.clone(), v.clone(), self.env.mounts.clone());
+            let memory = limits.memory_max;
+            let path = tokio::task::spawn_blocking(move || volume::mount::setup(&dir, &vol, memory, &cfg))
+                .await
+                .map_err(|e| ("FailedMount".to_string(), e.to_string()))??;
+            self.volumes.insert(v.name.clone(), path);
+        }
         let records = self
             .env
             .rt
             .list()
             .await
-            .map_err(|e| ("FailedSync", format!("listing containers: {e}")))?;
+            .map_err(|e| ("FailedSync".to_string(), format!("listing containers: {e}")))?;
         self.adopt(records).await;
         Ok(ctx)
     }
@@ -562,7 +623,36 @@ impl Worker {
                 format!("preparing {}: {e}", term_dir.display()),
             ));
         }
+        let mut mounts = vec![];
+        for (index, m) in c.volume_mounts.iter().flatten().enumerate() {
+            let volume = self.pod.resolved.volumes.iter().find(|v| v.name == m.name);
+            let Some(host) = self.volumes.get(&m.name) else {
+                return Err(("CreateContainerConfigError", format!("volume {:?} is not set up", m.name)));
+            };
+            let source = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+                None => host.clone(),
+                Some(sub) => {
+                    let target = self
+                        .env
+                        .pod_dir(&self.pod.uid)
+                        .join("volume-subpaths")
+                        .join(&m.name)
+                        .join(&c.name)
+                        .join(index.to_string());
+                    volume::mount::bind_subpath(host, std::path::Path::new(sub), &target).map_err(|e| {
+                        ("CreateContainerConfigError", format!("failed to prepare subPath {sub:?} of volume {:?}: {e}", m.name))
+                    })?
+                }
+            };
+            mounts.push(oci::VolumeMount {
+                destination: m.mount_path.clone(),
+                source,
+                read_only: m.read_only == Some(true) || volume.is_some_and(|v| v.read_only),
+            });
+        }
         let spec = oci::build(&oci::ContainerInput {
+            mounts,
+            env: self.pod.resolved.env.get(&c.name),
             pod: &self.pod,
             container: c,
             image: &image.config,

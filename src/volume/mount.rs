@@ -1,0 +1,390 @@
+//! Making volumes exist on the host: directories, tmpfs and NFS mounts,
+//! configMap and secret files, hostPath type checks, safe subPath bind
+//! mounts, and their removal. Blocking: callers run these off the async
+//! executor.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::Mode;
+
+use super::{Source, Volume};
+use crate::sandbox::is_mount_point;
+
+/// Failure to set a volume up: (reason, message), reason as the kubelet's.
+pub type MountError = (String, String);
+
+fn failed(message: String) -> MountError {
+    ("FailedMount".to_string(), message)
+}
+
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    /// When not empty, hostPath volumes must be below one of these.
+    pub allowed_host_paths: Vec<PathBuf>,
+    /// Deadline of one NFS mount attempt.
+    pub nfs_timeout: Duration,
+}
+
+/// Whether `path` is `prefix` or below it, component-wise.
+fn is_below(path: &Path, prefix: &Path) -> bool {
+    path.starts_with(prefix)
+}
+
+/// The hostPath `type` checks and creations of the kubelet.
+pub fn check_host_path(path: &Path, kind: &str) -> Result<(), String> {
+    let meta = std::fs::metadata(path);
+    let mismatch = |what: &str| Err(format!("hostPath type check failed: {} is not a {what}", path.display()));
+    match kind {
+        "" => Ok(()),
+        "DirectoryOrCreate" => match meta {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => mismatch("directory"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            }
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        },
+        "FileOrCreate" => match meta {
+            Ok(m) if m.is_file() => Ok(()),
+            Ok(_) => mismatch("file"),
+            // As the kubelet: the file is created, its parent is not.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o644)))
+                .map_err(|e| format!("creating {}: {e}", path.display())),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        },
+        _ => {
+            let m = meta.map_err(|e| format!("hostPath type check failed: {}: {e}", path.display()))?;
+            let t = m.file_type();
+            let (ok, what) = match kind {
+                "Directory" => (t.is_dir(), "directory"),
+                "File" => (t.is_file(), "file"),
+                "Socket" => (t.is_socket(), "socket"),
+                "CharDevice" => (t.is_char_device(), "character device"),
+                "BlockDevice" => (t.is_block_device(), "block device"),
+                other => return Err(format!("unknown hostPath type {other:?}")),
+            };
+            if ok { Ok(()) } else { mismatch(what) }
+        }
+    }
+}
+
+/// Sets up one volume of the pod whose directory is `pod_dir`; returns the
+/// host path that containers bind-mount. Idempotent (an agent restart finds
+/// mounts and files in place).
+pub fn setup(pod_dir: &Path, v: &Volume, pod_memory_limit: Option<i64>, cfg: &MountConfig) -> Result<PathBuf, MountError> {
+    let dir = v.plugin_dir().map(|d| pod_dir.join(d));
+    let mkdir = |d: &Path, mode: u32| -> Result<(), MountError> {
+        std::fs::create_dir_all(d)
+            .and_then(|_| std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)))
+            .map_err(|e| failed(format!("volume {:?}: creating {}: {e}", v.name, d.display())))
+    };
+    match &v.source {
+        Source::Unavailable { reason, message } => Err((reason.clone(), message.clone())),
+        Source::EmptyDir { memory, size_limit } => {
+            let d = dir.expect("emptyDir has a plugin dir");
+            mkdir(&d, 0o777)?;
+            if *memory && !is_mount_point(&d) {
+                let size = size_limit.or(pod_memory_limit);
+                let opts = match size {
+                    Some(s) => format!("mode=0777,size={s}"),
+                    None => "mode=0777".to_string(),
+                };
+                mount(Some("tmpfs"), &d, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(opts.as_str()))
+                    .map_err(|e| failed(format!("volume {:?}: mounting tmpfs: {e}", v.name)))?;
+            }
+            Ok(d)
+        }
+        Source::HostPath { path, kind } => {
+            if !cfg.allowed_host_paths.is_empty() && !cfg.allowed_host_paths.iter().any(|p| is_below(path, p)) {
+                return Err(failed(format!(
+                    "volume {:?}: hostPath {} is outside the allowed prefixes ({})",
+                    v.name,
+                    path.display(),
+                    cfg.allowed_host_paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            check_host_path(path, kind).map_err(|m| failed(format!("volume {:?}: {m}", v.name)))?;
+            Ok(path.clone())
+        }
+        Source::Local { path, pv } => match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => Ok(path.clone()),
+            _ => Err(failed(format!("local volume {pv:?}: {} is not a directory", path.display()))),
+        },
+        Source::Files { secret, files } => {
+            let d = dir.expect("configMap/secret have a plugin dir");
+            // Host-side: only root may look in (the files keep their modes
+            // for the containers).
+            mkdir(&d, 0o755)?;
+            if *secret && !is_mount_point(&d) {
+                // Secrets live on tmpfs: never written to disk.
+                mount(Some("tmpfs"), &d, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=0755"))
+                    .map_err(|e| failed(format!("volume {:?}: mounting tmpfs: {e}", v.name)))?;
+            }
+            write_files(&d, files).map_err(|e| failed(format!("volume {:?}: {e}", v.name)))?;
+            Ok(d)
+        }
+        Source::Nfs {
+            server,
+            path,
+            read_only,
+            options,
+            ..
+        } => {
+            let d = dir.expect("nfs has a plugin dir");
+            mkdir(&d, 0o750)?;
+            if !is_mount_point(&d) {
+                let mut opts = options.clone();
+                if *read_only {
+                    opts.push("ro".into());
+                }
+                mount_nfs(&format!("{server}:{path}"), &d, &opts, cfg.nfs_timeout)
+                    .map_err(|m| failed(format!("MountVolume.SetUp failed for volume {:?}: {m}", v.name)))?;
+            }
+            Ok(d)
+        }
+    }
+}
+
+/// Replaces the directory's files by `files` (with their modes).
+fn write_files(dir: &Path, files: &[super::File]) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let p = entry?.path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p)?;
+        } else {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    for f in files {
+        let p = dir.join(&f.path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&p, &f.data)?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(f.mode))?;
+    }
+    Ok(())
+}
+
+/// Mounts with the kernel NFS client through mount(8), which handles
+/// address resolution and version negotiation. A dead server can keep
+/// mount(8) waiting for minutes: it is killed at the deadline, and the
+/// caller retries later.
+fn mount_nfs(source: &str, target: &Path, options: &[String], timeout: Duration) -> Result<(), String> {
+    let mut cmd = Command::new("mount");
+    cmd.args(["-t", "nfs"]);
+    if !options.is_empty() {
+        cmd.arg("-o").arg(options.join(","));
+    }
+    cmd.arg(source).arg(target).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("running mount: {e}"))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                if status.success() {
+                    return Ok(());
+                }
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                return Err(format!("mount -t nfs {source}: {}", err.trim()));
+            }
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Ok(None) => {
+                let _ = child.kill();
+                // Reap it off this thread: a mount stuck in the kernel may
+                // not die at once.
+                std::thread::spawn(move || child.wait());
+                return Err(format!("mount -t nfs {source}: no answer within {timeout:?}"));
+            }
+            Err(e) => return Err(format!("waiting for mount: {e}")),
+        }
+    }
+}
+
+/// Opens `rel` below the directory `root`, refusing any symlink and any
+/// escape (openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), creating missing
+/// directories one component at a time on the way. This is what keeps a
+/// container from pointing a subPath at the host through a symlink it
+/// planted in the volume (CVE-2017-1002101, CVE-2021-25741).
+pub fn open_beneath(root: &Path, rel: &Path) -> io::Result<OwnedFd> {
+    let how = |flags: OFlag| {
+        OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+    };
+    // The volume's own directory is trusted (the agent made it, or it is the
+    // hostPath the manifest names); what lies below it is not.
+    let mut cur: OwnedFd = nix::fcntl::open(root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let comps: Vec<&std::ffi::OsStr> = rel
+        .components()
+        .map(|c| match c {
+            Component::Normal(n) => Ok(n),
+            _ => Err(io::Error::new(io::ErrorKind::InvalidInput, format!("subPath {} must be relative without '..'", rel.display()))),
+        })
+        .collect::<io::Result<_>>()?;
+    for (i, name) in comps.iter().enumerate() {
+        let last = i + 1 == comps.len();
+        let flags = if last { OFlag::O_PATH } else { OFlag::O_PATH | OFlag::O_DIRECTORY };
+        match openat2(&cur, *name, how(flags)) {
+            Ok(fd) => cur = fd,
+            Err(nix::errno::Errno::ENOENT) => {
+                // The kubelet creates a missing subPath as a directory.
+                let dirfd = nix::fcntl::openat(&cur, ".", OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
+                match nix::sys::stat::mkdirat(&dirfd, *name, Mode::from_bits_truncate(0o755)) {
+                    Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                cur = openat2(&cur, *name, how(flags))?;
+            }
+            Err(nix::errno::Errno::ELOOP) | Err(nix::errno::Errno::EXDEV) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("subPath {} goes through a symlink or out of its volume", rel.display()),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(cur)
+}
+
+/// Bind-mounts subPath `rel` of the volume at `volume_path` onto `target`
+/// (created as a file or directory to match) and returns `target`. The bind
+/// goes through the opened file descriptor, so what is mounted is what was
+/// checked, not whatever the path names a moment later.
+pub fn bind_subpath(volume_path: &Path, rel: &Path, target: &Path) -> io::Result<PathBuf> {
+    if is_mount_point(target) {
+        return Ok(target.to_path_buf());
+    }
+    let fd = open_beneath(volume_path, rel)?;
+    let fd_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let is_dir = std::fs::metadata(&fd_path)?.is_dir();
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    if is_dir {
+        std::fs::create_dir_all(target)?;
+    } else if !target.exists() {
+        std::fs::File::create(target)?;
+    }
+    mount(Some(fd_path.as_str()), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
+    Ok(target.to_path_buf())
+}
+
+/// Bytes used by the files below `dir` (for emptyDir size limits).
+pub fn usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += m.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+/// Unmounts everything mounted below `dir`, deepest first (lazily, so that
+/// a dead NFS server cannot block it).
+pub fn unmount_below(dir: &Path) -> Result<(), String> {
+    let prefix = format!("{}/", dir.to_string_lossy());
+    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+    let mut mounts: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(crate::sandbox::unescape_mountinfo)
+        .filter(|m| m.starts_with(&prefix))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    mounts.dedup();
+    for m in mounts {
+        // Stacked mounts on one point need one unmount each.
+        while is_mount_point(Path::new(&m)) {
+            umount2(m.as_str(), MntFlags::MNT_DETACH).map_err(|e| format!("unmounting {m}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Empties a hostPath/local PersistentVolume whose claim was deleted with
+/// reclaim policy Delete, keeping the directory itself.
+pub fn reclaim(path: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(path)? {
+        let p = entry?.path();
+        let meta = std::fs::symlink_metadata(&p)?;
+        if meta.is_dir() {
+            std::fs::remove_dir_all(&p)?;
+        } else {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("kl-vol-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn host_path_types() {
+        let d = temp("hp");
+        assert!(check_host_path(&d, "Directory").is_ok());
+        assert!(check_host_path(&d, "File").unwrap_err().contains("is not a file"));
+        assert!(check_host_path(&d.join("new/dir"), "DirectoryOrCreate").is_ok());
+        assert!(d.join("new/dir").is_dir());
+        assert!(check_host_path(&d.join("f"), "FileOrCreate").is_ok());
+        assert!(std::fs::metadata(d.join("f")).unwrap().is_file());
+        assert!(check_host_path(&d.join("no/parent/f"), "FileOrCreate").is_err());
+        assert!(check_host_path(&d.join("f"), "DirectoryOrCreate").unwrap_err().contains("not a directory"));
+        assert!(check_host_path(Path::new("/dev/null"), "CharDevice").is_ok());
+        assert!(check_host_path(Path::new("/dev/null"), "BlockDevice").is_err());
+        assert!(check_host_path(&d.join("missing"), "Directory").is_err());
+        assert!(check_host_path(&d.join("missing"), "").is_ok());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn subpaths_cannot_escape() {
+        let d = temp("sp");
+        let vol = d.join("vol");
+        std::fs::create_dir_all(vol.join("ok")).unwrap();
+        std::os::unix::fs::symlink("/etc", vol.join("evil")).unwrap();
+        std::os::unix::fs::symlink("ok", vol.join("inner")).unwrap();
+        assert!(open_beneath(&vol, Path::new("ok")).is_ok());
+        assert!(open_beneath(&vol, Path::new("made/on/demand")).is_ok());
+        assert!(vol.join("made/on/demand").is_dir());
+        for bad in ["evil", "evil/passwd", "inner", "../vol"] {
+            assert!(open_beneath(&vol, Path::new(bad)).is_err(), "{bad} should be refused");
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
