@@ -237,7 +237,10 @@ impl Config {
         }
         for p in &self.host_path_allowed_prefixes {
             if !p.is_absolute() {
-                return Err(invalid("hostPathAllowedPrefixes", format!("{} is not absolute", p.display())));
+                return Err(invalid(
+                    "hostPathAllowedPrefixes",
+                    format!("{} is not absolute", p.display()),
+                ));
             }
         }
         if self.file_check_frequency.is_zero() {

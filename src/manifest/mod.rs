@@ -6,9 +6,7 @@ pub mod validate;
 
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret};
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -100,8 +98,8 @@ impl std::fmt::Display for ManifestError {
 pub enum Object {
     ConfigMap(ConfigMap),
     Secret(Secret),
-    PersistentVolume(PersistentVolume),
-    PersistentVolumeClaim(PersistentVolumeClaim),
+    PersistentVolume(Box<PersistentVolume>),
+    PersistentVolumeClaim(Box<PersistentVolumeClaim>),
 }
 
 /// What one file yields: the pods it defines, and what was wrong with it. A
@@ -169,14 +167,15 @@ pub fn parse_file(file: &Path, text: &str, node: &str) -> Parsed {
                 Some("apiVersion".into()),
                 format!("Unsupported value: {api_version:?}: Pod is \"v1\""),
             )),
-            ("v1", kind @ ("ConfigMap" | "Secret" | "PersistentVolume" | "PersistentVolumeClaim")) => {
-                match parse_object(kind, &doc) {
-                    Ok(o) => out.objects.push(o),
-                    Err(errors) => out
-                        .errors
-                        .extend(errors.into_iter().map(|f| err(Some(f.field), f.message))),
-                }
-            }
+            (
+                "v1",
+                kind @ ("ConfigMap" | "Secret" | "PersistentVolume" | "PersistentVolumeClaim"),
+            ) => match parse_object(kind, &doc) {
+                Ok(o) => out.objects.push(o),
+                Err(errors) => out
+                    .errors
+                    .extend(errors.into_iter().map(|f| err(Some(f.field), f.message))),
+            },
             (v, k) => out.ignored.push(format!("{v} {k}")),
         }
     }
@@ -186,7 +185,9 @@ pub fn parse_file(file: &Path, text: &str, node: &str) -> Parsed {
 /// Deserializes a document into a Kubernetes type, naming the field of a
 /// type error, and refusing fields the type does not have (k8s-openapi
 /// skips them; a typo must not vanish).
-fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(doc: &Value) -> Result<T, Vec<FieldError>> {
+fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(
+    doc: &Value,
+) -> Result<T, Vec<FieldError>> {
     let value: T = serde_path_to_error::deserialize(doc.clone()).map_err(|e| {
         let path = e.path().to_string();
         vec![FieldError {
@@ -215,11 +216,15 @@ fn parse_object(kind: &str, doc: &Value) -> Result<Object, Vec<FieldError>> {
     let object = match kind {
         "ConfigMap" => Object::ConfigMap(typed(&doc)?),
         "Secret" => Object::Secret(typed(&doc)?),
-        "PersistentVolume" => Object::PersistentVolume(typed(&doc)?),
-        _ => Object::PersistentVolumeClaim(typed(&doc)?),
+        "PersistentVolume" => Object::PersistentVolume(Box::new(typed(&doc)?)),
+        _ => Object::PersistentVolumeClaim(Box::new(typed(&doc)?)),
     };
     let errors = validate::validate_object(&object);
-    if errors.is_empty() { Ok(object) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(object)
+    } else {
+        Err(errors)
+    }
 }
 
 /// `storage: 10` (a YAML number) is a valid quantity.

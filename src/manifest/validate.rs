@@ -7,7 +7,6 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, ResourceRequirements};
 
 use super::quantity::Quantity;
 
-
 /// One problem with one field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
@@ -209,9 +208,17 @@ fn validate_container(
             if var.value.is_some() {
                 e.add(&field, "value and valueFrom may not both be set");
             }
-            let sources = [from.field_ref.is_some(), from.config_map_key_ref.is_some(), from.secret_key_ref.is_some(), from.resource_field_ref.is_some()];
+            let sources = [
+                from.field_ref.is_some(),
+                from.config_map_key_ref.is_some(),
+                from.secret_key_ref.is_some(),
+                from.resource_field_ref.is_some(),
+            ];
             if sources.iter().filter(|s| **s).count() != 1 {
-                e.add(format!("{field}.valueFrom"), "exactly one source must be set");
+                e.add(
+                    format!("{field}.valueFrom"),
+                    "exactly one source must be set",
+                );
             }
             if let Some(r) = &from.field_ref
                 && !super::FIELD_REFS.contains(&r.field_path.as_str())
@@ -226,23 +233,38 @@ fn validate_container(
                 );
             }
             if from.resource_field_ref.is_some() {
-                e.add(format!("{field}.valueFrom.resourceFieldRef"), "not supported by kubelet-lite");
+                e.add(
+                    format!("{field}.valueFrom.resourceFieldRef"),
+                    "not supported by kubelet-lite",
+                );
             }
             for (kind, name) in [
-                ("configMapKeyRef", from.config_map_key_ref.as_ref().map(|r| &r.name)),
-                ("secretKeyRef", from.secret_key_ref.as_ref().map(|r| &r.name)),
+                (
+                    "configMapKeyRef",
+                    from.config_map_key_ref.as_ref().map(|r| &r.name),
+                ),
+                (
+                    "secretKeyRef",
+                    from.secret_key_ref.as_ref().map(|r| &r.name),
+                ),
             ] {
                 if let Some(n) = name
                     && check_subdomain(n).is_err()
                 {
-                    e.add(format!("{field}.valueFrom.{kind}.name"), format!("{n:?} is not a valid name"));
+                    e.add(
+                        format!("{field}.valueFrom.{kind}.name"),
+                        format!("{n:?} is not a valid name"),
+                    );
                 }
             }
         }
     }
     for (i, from) in c.env_from.iter().flatten().enumerate() {
         if from.config_map_ref.is_some() == from.secret_ref.is_some() {
-            e.add(format!("{base}.envFrom[{i}]"), "exactly one of configMapRef and secretRef must be set");
+            e.add(
+                format!("{base}.envFrom[{i}]"),
+                "exactly one of configMapRef and secretRef must be set",
+            );
         }
     }
     let mut port_names = BTreeSet::new();
@@ -289,10 +311,16 @@ fn validate_container(
         if let Some(sp) = m.sub_path.as_deref().filter(|s| !s.is_empty())
             && (sp.starts_with('/') || sp.split('/').any(|c| c == ".."))
         {
-            e.add(format!("{field}.subPath"), format!("{sp:?} must be a relative path without '..'"));
+            e.add(
+                format!("{field}.subPath"),
+                format!("{sp:?} must be a relative path without '..'"),
+            );
         }
         if m.sub_path_expr.is_some() {
-            e.add(format!("{field}.subPathExpr"), "not supported by kubelet-lite");
+            e.add(
+                format!("{field}.subPathExpr"),
+                "not supported by kubelet-lite",
+            );
         }
         if !m.mount_path.starts_with('/') {
             e.add(
@@ -369,7 +397,10 @@ fn validate_volume_source(v: &k8s_openapi::api::core::v1::Volume, base: &str, e:
         v.persistent_volume_claim.is_some(),
     ];
     let value = serde_json::to_value(v).unwrap_or_default();
-    let set: Vec<&String> = value.as_object().map(|m| m.keys().filter(|k| *k != "name").collect()).unwrap_or_default();
+    let set: Vec<&String> = value
+        .as_object()
+        .map(|m| m.keys().filter(|k| *k != "name").collect())
+        .unwrap_or_default();
     match supported.iter().filter(|s| **s).count() {
         1 if set.len() == 1 => {}
         0 if set.len() == 1 => e.add(
@@ -385,7 +416,10 @@ fn validate_volume_source(v: &k8s_openapi::api::core::v1::Volume, base: &str, e:
         if let Some(t) = h.type_.as_deref()
             && !HOST_PATH_TYPES.contains(&t)
         {
-            e.add(format!("{base}.hostPath.type"), format!("Unsupported value: {t:?}"));
+            e.add(
+                format!("{base}.hostPath.type"),
+                format!("Unsupported value: {t:?}"),
+            );
         }
     }
     if let Some(d) = &v.empty_dir {
@@ -393,12 +427,18 @@ fn validate_volume_source(v: &k8s_openapi::api::core::v1::Volume, base: &str, e:
             && !m.is_empty()
             && m != "Memory"
         {
-            e.add(format!("{base}.emptyDir.medium"), format!("Unsupported value: {m:?}: supported values: \"\", \"Memory\""));
+            e.add(
+                format!("{base}.emptyDir.medium"),
+                format!("Unsupported value: {m:?}: supported values: \"\", \"Memory\""),
+            );
         }
         if let Some(q) = &d.size_limit {
             match Quantity::parse(&q.0) {
                 Err(m) => e.add(format!("{base}.emptyDir.sizeLimit"), m.to_string()),
-                Ok(v) if v.is_negative() => e.add(format!("{base}.emptyDir.sizeLimit"), format!("{:?} is negative", q.0)),
+                Ok(v) if v.is_negative() => e.add(
+                    format!("{base}.emptyDir.sizeLimit"),
+                    format!("{:?} is negative", q.0),
+                ),
                 Ok(_) => {}
             }
         }
@@ -408,33 +448,63 @@ fn validate_volume_source(v: &k8s_openapi::api::core::v1::Volume, base: &str, e:
             e.add(format!("{base}.nfs.server"), "Required value");
         }
         if !n.path.starts_with('/') {
-            e.add(format!("{base}.nfs.path"), format!("{:?} must be an absolute path", n.path));
+            e.add(
+                format!("{base}.nfs.path"),
+                format!("{:?} must be an absolute path", n.path),
+            );
         }
     }
     for (field, mode) in [
-        ("configMap.defaultMode", v.config_map.as_ref().and_then(|c| c.default_mode)),
-        ("secret.defaultMode", v.secret.as_ref().and_then(|c| c.default_mode)),
+        (
+            "configMap.defaultMode",
+            v.config_map.as_ref().and_then(|c| c.default_mode),
+        ),
+        (
+            "secret.defaultMode",
+            v.secret.as_ref().and_then(|c| c.default_mode),
+        ),
     ] {
         if let Some(m) = mode
             && !(0..=0o777).contains(&m)
         {
-            e.add(format!("{base}.{field}"), format!("{m} must be a file mode between 0 and 0777 (511)"));
+            e.add(
+                format!("{base}.{field}"),
+                format!("{m} must be a file mode between 0 and 0777 (511)"),
+            );
         }
     }
-    let items = v.config_map.as_ref().and_then(|c| c.items.as_ref()).or(v.secret.as_ref().and_then(|s| s.items.as_ref()));
+    let items = v
+        .config_map
+        .as_ref()
+        .and_then(|c| c.items.as_ref())
+        .or(v.secret.as_ref().and_then(|s| s.items.as_ref()));
     for (i, item) in items.into_iter().flatten().enumerate() {
-        if item.path.starts_with('/') || item.path.split('/').any(|c| c == "..") || item.path.is_empty() {
-            e.add(format!("{base}.items[{i}].path"), format!("{:?} must be a relative path without '..'", item.path));
+        if item.path.starts_with('/')
+            || item.path.split('/').any(|c| c == "..")
+            || item.path.is_empty()
+        {
+            e.add(
+                format!("{base}.items[{i}].path"),
+                format!("{:?} must be a relative path without '..'", item.path),
+            );
         }
     }
     if let Some(c) = &v.persistent_volume_claim
         && check_subdomain(&c.claim_name).is_err()
     {
-        e.add(format!("{base}.persistentVolumeClaim.claimName"), format!("{:?} is not a valid name", c.claim_name));
+        e.add(
+            format!("{base}.persistentVolumeClaim.claimName"),
+            format!("{:?} is not a valid name", c.claim_name),
+        );
     }
 }
 
-const ACCESS_MODES: [&str; 4] = ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"];
+const ACCESS_MODES: [&str; 4] = [
+    "ReadWriteOnce",
+    "ReadOnlyMany",
+    "ReadWriteMany",
+    "ReadWriteOncePod",
+];
 
 fn check_access_modes(modes: Option<&Vec<String>>, field: &str, e: &mut Errors) {
     match modes {
@@ -443,19 +513,28 @@ fn check_access_modes(modes: Option<&Vec<String>>, field: &str, e: &mut Errors) 
         Some(m) => {
             for (i, mode) in m.iter().enumerate() {
                 if !ACCESS_MODES.contains(&mode.as_str()) {
-                    e.add(format!("{field}[{i}]"), format!("Unsupported value: {mode:?}"));
+                    e.add(
+                        format!("{field}[{i}]"),
+                        format!("Unsupported value: {mode:?}"),
+                    );
                 }
             }
         }
     }
 }
 
-fn check_storage(q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>, field: &str, e: &mut Errors) {
+fn check_storage(
+    q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    field: &str,
+    e: &mut Errors,
+) {
     match q {
         None => e.add(field, "Required value"),
         Some(q) => match Quantity::parse(&q.0) {
             Err(m) => e.add(field, m.to_string()),
-            Ok(v) if v.is_negative() || v.is_zero() => e.add(field, format!("{:?} must be greater than zero", q.0)),
+            Ok(v) if v.is_negative() || v.is_zero() => {
+                e.add(field, format!("{:?} must be greater than zero", q.0))
+            }
             Ok(_) => {}
         },
     }
@@ -484,10 +563,20 @@ pub fn validate_object(o: &super::Object) -> Vec<FieldError> {
     {
         e.add("metadata.namespace", m);
     }
-    let key_ok = |k: &str| !k.is_empty() && k.len() <= 253 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+    let key_ok = |k: &str| {
+        !k.is_empty()
+            && k.len() <= 253
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+    };
     match o {
         Object::ConfigMap(c) => {
-            let keys = c.data.iter().flatten().map(|(k, _)| k).chain(c.binary_data.iter().flatten().map(|(k, _)| k));
+            let keys = c
+                .data
+                .iter()
+                .flatten()
+                .map(|(k, _)| k)
+                .chain(c.binary_data.iter().flatten().map(|(k, _)| k));
             for k in keys {
                 if !key_ok(k) {
                     e.add(format!("data[{k}]"), "a valid config key must consist of alphanumeric characters, '-', '_' or '.'");
@@ -495,7 +584,12 @@ pub fn validate_object(o: &super::Object) -> Vec<FieldError> {
             }
         }
         Object::Secret(s) => {
-            let keys = s.data.iter().flatten().map(|(k, _)| k).chain(s.string_data.iter().flatten().map(|(k, _)| k));
+            let keys = s
+                .data
+                .iter()
+                .flatten()
+                .map(|(k, _)| k)
+                .chain(s.string_data.iter().flatten().map(|(k, _)| k));
             for k in keys {
                 if !key_ok(k) {
                     e.add(format!("data[{k}]"), "a valid secret key must consist of alphanumeric characters, '-', '_' or '.'");
@@ -505,15 +599,46 @@ pub fn validate_object(o: &super::Object) -> Vec<FieldError> {
         Object::PersistentVolume(pv) => match &pv.spec {
             None => e.add("spec", "Required value"),
             Some(spec) => {
-                check_storage(spec.capacity.as_ref().and_then(|c| c.get("storage")), "spec.capacity.storage", &mut e);
+                check_storage(
+                    spec.capacity.as_ref().and_then(|c| c.get("storage")),
+                    "spec.capacity.storage",
+                    &mut e,
+                );
                 check_access_modes(spec.access_modes.as_ref(), "spec.accessModes", &mut e);
-                let sources = [spec.host_path.is_some(), spec.local.is_some(), spec.nfs.is_some()];
+                let sources = [
+                    spec.host_path.is_some(),
+                    spec.local.is_some(),
+                    spec.nfs.is_some(),
+                ];
                 let value = serde_json::to_value(spec).unwrap_or_default();
-                let other = ["awsElasticBlockStore", "azureDisk", "azureFile", "cephfs", "cinder", "csi", "fc", "flexVolume", "flocker", "gcePersistentDisk", "glusterfs", "iscsi", "photonPersistentDisk", "portworxVolume", "quobyte", "rbd", "scaleIO", "storageos", "vsphereVolume"]
-                    .into_iter()
-                    .find(|k| value.get(k).is_some());
+                let other = [
+                    "awsElasticBlockStore",
+                    "azureDisk",
+                    "azureFile",
+                    "cephfs",
+                    "cinder",
+                    "csi",
+                    "fc",
+                    "flexVolume",
+                    "flocker",
+                    "gcePersistentDisk",
+                    "glusterfs",
+                    "iscsi",
+                    "photonPersistentDisk",
+                    "portworxVolume",
+                    "quobyte",
+                    "rbd",
+                    "scaleIO",
+                    "storageos",
+                    "vsphereVolume",
+                ]
+                .into_iter()
+                .find(|k| value.get(k).is_some());
                 if let Some(k) = other {
-                    e.add(format!("spec.{k}"), "not supported by kubelet-lite (supported: hostPath, local, nfs)");
+                    e.add(
+                        format!("spec.{k}"),
+                        "not supported by kubelet-lite (supported: hostPath, local, nfs)",
+                    );
                 } else if sources.iter().filter(|s| **s).count() != 1 {
                     e.add("spec", "exactly one of hostPath, local and nfs must be set");
                 }
@@ -531,7 +656,12 @@ pub fn validate_object(o: &super::Object) -> Vec<FieldError> {
                     && p != "Retain"
                     && p != "Delete"
                 {
-                    e.add("spec.persistentVolumeReclaimPolicy", format!("Unsupported value: {p:?}: supported values: \"Retain\", \"Delete\""));
+                    e.add(
+                        "spec.persistentVolumeReclaimPolicy",
+                        format!(
+                            "Unsupported value: {p:?}: supported values: \"Retain\", \"Delete\""
+                        ),
+                    );
                 }
             }
         },
@@ -540,7 +670,10 @@ pub fn validate_object(o: &super::Object) -> Vec<FieldError> {
             Some(spec) => {
                 check_access_modes(spec.access_modes.as_ref(), "spec.accessModes", &mut e);
                 check_storage(
-                    spec.resources.as_ref().and_then(|r| r.requests.as_ref()).and_then(|r| r.get("storage")),
+                    spec.resources
+                        .as_ref()
+                        .and_then(|r| r.requests.as_ref())
+                        .and_then(|r| r.get("storage")),
                     "spec.resources.requests.storage",
                     &mut e,
                 );

@@ -87,7 +87,11 @@ pub fn scan_with(dir: &Path, node: &str, previous: &BTreeMap<ClaimKey, String>) 
             continue;
         };
         if spec.persistent_volume_reclaim_policy.as_deref() == Some("Delete") {
-            let path = spec.host_path.as_ref().map(|h| h.path.clone()).or(spec.local.as_ref().map(|l| l.path.clone()));
+            let path = spec
+                .host_path
+                .as_ref()
+                .map(|h| h.path.clone())
+                .or(spec.local.as_ref().map(|l| l.path.clone()));
             if let Some(p) = path {
                 out.reclaims.push(PathBuf::from(p));
             }
@@ -198,16 +202,21 @@ pub struct Source {
 }
 
 fn load_bindings(path: &Path) -> BTreeMap<ClaimKey, String> {
-    let Ok(text) = std::fs::read_to_string(path) else { return BTreeMap::new() };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return BTreeMap::new();
+    };
     let list: Vec<(String, String, String)> = serde_json::from_str(&text).unwrap_or_else(|e| {
         warn!(file = %path.display(), "ignoring unreadable claim bindings: {e}");
         vec![]
     });
-    list.into_iter().map(|(ns, name, pv)| ((ns, name), pv)).collect()
+    list.into_iter()
+        .map(|(ns, name, pv)| ((ns, name), pv))
+        .collect()
 }
 
 fn save_bindings(path: &Path, b: &BTreeMap<ClaimKey, String>) {
-    let list: Vec<(&String, &String, &String)> = b.iter().map(|((ns, n), pv)| (ns, n, pv)).collect();
+    let list: Vec<(&String, &String, &String)> =
+        b.iter().map(|((ns, n), pv)| (ns, n, pv)).collect();
     let tmp = path.with_extension("tmp");
     let written = std::fs::write(&tmp, serde_json::to_vec(&list).expect("bindings serialize"))
         .and_then(|_| std::fs::rename(&tmp, path));
@@ -236,7 +245,11 @@ impl Source {
 
     /// Scans once, then keeps `tx` up to date until `tx` has no receivers.
     pub async fn run(self, tx: watch::Sender<Arc<Desired>>) {
-        let mut bindings = self.bindings_file.as_deref().map(load_bindings).unwrap_or_default();
+        let mut bindings = self
+            .bindings_file
+            .as_deref()
+            .map(load_bindings)
+            .unwrap_or_default();
         if let Err(e) = std::fs::create_dir_all(&self.dir) {
             error!(dir = %self.dir.display(), "cannot create static pod directory: {e}");
         }
@@ -355,17 +368,21 @@ fn report(desired: &Desired, reported: &mut BTreeSet<String>, warned: &mut BTree
         }
     }
     for ignored in &desired.ignored {
-        let key = format!("{ignored}: not a kind kubelet-lite runs (Pod, ConfigMap, Secret, PersistentVolume, PersistentVolumeClaim); ignored");
+        let key = format!(
+            "{ignored}: not a kind kubelet-lite runs (Pod, ConfigMap, Secret, PersistentVolume, PersistentVolumeClaim); ignored"
+        );
         if !warned.contains(&key) {
             warn!("{key}");
         }
         now_warned.insert(key);
     }
-    for (claim, pvc) in &desired.objects.pvcs {
+    for claim in desired.objects.pvcs.keys() {
         if !desired.objects.bindings.contains_key(claim) {
-            let key = format!("claim {}/{} is pending: no PersistentVolume matches", claim.0, claim.1);
+            let key = format!(
+                "claim {}/{} is pending: no PersistentVolume matches",
+                claim.0, claim.1
+            );
             if !warned.contains(&key) {
-                let _ = pvc;
                 warn!("{key}");
             }
             now_warned.insert(key);

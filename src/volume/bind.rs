@@ -15,7 +15,10 @@ pub type ClaimKey = (String, String);
 
 pub fn claim_key(pvc: &PersistentVolumeClaim) -> ClaimKey {
     (
-        pvc.metadata.namespace.clone().unwrap_or_else(|| "default".to_string()),
+        pvc.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_string()),
         pvc.metadata.name.clone().unwrap_or_default(),
     )
 }
@@ -26,7 +29,14 @@ fn capacity(pv: &PersistentVolume) -> Option<Quantity> {
 }
 
 fn request(pvc: &PersistentVolumeClaim) -> Option<Quantity> {
-    let q = pvc.spec.as_ref()?.resources.as_ref()?.requests.as_ref()?.get("storage")?;
+    let q = pvc
+        .spec
+        .as_ref()?
+        .resources
+        .as_ref()?
+        .requests
+        .as_ref()?
+        .get("storage")?;
     Quantity::parse(&q.0).ok()
 }
 
@@ -56,7 +66,9 @@ pub fn matches(pv: &PersistentVolume, pvc: &PersistentVolumeClaim) -> bool {
     // A volume reserved for another claim (claimRef) serves only that one.
     if let Some(r) = &pvs.claim_ref {
         let (ns, name) = claim_key(pvc);
-        if r.name.as_deref() != Some(name.as_str()) || r.namespace.as_deref().unwrap_or("default") != ns {
+        if r.name.as_deref() != Some(name.as_str())
+            || r.namespace.as_deref().unwrap_or("default") != ns
+        {
             return false;
         }
     }
@@ -148,16 +160,48 @@ mod tests {
     #[test]
     fn access_modes_class_and_size_must_match() {
         let pvs = [pv("a", "10Gi", "nfs", &["ReadWriteOnce"])];
-        assert!(bind(&pvs, &[pvc("c", "5Gi", "nfs", &["ReadWriteMany"])], &BTreeMap::new()).is_empty());
-        assert!(bind(&pvs, &[pvc("c", "5Gi", "", &["ReadWriteOnce"])], &BTreeMap::new()).is_empty());
-        assert!(bind(&pvs, &[pvc("c", "11Gi", "nfs", &["ReadWriteOnce"])], &BTreeMap::new()).is_empty());
-        assert_eq!(bind(&pvs, &[pvc("c", "10Gi", "nfs", &["ReadWriteOnce"])], &BTreeMap::new()).len(), 1);
+        assert!(
+            bind(
+                &pvs,
+                &[pvc("c", "5Gi", "nfs", &["ReadWriteMany"])],
+                &BTreeMap::new()
+            )
+            .is_empty()
+        );
+        assert!(
+            bind(
+                &pvs,
+                &[pvc("c", "5Gi", "", &["ReadWriteOnce"])],
+                &BTreeMap::new()
+            )
+            .is_empty()
+        );
+        assert!(
+            bind(
+                &pvs,
+                &[pvc("c", "11Gi", "nfs", &["ReadWriteOnce"])],
+                &BTreeMap::new()
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            bind(
+                &pvs,
+                &[pvc("c", "10Gi", "nfs", &["ReadWriteOnce"])],
+                &BTreeMap::new()
+            )
+            .len(),
+            1
+        );
     }
 
     #[test]
     fn one_claim_per_volume_and_bindings_hold() {
         let pvs = [pv("a", "10Gi", "", &["ReadWriteOnce"])];
-        let claims = [pvc("first", "1Gi", "", &["ReadWriteOnce"]), pvc("second", "1Gi", "", &["ReadWriteOnce"])];
+        let claims = [
+            pvc("first", "1Gi", "", &["ReadWriteOnce"]),
+            pvc("second", "1Gi", "", &["ReadWriteOnce"]),
+        ];
         let b = bind(&pvs, &claims, &BTreeMap::new());
         assert_eq!(b.len(), 1);
         assert_eq!(b[&key("first")], "a");

@@ -40,14 +40,20 @@ fn is_below(path: &Path, prefix: &Path) -> bool {
 /// The hostPath `type` checks and creations of the kubelet.
 pub fn check_host_path(path: &Path, kind: &str) -> Result<(), String> {
     let meta = std::fs::metadata(path);
-    let mismatch = |what: &str| Err(format!("hostPath type check failed: {} is not a {what}", path.display()));
+    let mismatch = |what: &str| {
+        Err(format!(
+            "hostPath type check failed: {} is not a {what}",
+            path.display()
+        ))
+    };
     match kind {
         "" => Ok(()),
         "DirectoryOrCreate" => match meta {
             Ok(m) if m.is_dir() => Ok(()),
             Ok(_) => mismatch("directory"),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+                std::fs::create_dir_all(path)
+                    .map_err(|e| format!("creating {}: {e}", path.display()))?;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
                     .map_err(|e| format!("{}: {e}", path.display()))
             }
@@ -66,7 +72,8 @@ pub fn check_host_path(path: &Path, kind: &str) -> Result<(), String> {
             Err(e) => Err(format!("{}: {e}", path.display())),
         },
         _ => {
-            let m = meta.map_err(|e| format!("hostPath type check failed: {}: {e}", path.display()))?;
+            let m =
+                meta.map_err(|e| format!("hostPath type check failed: {}: {e}", path.display()))?;
             let t = m.file_type();
             let (ok, what) = match kind {
                 "Directory" => (t.is_dir(), "directory"),
@@ -84,12 +91,23 @@ pub fn check_host_path(path: &Path, kind: &str) -> Result<(), String> {
 /// Sets up one volume of the pod whose directory is `pod_dir`; returns the
 /// host path that containers bind-mount. Idempotent (an agent restart finds
 /// mounts and files in place).
-pub fn setup(pod_dir: &Path, v: &Volume, pod_memory_limit: Option<i64>, cfg: &MountConfig) -> Result<PathBuf, MountError> {
+pub fn setup(
+    pod_dir: &Path,
+    v: &Volume,
+    pod_memory_limit: Option<i64>,
+    cfg: &MountConfig,
+) -> Result<PathBuf, MountError> {
     let dir = v.plugin_dir().map(|d| pod_dir.join(d));
     let mkdir = |d: &Path, mode: u32| -> Result<(), MountError> {
         std::fs::create_dir_all(d)
             .and_then(|_| std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)))
-            .map_err(|e| failed(format!("volume {:?}: creating {}: {e}", v.name, d.display())))
+            .map_err(|e| {
+                failed(format!(
+                    "volume {:?}: creating {}: {e}",
+                    v.name,
+                    d.display()
+                ))
+            })
     };
     match &v.source {
         Source::Unavailable { reason, message } => Err((reason.clone(), message.clone())),
@@ -102,18 +120,30 @@ pub fn setup(pod_dir: &Path, v: &Volume, pod_memory_limit: Option<i64>, cfg: &Mo
                     Some(s) => format!("mode=0777,size={s}"),
                     None => "mode=0777".to_string(),
                 };
-                mount(Some("tmpfs"), &d, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(opts.as_str()))
-                    .map_err(|e| failed(format!("volume {:?}: mounting tmpfs: {e}", v.name)))?;
+                mount(
+                    Some("tmpfs"),
+                    &d,
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some(opts.as_str()),
+                )
+                .map_err(|e| failed(format!("volume {:?}: mounting tmpfs: {e}", v.name)))?;
             }
             Ok(d)
         }
         Source::HostPath { path, kind } => {
-            if !cfg.allowed_host_paths.is_empty() && !cfg.allowed_host_paths.iter().any(|p| is_below(path, p)) {
+            if !cfg.allowed_host_paths.is_empty()
+                && !cfg.allowed_host_paths.iter().any(|p| is_below(path, p))
+            {
                 return Err(failed(format!(
                     "volume {:?}: hostPath {} is outside the allowed prefixes ({})",
                     v.name,
                     path.display(),
-                    cfg.allowed_host_paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                    cfg.allowed_host_paths
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
             check_host_path(path, kind).map_err(|m| failed(format!("volume {:?}: {m}", v.name)))?;
@@ -121,7 +151,10 @@ pub fn setup(pod_dir: &Path, v: &Volume, pod_memory_limit: Option<i64>, cfg: &Mo
         }
         Source::Local { path, pv } => match std::fs::metadata(path) {
             Ok(m) if m.is_dir() => Ok(path.clone()),
-            _ => Err(failed(format!("local volume {pv:?}: {} is not a directory", path.display()))),
+            _ => Err(failed(format!(
+                "local volume {pv:?}: {} is not a directory",
+                path.display()
+            ))),
         },
         Source::Files { secret, files } => {
             let d = dir.expect("configMap/secret have a plugin dir");
@@ -130,8 +163,14 @@ pub fn setup(pod_dir: &Path, v: &Volume, pod_memory_limit: Option<i64>, cfg: &Mo
             mkdir(&d, 0o755)?;
             if *secret && !is_mount_point(&d) {
                 // Secrets live on tmpfs: never written to disk.
-                mount(Some("tmpfs"), &d, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=0755"))
-                    .map_err(|e| failed(format!("volume {:?}: mounting tmpfs: {e}", v.name)))?;
+                mount(
+                    Some("tmpfs"),
+                    &d,
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                    Some("mode=0755"),
+                )
+                .map_err(|e| failed(format!("volume {:?}: mounting tmpfs: {e}", v.name)))?;
             }
             write_files(&d, files).map_err(|e| failed(format!("volume {:?}: {e}", v.name)))?;
             Ok(d)
@@ -150,8 +189,14 @@ pub fn setup(pod_dir: &Path, v: &Volume, pod_memory_limit: Option<i64>, cfg: &Mo
                 if *read_only {
                     opts.push("ro".into());
                 }
-                mount_nfs(&format!("{server}:{path}"), &d, &opts, cfg.nfs_timeout)
-                    .map_err(|m| failed(format!("MountVolume.SetUp failed for volume {:?}: {m}", v.name)))?;
+                mount_nfs(&format!("{server}:{path}"), &d, &opts, cfg.nfs_timeout).map_err(
+                    |m| {
+                        failed(format!(
+                            "MountVolume.SetUp failed for volume {:?}: {m}",
+                            v.name
+                        ))
+                    },
+                )?;
             }
             Ok(d)
         }
@@ -183,13 +228,22 @@ fn write_files(dir: &Path, files: &[super::File]) -> io::Result<()> {
 /// address resolution and version negotiation. A dead server can keep
 /// mount(8) waiting for minutes: it is killed at the deadline, and the
 /// caller retries later.
-fn mount_nfs(source: &str, target: &Path, options: &[String], timeout: Duration) -> Result<(), String> {
+fn mount_nfs(
+    source: &str,
+    target: &Path,
+    options: &[String],
+    timeout: Duration,
+) -> Result<(), String> {
     let mut cmd = Command::new("mount");
     cmd.args(["-t", "nfs"]);
     if !options.is_empty() {
         cmd.arg("-o").arg(options.join(","));
     }
-    cmd.arg(source).arg(target).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.arg(source)
+        .arg(target)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("running mount: {e}"))?;
     let deadline = Instant::now() + timeout;
     loop {
@@ -211,7 +265,9 @@ fn mount_nfs(source: &str, target: &Path, options: &[String], timeout: Duration)
                 // Reap it off this thread: a mount stuck in the kernel may
                 // not die at once.
                 std::thread::spawn(move || child.wait());
-                return Err(format!("mount -t nfs {source}: no answer within {timeout:?}"));
+                return Err(format!(
+                    "mount -t nfs {source}: no answer within {timeout:?}"
+                ));
             }
             Err(e) => return Err(format!("waiting for mount: {e}")),
         }
@@ -225,28 +281,46 @@ fn mount_nfs(source: &str, target: &Path, options: &[String], timeout: Duration)
 /// planted in the volume (CVE-2017-1002101, CVE-2021-25741).
 pub fn open_beneath(root: &Path, rel: &Path) -> io::Result<OwnedFd> {
     let how = |flags: OFlag| {
-        OpenHow::new()
-            .flags(flags | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+        OpenHow::new().flags(flags | OFlag::O_CLOEXEC).resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        )
     };
     // The volume's own directory is trusted (the agent made it, or it is the
     // hostPath the manifest names); what lies below it is not.
-    let mut cur: OwnedFd = nix::fcntl::open(root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let mut cur: OwnedFd = nix::fcntl::open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
     let comps: Vec<&std::ffi::OsStr> = rel
         .components()
         .map(|c| match c {
             Component::Normal(n) => Ok(n),
-            _ => Err(io::Error::new(io::ErrorKind::InvalidInput, format!("subPath {} must be relative without '..'", rel.display()))),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("subPath {} must be relative without '..'", rel.display()),
+            )),
         })
         .collect::<io::Result<_>>()?;
     for (i, name) in comps.iter().enumerate() {
         let last = i + 1 == comps.len();
-        let flags = if last { OFlag::O_PATH } else { OFlag::O_PATH | OFlag::O_DIRECTORY };
+        let flags = if last {
+            OFlag::O_PATH
+        } else {
+            OFlag::O_PATH | OFlag::O_DIRECTORY
+        };
         match openat2(&cur, *name, how(flags)) {
             Ok(fd) => cur = fd,
             Err(nix::errno::Errno::ENOENT) => {
                 // The kubelet creates a missing subPath as a directory.
-                let dirfd = nix::fcntl::openat(&cur, ".", OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
+                let dirfd = nix::fcntl::openat(
+                    &cur,
+                    ".",
+                    OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )?;
                 match nix::sys::stat::mkdirat(&dirfd, *name, Mode::from_bits_truncate(0o755)) {
                     Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
                     Err(e) => return Err(e.into()),
@@ -256,7 +330,10 @@ pub fn open_beneath(root: &Path, rel: &Path) -> io::Result<OwnedFd> {
             Err(nix::errno::Errno::ELOOP) | Err(nix::errno::Errno::EXDEV) => {
                 return Err(io::Error::new(
                     io::ErrorKind::PermissionDenied,
-                    format!("subPath {} goes through a symlink or out of its volume", rel.display()),
+                    format!(
+                        "subPath {} goes through a symlink or out of its volume",
+                        rel.display()
+                    ),
                 ));
             }
             Err(e) => return Err(e.into()),
@@ -284,7 +361,13 @@ pub fn bind_subpath(volume_path: &Path, rel: &Path, target: &Path) -> io::Result
     } else if !target.exists() {
         std::fs::File::create(target)?;
     }
-    mount(Some(fd_path.as_str()), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
+    mount(
+        Some(fd_path.as_str()),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )?;
     Ok(target.to_path_buf())
 }
 
@@ -322,7 +405,8 @@ pub fn unmount_below(dir: &Path) -> Result<(), String> {
     for m in mounts {
         // Stacked mounts on one point need one unmount each.
         while is_mount_point(Path::new(&m)) {
-            umount2(m.as_str(), MntFlags::MNT_DETACH).map_err(|e| format!("unmounting {m}: {e}"))?;
+            umount2(m.as_str(), MntFlags::MNT_DETACH)
+                .map_err(|e| format!("unmounting {m}: {e}"))?;
         }
     }
     Ok(())
@@ -358,13 +442,21 @@ mod tests {
     fn host_path_types() {
         let d = temp("hp");
         assert!(check_host_path(&d, "Directory").is_ok());
-        assert!(check_host_path(&d, "File").unwrap_err().contains("is not a file"));
+        assert!(
+            check_host_path(&d, "File")
+                .unwrap_err()
+                .contains("is not a file")
+        );
         assert!(check_host_path(&d.join("new/dir"), "DirectoryOrCreate").is_ok());
         assert!(d.join("new/dir").is_dir());
         assert!(check_host_path(&d.join("f"), "FileOrCreate").is_ok());
         assert!(std::fs::metadata(d.join("f")).unwrap().is_file());
         assert!(check_host_path(&d.join("no/parent/f"), "FileOrCreate").is_err());
-        assert!(check_host_path(&d.join("f"), "DirectoryOrCreate").unwrap_err().contains("not a directory"));
+        assert!(
+            check_host_path(&d.join("f"), "DirectoryOrCreate")
+                .unwrap_err()
+                .contains("not a directory")
+        );
         assert!(check_host_path(Path::new("/dev/null"), "CharDevice").is_ok());
         assert!(check_host_path(Path::new("/dev/null"), "BlockDevice").is_err());
         assert!(check_host_path(&d.join("missing"), "Directory").is_err());
@@ -383,7 +475,10 @@ mod tests {
         assert!(open_beneath(&vol, Path::new("made/on/demand")).is_ok());
         assert!(vol.join("made/on/demand").is_dir());
         for bad in ["evil", "evil/passwd", "inner", "../vol"] {
-            assert!(open_beneath(&vol, Path::new(bad)).is_err(), "{bad} should be refused");
+            assert!(
+                open_beneath(&vol, Path::new(bad)).is_err(),
+                "{bad} should be refused"
+            );
         }
         std::fs::remove_dir_all(&d).unwrap();
     }

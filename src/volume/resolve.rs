@@ -43,10 +43,11 @@ impl Objects {
                 self.secrets.insert(key(&s.metadata), s);
             }
             Object::PersistentVolume(p) => {
-                self.pvs.insert(p.metadata.name.clone().unwrap_or_default(), p);
+                self.pvs
+                    .insert(p.metadata.name.clone().unwrap_or_default(), *p);
             }
             Object::PersistentVolumeClaim(p) => {
-                self.pvcs.insert(key(&p.metadata), p);
+                self.pvcs.insert(key(&p.metadata), *p);
             }
         }
     }
@@ -166,11 +167,22 @@ pub fn resolve(pod: &StaticPod, objs: &Objects) -> Resolved {
             match objs.config_maps.get(&(ns.clone(), c.name.clone())) {
                 Some(cm) => {
                     let what = format!("configmap {:?}", c.name);
-                    match files(&config_map_data(cm), c.items.as_ref(), c.default_mode, &what) {
-                        Ok(files) => Source::Files { secret: false, files },
+                    match files(
+                        &config_map_data(cm),
+                        c.items.as_ref(),
+                        c.default_mode,
+                        &what,
+                    ) {
+                        Ok(files) => Source::Files {
+                            secret: false,
+                            files,
+                        },
                         Err(m) if optional => {
                             let _ = m;
-                            Source::Files { secret: false, files: vec![] }
+                            Source::Files {
+                                secret: false,
+                                files: vec![],
+                            }
                         }
                         Err(m) => unavailable("FailedMount", format!("volume {:?}: {m}", v.name)),
                     }
@@ -181,16 +193,30 @@ pub fn resolve(pod: &StaticPod, objs: &Objects) -> Resolved {
                 },
                 None => unavailable(
                     "FailedMount",
-                    format!("MountVolume.SetUp failed for volume {:?}: configmap {:?} not found", v.name, c.name),
+                    format!(
+                        "MountVolume.SetUp failed for volume {:?}: configmap {:?} not found",
+                        v.name, c.name
+                    ),
                 ),
             }
         } else if let Some(s) = &v.secret {
             let name = s.secret_name.clone().unwrap_or_default();
             let optional = s.optional == Some(true);
             match objs.secrets.get(&(ns.clone(), name.clone())) {
-                Some(sec) => match files(&secret_data(sec), s.items.as_ref(), s.default_mode, &format!("secret {name:?}")) {
-                    Ok(files) => Source::Files { secret: true, files },
-                    Err(_) if optional => Source::Files { secret: true, files: vec![] },
+                Some(sec) => match files(
+                    &secret_data(sec),
+                    s.items.as_ref(),
+                    s.default_mode,
+                    &format!("secret {name:?}"),
+                ) {
+                    Ok(files) => Source::Files {
+                        secret: true,
+                        files,
+                    },
+                    Err(_) if optional => Source::Files {
+                        secret: true,
+                        files: vec![],
+                    },
                     Err(m) => unavailable("FailedMount", format!("volume {:?}: {m}", v.name)),
                 },
                 None if optional => Source::Files {
@@ -199,13 +225,19 @@ pub fn resolve(pod: &StaticPod, objs: &Objects) -> Resolved {
                 },
                 None => unavailable(
                     "FailedMount",
-                    format!("MountVolume.SetUp failed for volume {:?}: secret {name:?} not found", v.name),
+                    format!(
+                        "MountVolume.SetUp failed for volume {:?}: secret {name:?} not found",
+                        v.name
+                    ),
                 ),
             }
         } else if let Some(c) = &v.persistent_volume_claim {
             read_only = c.read_only == Some(true);
             let key = (ns.clone(), c.claim_name.clone());
-            match (objs.pvcs.get(&key), objs.bindings.get(&key).and_then(|n| objs.pvs.get(n))) {
+            match (
+                objs.pvcs.get(&key),
+                objs.bindings.get(&key).and_then(|n| objs.pvs.get(n)),
+            ) {
                 (None, _) => unavailable(
                     "FailedMount",
                     format!("persistentvolumeclaim {:?} not found", c.claim_name),
@@ -240,12 +272,18 @@ pub fn resolve(pod: &StaticPod, objs: &Objects) -> Resolved {
                             pv: pv_name,
                         }
                     } else {
-                        unavailable("FailedMount", format!("persistentvolume {pv_name:?} has no supported source"))
+                        unavailable(
+                            "FailedMount",
+                            format!("persistentvolume {pv_name:?} has no supported source"),
+                        )
                     }
                 }
             }
         } else {
-            unavailable("FailedMount", format!("volume {:?} has no supported source", v.name))
+            unavailable(
+                "FailedMount",
+                format!("volume {:?} has no supported source", v.name),
+            )
         };
         if let Source::Unavailable { reason, message } = &source
             && out.problem.is_none()
@@ -259,7 +297,11 @@ pub fn resolve(pod: &StaticPod, objs: &Objects) -> Resolved {
         });
     }
 
-    let containers = spec.init_containers.iter().flatten().chain(spec.containers.iter());
+    let containers = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter());
     for c in containers {
         let mut env = ContainerEnv::default();
         let mut fail = |m: String| {
@@ -271,29 +313,35 @@ pub fn resolve(pod: &StaticPod, objs: &Objects) -> Resolved {
             let prefix = from.prefix.clone().unwrap_or_default();
             if let Some(r) = &from.config_map_ref {
                 match objs.config_maps.get(&(ns.clone(), r.name.clone())) {
-                    Some(cm) => env.from.extend(
-                        config_map_data(cm)
-                            .into_iter()
-                            .map(|(k, v)| (format!("{prefix}{k}"), String::from_utf8_lossy(&v).into_owned())),
-                    ),
+                    Some(cm) => env
+                        .from
+                        .extend(config_map_data(cm).into_iter().map(|(k, v)| {
+                            (
+                                format!("{prefix}{k}"),
+                                String::from_utf8_lossy(&v).into_owned(),
+                            )
+                        })),
                     None if r.optional == Some(true) => {}
                     None => fail(format!("configmap {:?} not found", r.name)),
                 }
             }
             if let Some(r) = &from.secret_ref {
                 match objs.secrets.get(&(ns.clone(), r.name.clone())) {
-                    Some(s) => env.from.extend(
-                        secret_data(s)
-                            .into_iter()
-                            .map(|(k, v)| (format!("{prefix}{k}"), String::from_utf8_lossy(&v).into_owned())),
-                    ),
+                    Some(s) => env.from.extend(secret_data(s).into_iter().map(|(k, v)| {
+                        (
+                            format!("{prefix}{k}"),
+                            String::from_utf8_lossy(&v).into_owned(),
+                        )
+                    })),
                     None if r.optional == Some(true) => {}
                     None => fail(format!("secret {:?} not found", r.name)),
                 }
             }
         }
         for var in c.env.iter().flatten() {
-            let Some(from) = &var.value_from else { continue };
+            let Some(from) = &var.value_from else {
+                continue;
+            };
             if let Some(r) = &from.config_map_key_ref {
                 let value = objs
                     .config_maps
@@ -301,10 +349,14 @@ pub fn resolve(pod: &StaticPod, objs: &Objects) -> Resolved {
                     .and_then(|cm| config_map_data(cm).remove(&r.key));
                 match value {
                     Some(v) => {
-                        env.refs.insert(var.name.clone(), String::from_utf8_lossy(&v).into_owned());
+                        env.refs
+                            .insert(var.name.clone(), String::from_utf8_lossy(&v).into_owned());
                     }
                     None if r.optional == Some(true) => {}
-                    None => fail(format!("couldn't find key {} in configmap {}/{}", r.key, ns, r.name)),
+                    None => fail(format!(
+                        "couldn't find key {} in configmap {}/{}",
+                        r.key, ns, r.name
+                    )),
                 }
             }
             if let Some(r) = &from.secret_key_ref {
@@ -314,10 +366,14 @@ pub fn resolve(pod: &StaticPod, objs: &Objects) -> Resolved {
                     .and_then(|s| secret_data(s).remove(&r.key));
                 match value {
                     Some(v) => {
-                        env.refs.insert(var.name.clone(), String::from_utf8_lossy(&v).into_owned());
+                        env.refs
+                            .insert(var.name.clone(), String::from_utf8_lossy(&v).into_owned());
                     }
                     None if r.optional == Some(true) => {}
-                    None => fail(format!("couldn't find key {} in secret {}/{}", r.key, ns, r.name)),
+                    None => fail(format!(
+                        "couldn't find key {} in secret {}/{}",
+                        r.key, ns, r.name
+                    )),
                 }
             }
         }
@@ -355,14 +411,36 @@ mod tests {
         assert_eq!(r.problem, None);
         assert_eq!(
             r.volumes[0].source,
-            Source::Files { secret: false, files: vec![File { path: "conf/url.txt".into(), data: b"http://x".to_vec(), mode: 0o600 }] }
+            Source::Files {
+                secret: false,
+                files: vec![File {
+                    path: "conf/url.txt".into(),
+                    data: b"http://x".to_vec(),
+                    mode: 0o600
+                }]
+            }
         );
-        let Source::Files { secret: true, files } = &r.volumes[1].source else { panic!() };
+        let Source::Files {
+            secret: true,
+            files,
+        } = &r.volumes[1].source
+        else {
+            panic!()
+        };
         assert_eq!(files.len(), 2);
         assert!(files.iter().all(|f| f.mode == 0o400));
-        assert_eq!(files.iter().find(|f| f.path == "password").unwrap().data, b"hunter2");
+        assert_eq!(
+            files.iter().find(|f| f.path == "password").unwrap().data,
+            b"hunter2"
+        );
         let env = &r.env["a"];
-        assert_eq!(env.from, [("CFG_mode".to_string(), "fast".to_string()), ("CFG_url".to_string(), "http://x".to_string())]);
+        assert_eq!(
+            env.from,
+            [
+                ("CFG_mode".to_string(), "fast".to_string()),
+                ("CFG_url".to_string(), "http://x".to_string())
+            ]
+        );
         assert_eq!(env.refs["PASSWORD"], "hunter2");
     }
 
@@ -372,13 +450,25 @@ mod tests {
         let (pods, objs) = parse(pod);
         let r = resolve(&pods[0], &objs);
         assert_eq!(r.problem.as_ref().unwrap().0, "FailedMount");
-        assert!(r.problem.as_ref().unwrap().1.contains("configmap \"nope\" not found"));
+        assert!(
+            r.problem
+                .as_ref()
+                .unwrap()
+                .1
+                .contains("configmap \"nope\" not found")
+        );
         let (pods, objs) = parse(&pod.replace("name: nope}", "name: nope, optional: true}"));
         assert_eq!(resolve(&pods[0], &objs).problem, None);
         let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: a\n    image: busybox\n    env: [{name: X, valueFrom: {configMapKeyRef: {name: cfg, key: nokey}}}]\n";
         let (pods, objs) = parse(&format!("{CM}{pod}"));
         let r = resolve(&pods[0], &objs);
-        assert_eq!(r.problem.unwrap(), ("CreateContainerConfigError".to_string(), "couldn't find key nokey in configmap default/cfg".to_string()));
+        assert_eq!(
+            r.problem.unwrap(),
+            (
+                "CreateContainerConfigError".to_string(),
+                "couldn't find key nokey in configmap default/cfg".to_string()
+            )
+        );
     }
 
     #[test]

@@ -269,7 +269,13 @@ impl Worker {
             }
             // Disk emptyDirs with a size limit are measured every 10 s.
             let limited = self.pod.resolved.volumes.iter().any(|v| {
-                matches!(v.source, volume::Source::EmptyDir { memory: false, size_limit: Some(_) })
+                matches!(
+                    v.source,
+                    volume::Source::EmptyDir {
+                        memory: false,
+                        size_limit: Some(_)
+                    }
+                )
             });
             let wake_at = match (plan.wake_at, limited) {
                 (w, true) => {
@@ -307,7 +313,10 @@ impl Worker {
         let pod_dir = self.env.pod_dir(&self.pod.uid);
         let mut over = vec![];
         for v in &self.pod.resolved.volumes {
-            if let volume::Source::EmptyDir { memory: false, size_limit: Some(limit) } = v.source
+            if let volume::Source::EmptyDir {
+                memory: false,
+                size_limit: Some(limit),
+            } = v.source
                 && let Some(dir) = v.plugin_dir()
             {
                 let used = volume::mount::usage(&pod_dir.join(dir));
@@ -317,7 +326,9 @@ impl Worker {
             }
         }
         for (name, used, limit) in over {
-            let message = format!("Usage of EmptyDir volume {name:?} exceeds the limit {limit} bytes ({used} bytes used).");
+            let message = format!(
+                "Usage of EmptyDir volume {name:?} exceeds the limit {limit} bytes ({used} bytes used)."
+            );
             self.status.reason = Some("Evicted".into());
             self.status.message = Some(message.clone());
             self.event("Warning", "Evicted", message);
@@ -380,7 +391,12 @@ impl Worker {
         self.env
             .cgroups
             .apply_pod(self.qos, &self.pod.uid, &limits)
-            .map_err(|e| ("FailedCreatePodSandBox".to_string(), format!("pod cgroup: {e}")))?;
+            .map_err(|e| {
+                (
+                    "FailedCreatePodSandBox".to_string(),
+                    format!("pod cgroup: {e}"),
+                )
+            })?;
         let sandbox_failed = |e: String| ("FailedCreatePodSandBox".to_string(), e);
         let ctx = tokio::task::spawn_blocking(move || sandbox::setup(&sb))
             .await
@@ -394,9 +410,10 @@ impl Worker {
             }
             let (dir, vol, cfg) = (pod_dir.clone(), v.clone(), self.env.mounts.clone());
             let memory = limits.memory_max;
-            let path = tokio::task::spawn_blocking(move || volume::mount::setup(&dir, &vol, memory, &cfg))
-                .await
-                .map_err(|e| ("FailedMount".to_string(), e.to_string()))??;
+            let path =
+                tokio::task::spawn_blocking(move || volume::mount::setup(&dir, &vol, memory, &cfg))
+                    .await
+                    .map_err(|e| ("FailedMount".to_string(), e.to_string()))??;
             self.volumes.insert(v.name.clone(), path);
         }
         let records = self
@@ -627,7 +644,10 @@ impl Worker {
         for (index, m) in c.volume_mounts.iter().flatten().enumerate() {
             let volume = self.pod.resolved.volumes.iter().find(|v| v.name == m.name);
             let Some(host) = self.volumes.get(&m.name) else {
-                return Err(("CreateContainerConfigError", format!("volume {:?} is not set up", m.name)));
+                return Err((
+                    "CreateContainerConfigError",
+                    format!("volume {:?} is not set up", m.name),
+                ));
             };
             let source = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
                 None => host.clone(),
@@ -639,9 +659,17 @@ impl Worker {
                         .join(&m.name)
                         .join(&c.name)
                         .join(index.to_string());
-                    volume::mount::bind_subpath(host, std::path::Path::new(sub), &target).map_err(|e| {
-                        ("CreateContainerConfigError", format!("failed to prepare subPath {sub:?} of volume {:?}: {e}", m.name))
-                    })?
+                    volume::mount::bind_subpath(host, std::path::Path::new(sub), &target).map_err(
+                        |e| {
+                            (
+                                "CreateContainerConfigError",
+                                format!(
+                                    "failed to prepare subPath {sub:?} of volume {:?}: {e}",
+                                    m.name
+                                ),
+                            )
+                        },
+                    )?
                 }
             };
             mounts.push(oci::VolumeMount {
