@@ -517,7 +517,11 @@ fn the_examples_run() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        env.write_manifest(&name, &std::fs::read_to_string(&path).unwrap());
+        // Host paths of the examples move into the test's directory.
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("/var/lib/kubelet-lite/", &format!("{}/", env.dir.display()));
+        env.write_manifest(&name, &text);
         names.push(name);
     }
     assert!(names.len() >= 3, "{names:?}");
@@ -541,6 +545,36 @@ fn the_examples_run() {
         "done\n"
     );
     env.wait_running("limited-node1");
+    let log_of = |pod: &str, container: &str| {
+        let p = env.pod(pod)?;
+        let uid = p["metadata"]["uid"].as_str()?.to_string();
+        std::fs::read_to_string(
+            env.dir
+                .join(format!("logs/default_{pod}_{uid}/{container}/0.log")),
+        )
+        .ok()
+    };
+    env.wait_for(
+        "shared-volume reader follows the writer",
+        Duration::from_secs(30),
+        || {
+            log_of("shared-volume-node1", "reader")?
+                .contains(" UTC ")
+                .then_some(())
+        },
+    );
+    env.wait_for("crawler configured", Duration::from_secs(30), || {
+        let t = log_of("crawler-node1", "crawler")?;
+        (t.contains("crawling https://example.org to depth 3 with token of 16 characters")
+            && t.contains("delay-ms = 500"))
+        .then_some(())
+    });
+    env.wait_for("counter started", Duration::from_secs(30), || {
+        log_of("counter-node1", "counter")?
+            .contains("start number")
+            .then_some(())
+    });
     let log = env.agent_output();
     assert!(!log.contains("manifest rejected"), "{log}");
+    assert!(!log.contains("not supported by kubelet-lite"), "{log}");
 }
