@@ -63,6 +63,10 @@ pub struct Config {
     pub system_reserved: Reserved,
     /// HTTP endpoint for status and metrics.
     pub listen_address: SocketAddr,
+    /// File holding a bearer token that every HTTP request but /healthz must
+    /// carry (`Authorization: Bearer ...`). No token: open (keep the
+    /// listen address on loopback then).
+    pub http_token_file: Option<PathBuf>,
     pub crash_loop_back_off: BackoffConfig,
     /// When not empty, hostPath volumes (and hostPath PersistentVolumes)
     /// must lie below one of these directories.
@@ -135,6 +139,7 @@ impl Default for Config {
             pod_pids_limit: -1,
             system_reserved: Reserved::default(),
             listen_address: SocketAddr::from(([127, 0, 0, 1], 10255)),
+            http_token_file: None,
             crash_loop_back_off: BackoffConfig::default(),
             host_path_allowed_prefixes: vec![],
             nfs_mount_timeout: Duration::from_secs(30),

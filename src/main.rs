@@ -204,7 +204,27 @@ async fn run(config: Config) -> anyhow::Result<()> {
     cgroups
         .setup(allocatable.cpu_milli, allocatable.memory)
         .context("creating the kubepods cgroups")?;
+    let metrics = Arc::new(kubelet_lite::metrics::AgentMetrics::new());
+    let token = match &config.http_token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading httpTokenFile {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let shared = Arc::new(http::Shared {
+        store: store.clone(),
+        cgroups: cgroups.clone(),
+        metrics: Arc::clone(&metrics),
+        node_name: node.clone(),
+        root_dir: config.root_dir.clone(),
+        token,
+        rates: Default::default(),
+    });
     let env = Arc::new(worker::WorkerEnv {
+        metrics,
         rt: Arc::new(rt),
         root_dir: config.root_dir.clone(),
         pod_logs_dir: config.pod_logs_dir.clone(),
@@ -223,8 +243,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen_address)
         .await
         .with_context(|| format!("listening on {}", config.listen_address))?;
-    info!(address = %config.listen_address, "serving /healthz and /pods");
-    let server = axum::serve(listener, http::router(store));
+    info!(address = %config.listen_address, "serving /healthz, /pods, /metrics, /metrics/cadvisor, /metrics/resource, /stats/summary");
+    let server = http::serve(listener, http::router(shared));
 
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(source::Desired::default()));
     let (reclaim_tx, reclaim_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -251,7 +271,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        r = server => r.context("HTTP server")?,
+        _ = server => warn!("HTTP server ended"),
         _ = term.recv() => info!("SIGTERM: exiting, pods keep running"),
         _ = tokio::signal::ctrl_c() => info!("SIGINT: exiting, pods keep running"),
         _ = manager => warn!("pod manager ended"),

@@ -53,6 +53,8 @@ pub struct ContainerStatus {
     pub state: ContainerState,
     pub last_state: Option<ContainerState>,
     pub restart_count: u32,
+    /// PID of the running container's first process (not in the API).
+    pub pid: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

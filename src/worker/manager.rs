@@ -46,6 +46,7 @@ pub async fn run(
     }
     loop {
         let current = desired.borrow_and_update().clone();
+        env.metrics.manifest_errors.set(current.errors.len() as i64);
         let wanted: HashSet<&str> = current.pods.iter().map(|p| p.uid.as_str()).collect();
         if first {
             first = false;

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::manifest::StaticPod;
 use crate::pod::{
-    self, Backoff, ContainerState, ContainerStatus, PodStatus, RestartPolicy, SlotView,
+    self, Backoff, ContainerState, ContainerStatus, Phase, PodStatus, RestartPolicy, SlotView,
 };
 use crate::runtime::{
     ContainerRecord, Exit, NewContainer, PullPolicy, Runtime, RuntimeError, TaskState, labels,
@@ -45,6 +45,7 @@ pub struct WorkerEnv {
     /// Lowest OOM score adjustment the host allows (see node::oom_score_floor).
     pub oom_score_floor: i32,
     pub mounts: volume::mount::MountConfig,
+    pub metrics: Arc<crate::metrics::AgentMetrics>,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub store: StatusStore,
@@ -138,6 +139,9 @@ struct Worker {
     volumes: HashMap<String, PathBuf>,
     /// Disk emptyDirs with a size limit already reported over it.
     over_limit: std::collections::HashSet<String>,
+    /// When the worker started, and whether its start latency was recorded.
+    created: Instant,
+    reported_start: bool,
 }
 
 fn waiting(reason: &str, message: impl Into<String>) -> ContainerState {
@@ -172,6 +176,7 @@ impl Worker {
                         ),
                         last_state: None,
                         restart_count: 0,
+                        pid: None,
                     },
                     spec: c,
                     init,
@@ -199,6 +204,8 @@ impl Worker {
             status,
             volumes: HashMap::new(),
             over_limit: Default::default(),
+            created: Instant::now(),
+            reported_start: false,
         }
     }
 
@@ -260,6 +267,13 @@ impl Worker {
             let plan = pod::plan(&views, self.policy, Instant::now());
             if plan.phase != self.status.phase {
                 info!(pod = %self.pod.key(), phase = plan.phase.as_str(), "pod phase");
+                if plan.phase == Phase::Running && !self.reported_start {
+                    self.reported_start = true;
+                    self.env
+                        .metrics
+                        .pod_start
+                        .observe(self.created.elapsed().as_secs_f64());
+                }
             }
             self.status.phase = plan.phase;
             self.publish();
@@ -491,6 +505,10 @@ impl Worker {
             slot.status.restart_count = n;
             slot.status.container_id = Some(r.id.clone());
             slot.started_at = r.created_at;
+            slot.status.pid = match r.task {
+                TaskState::Running { pid } => Some(pid),
+                _ => None,
+            };
             match exit {
                 None => {
                     slot.running = true;
@@ -566,8 +584,9 @@ impl Worker {
         };
         for ((i, attempt), result) in requests.into_iter().zip(results) {
             match result {
-                Ok(id) => self.started(i, attempt, id).await,
+                Ok((id, pid)) => self.started(i, attempt, id, pid).await,
                 Err((reason, message)) => {
+                    self.env.metrics.sync_errors.inc();
                     let slot = &mut self.slots[i];
                     slot.backoff.record_start(now);
                     slot.not_before = Some(slot.backoff.restart_at(now));
@@ -591,7 +610,7 @@ impl Worker {
         i: usize,
         attempt: u32,
         ctx: &oci::PodContext,
-    ) -> Result<String, (&'static str, String)> {
+    ) -> Result<(String, u32), (&'static str, String)> {
         let rt = &self.env.rt;
         let c = &self.slots[i].spec;
         let image_name = c.image.clone().unwrap_or_default();
@@ -722,6 +741,7 @@ impl Worker {
             ),
             (labels::GRACE_PERIOD.to_string(), grace.to_string()),
         ]);
+        let t = Instant::now();
         rt.create(&NewContainer {
             id: id.clone(),
             labels: container_labels,
@@ -731,16 +751,27 @@ impl Worker {
         })
         .await
         .map_err(|e| ("CreateContainerError", e.to_string()))?;
-        if let Err(e) = rt.start(&id).await {
-            let _ = rt.remove(&id).await;
-            return Err(("RunContainerError", e.to_string()));
+        self.env
+            .metrics
+            .observe_containerd("create", t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        match rt.start(&id).await {
+            Ok(pid) => {
+                self.env
+                    .metrics
+                    .observe_containerd("start", t.elapsed().as_secs_f64());
+                Ok((id, pid))
+            }
+            Err(e) => {
+                let _ = rt.remove(&id).await;
+                Err(("RunContainerError", e.to_string()))
+            }
         }
-        Ok(id)
     }
 
     /// Records a started container, follows it, and drops the previous
     /// attempt's container (one dead container is kept, as the kubelet does).
-    async fn started(&mut self, i: usize, attempt: u32, id: String) {
+    async fn started(&mut self, i: usize, attempt: u32, id: String, pid: u32) {
         let now = Instant::now();
         let previous = self.slots[i].current.replace(id.clone());
         let slot = &mut self.slots[i];
@@ -755,6 +786,7 @@ impl Worker {
         slot.started_at = Some(SystemTime::now());
         slot.status.restart_count = attempt;
         slot.status.container_id = Some(id.clone());
+        slot.status.pid = Some(pid);
         // After CrashLoopBackOff, last_state already holds the exit.
         if let ContainerState::Terminated { .. } = slot.status.state {
             slot.status.last_state = Some(slot.status.state.clone());

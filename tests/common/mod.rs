@@ -142,6 +142,10 @@ impl Env {
         }
     }
 
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(|a| a.id())
+    }
+
     pub fn agent_is_alive(&mut self) -> bool {
         self.agent
             .as_mut()

@@ -1,0 +1,101 @@
+//! Cost of the statistics endpoints with many pods, and of an idle agent.
+//! Figures: `/metrics/cadvisor` scrape latency (p50, p99) and the agent's
+//! CPU time per scrape with N running pods; idle CPU (share of one core)
+//! and RSS with 0 and N pods. Targets: p99 under 20 ms, idle CPU under
+//! 0.5%, RSS under 30 MiB at 100 pods.
+//!
+//! `cargo bench --bench scrape` (as root); `BENCH_PODS` (default 100).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Env, pod_yaml};
+
+/// utime + stime of a process, in seconds, and its RSS in bytes.
+fn usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    // SAFETY: sysconf only reads system values.
+    let (hz, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK) as f64,
+            libc::sysconf(libc::_SC_PAGESIZE) as u64,
+        )
+    };
+    let cpu = (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / hz;
+    (cpu, f[21].parse::<u64>().unwrap() * page)
+}
+
+fn idle(env: &Env, secs: u64) -> (f64, u64) {
+    let pid = env.agent_pid().unwrap();
+    let (c0, _) = usage(pid);
+    std::thread::sleep(Duration::from_secs(secs));
+    let (c1, rss) = usage(pid);
+    ((c1 - c0) / secs as f64, rss)
+}
+
+fn main() {
+    let pods: usize = std::env::var("BENCH_PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let mut env = Env::new("scrape");
+    // A long resync: idle means idle.
+    env.write_config("fileCheckFrequency: 60s\n");
+    env.start_agent();
+    std::thread::sleep(Duration::from_secs(2));
+    let (idle0, rss0) = idle(&env, 20);
+
+    for i in 0..pods {
+        env.write_manifest(
+            &format!("p{i}.yaml"),
+            &pod_yaml(
+                &format!("p{i}"),
+                "  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: busybox\n    command: [sleep, '3600']\n    resources: {limits: {cpu: 10m, memory: 16Mi}}\n",
+            ),
+        );
+    }
+    env.wait_for("all pods running", Duration::from_secs(600), || {
+        let p = env.pods();
+        (p.len() == pods && p.iter().all(|p| p["status"]["phase"] == "Running")).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let (idle_n, rss_n) = idle(&env, 20);
+
+    let pid = env.agent_pid().unwrap();
+    let rounds = 200;
+    let (c0, _) = usage(pid);
+    let mut lat = vec![];
+    let mut bytes = 0;
+    for _ in 0..rounds {
+        let t = Instant::now();
+        bytes = env.get("/metrics/cadvisor").unwrap().len();
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let (c1, _) = usage(pid);
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let p = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "/metrics/cadvisor with {pods} pods ({bytes} bytes): p50 {:.2} ms, p99 {:.2} ms, agent CPU {:.2} ms per scrape",
+        p(0.5),
+        p(0.99),
+        (c1 - c0) * 1000.0 / rounds as f64
+    );
+    println!(
+        "idle agent, 0 pods: CPU {:.3}% of a core, RSS {:.1} MiB",
+        idle0 * 100.0,
+        rss0 as f64 / 1048576.0
+    );
+    println!(
+        "idle agent, {pods} pods: CPU {:.3}% of a core, RSS {:.1} MiB",
+        idle_n * 100.0,
+        rss_n as f64 / 1048576.0
+    );
+}

@@ -1,0 +1,688 @@
+//! `/metrics/cadvisor`, `/metrics/resource` and `/stats/summary`: the
+//! container statistics a kubelet serves, computed from cgroup files at
+//! scrape time. Names and labels follow cAdvisor and the kubelet, so that
+//! Prometheus rules and metrics-server work unchanged.
+//!
+//! The exposition is the Prometheus text format 0.0.4, written here: these
+//! families are rebuilt on every scrape with cAdvisor's exact names (a
+//! client library's registry is for long-lived instruments, and emits
+//! OpenMetrics with its own suffix rules).
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime};
+
+use serde_json::{Value, json};
+
+use crate::cgroup::{Cgroups, QosClass};
+use crate::pod::ContainerState;
+use crate::stats::{self, CgroupStats, NetDev};
+use crate::volume::Source;
+use crate::worker::{PodEntry, StatusStore};
+
+/// One sample: labels, value, optional timestamp (ms).
+type Sample = (Vec<(&'static str, String)>, f64, Option<i64>);
+
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: &'static str,
+    samples: Vec<Sample>,
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn encode(families: &[Family]) -> String {
+    let mut out = String::new();
+    for f in families {
+        if f.samples.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
+        let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
+        for (labels, value, ts) in &f.samples {
+            out.push_str(f.name);
+            if !labels.is_empty() {
+                out.push('{');
+                for (i, (k, v)) in labels.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    let _ = write!(out, "{k}=\"{}\"", escape(v));
+                }
+                out.push('}');
+            }
+            let _ = write!(out, " {value}");
+            if let Some(t) = ts {
+                let _ = write!(out, " {t}");
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64
+}
+
+fn secs(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// A running container as the scrape sees it.
+struct Row {
+    container: String,
+    image: String,
+    id: String,
+    cgroup: String,
+    started: Option<SystemTime>,
+    stats: CgroupStats,
+}
+
+/// A pod with its own cgroup's stats and its containers.
+struct PodRow {
+    entry: PodEntry,
+    cgroup: String,
+    stats: Option<CgroupStats>,
+    containers: Vec<Row>,
+    net: Vec<NetDev>,
+}
+
+/// Reads everything one scrape needs.
+fn collect(store: &StatusStore, cgroups: &Cgroups) -> Vec<PodRow> {
+    let entries: Vec<PodEntry> = store
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    let mut out = vec![];
+    for entry in entries {
+        let qos = entry.status.qos_class.unwrap_or(QosClass::BestEffort);
+        let uid = entry.pod.uid.clone();
+        let pod_cgroup = cgroups.layout.pod(qos, &uid);
+        let mut containers = vec![];
+        let mut net = vec![];
+        for c in entry
+            .status
+            .init_containers
+            .iter()
+            .chain(&entry.status.containers)
+        {
+            let (ContainerState::Running { started_at }, Some(id)) = (&c.state, &c.container_id)
+            else {
+                continue;
+            };
+            let cgroup = cgroups.layout.container_dir(qos, &uid, id);
+            let Some(stats) = stats::read_cgroup(&cgroups.mode, &cgroup) else {
+                continue;
+            };
+            if net.is_empty()
+                && let Some(pid) = c.pid
+                && entry.pod.spec().host_network != Some(true)
+            {
+                net = std::fs::read_to_string(format!("/proc/{pid}/net/dev"))
+                    .map(|t| stats::parse_net_dev(&t))
+                    .unwrap_or_default();
+            }
+            containers.push(Row {
+                container: c.name.clone(),
+                image: c.image.clone(),
+                id: id.clone(),
+                cgroup,
+                started: Some(*started_at),
+                stats,
+            });
+        }
+        let stats = stats::read_cgroup(&cgroups.mode, &pod_cgroup);
+        out.push(PodRow {
+            entry,
+            cgroup: pod_cgroup,
+            stats,
+            containers,
+            net,
+        });
+    }
+    out
+}
+
+/// `/metrics/cadvisor`.
+pub fn cadvisor(store: &StatusStore, cgroups: &Cgroups, root_dir: &std::path::Path) -> String {
+    let pods = collect(store, cgroups);
+    type Get = fn(&CgroupStats) -> f64;
+    let defs: [(&'static str, &'static str, &'static str, Get); 19] = [
+        (
+            "container_cpu_usage_seconds_total",
+            "Cumulative cpu time consumed in seconds.",
+            "counter",
+            |s| s.cpu_usage_ns as f64 / 1e9,
+        ),
+        (
+            "container_cpu_user_seconds_total",
+            "Cumulative user cpu time consumed in seconds.",
+            "counter",
+            |s| s.cpu_user_ns as f64 / 1e9,
+        ),
+        (
+            "container_cpu_system_seconds_total",
+            "Cumulative system cpu time consumed in seconds.",
+            "counter",
+            |s| s.cpu_system_ns as f64 / 1e9,
+        ),
+        (
+            "container_cpu_cfs_periods_total",
+            "Number of elapsed enforcement period intervals.",
+            "counter",
+            |s| s.cfs_periods as f64,
+        ),
+        (
+            "container_cpu_cfs_throttled_periods_total",
+            "Number of throttled period intervals.",
+            "counter",
+            |s| s.cfs_throttled_periods as f64,
+        ),
+        (
+            "container_cpu_cfs_throttled_seconds_total",
+            "Total time duration the container has been throttled.",
+            "counter",
+            |s| s.cfs_throttled_ns as f64 / 1e9,
+        ),
+        (
+            "container_memory_usage_bytes",
+            "Current memory usage in bytes, including all memory regardless of when it was accessed",
+            "gauge",
+            |s| s.memory_usage as f64,
+        ),
+        (
+            "container_memory_working_set_bytes",
+            "Current working set in bytes.",
+            "gauge",
+            |s| s.memory_working_set as f64,
+        ),
+        (
+            "container_memory_rss",
+            "Size of RSS in bytes.",
+            "gauge",
+            |s| s.memory_rss as f64,
+        ),
+        (
+            "container_memory_cache",
+            "Number of bytes of page cache memory.",
+            "gauge",
+            |s| s.memory_cache as f64,
+        ),
+        (
+            "container_memory_swap",
+            "Container swap usage in bytes.",
+            "gauge",
+            |s| s.memory_swap as f64,
+        ),
+        (
+            "container_memory_failcnt",
+            "Number of memory usage hits limits",
+            "counter",
+            |s| s.memory_failcnt as f64,
+        ),
+        (
+            "container_oom_events_total",
+            "Count of out of memory events observed for the container",
+            "counter",
+            |s| s.oom_kills as f64,
+        ),
+        (
+            "container_spec_cpu_period",
+            "CPU period of the container.",
+            "gauge",
+            |s| s.cpu_period_us as f64,
+        ),
+        (
+            "container_spec_cpu_quota",
+            "CPU quota of the container.",
+            "gauge",
+            |s| {
+                if s.cpu_quota_us > 0 {
+                    s.cpu_quota_us as f64
+                } else {
+                    f64::NAN
+                }
+            },
+        ),
+        (
+            "container_spec_cpu_shares",
+            "CPU share of the container.",
+            "gauge",
+            |s| s.cpu_shares as f64,
+        ),
+        (
+            "container_spec_memory_limit_bytes",
+            "Memory limit for the container.",
+            "gauge",
+            |s| s.memory_limit as f64,
+        ),
+        (
+            "container_processes",
+            "Number of processes running inside the container.",
+            "gauge",
+            |s| s.processes as f64,
+        ),
+        (
+            "container_threads",
+            "Number of threads running inside the container.",
+            "gauge",
+            |s| s.threads as f64,
+        ),
+    ];
+    let mut families: Vec<Family> = defs
+        .iter()
+        .map(|(name, help, kind, _)| Family {
+            name,
+            help,
+            kind,
+            samples: vec![],
+        })
+        .collect();
+    let mut start = Family {
+        name: "container_start_time_seconds",
+        help: "Start time of the container since unix epoch in seconds.",
+        kind: "gauge",
+        samples: vec![],
+    };
+    let labels = |container: &str, id: &str, image: &str, name: &str, ns: &str, pod: &str| {
+        vec![
+            ("container", container.to_string()),
+            ("id", id.to_string()),
+            ("image", image.to_string()),
+            ("name", name.to_string()),
+            ("namespace", ns.to_string()),
+            ("pod", pod.to_string()),
+        ]
+    };
+    let mut net_families: Vec<Family> = [
+        (
+            "container_network_receive_bytes_total",
+            "Cumulative count of bytes received",
+        ),
+        (
+            "container_network_receive_packets_total",
+            "Cumulative count of packets received",
+        ),
+        (
+            "container_network_receive_errors_total",
+            "Cumulative count of errors encountered while receiving",
+        ),
+        (
+            "container_network_receive_packets_dropped_total",
+            "Cumulative count of packets dropped while receiving",
+        ),
+        (
+            "container_network_transmit_bytes_total",
+            "Cumulative count of bytes transmitted",
+        ),
+        (
+            "container_network_transmit_packets_total",
+            "Cumulative count of packets transmitted",
+        ),
+        (
+            "container_network_transmit_errors_total",
+            "Cumulative count of errors encountered while transmitting",
+        ),
+        (
+            "container_network_transmit_packets_dropped_total",
+            "Cumulative count of packets dropped while transmitting",
+        ),
+    ]
+    .into_iter()
+    .map(|(name, help)| Family {
+        name,
+        help,
+        kind: "counter",
+        samples: vec![],
+    })
+    .collect();
+    let mut fs = Family {
+        name: "container_fs_usage_bytes",
+        help: "Number of bytes that are consumed by the container on this filesystem.",
+        kind: "gauge",
+        samples: vec![],
+    };
+    for p in &pods {
+        let (ns, pod) = (p.entry.pod.namespace.as_str(), p.entry.pod.name.as_str());
+        for r in &p.containers {
+            let l = labels(&r.container, &r.cgroup, &r.image, &r.id, ns, pod);
+            for (f, (_, _, _, get)) in families.iter_mut().zip(&defs) {
+                f.samples.push((l.clone(), get(&r.stats), None));
+            }
+            if let Some(t) = r.started {
+                start.samples.push((l, secs(t), None));
+            }
+        }
+        // The pod cgroup: container="", as the kubelet exposes it.
+        if let Some(s) = &p.stats {
+            let l = labels("", &p.cgroup, "", "", ns, pod);
+            for (f, (_, _, _, get)) in families.iter_mut().zip(&defs) {
+                f.samples.push((l.clone(), get(s), None));
+            }
+            for d in &p.net {
+                let mut l = l.clone();
+                l.push(("interface", d.interface.clone()));
+                let values = [
+                    d.rx_bytes,
+                    d.rx_packets,
+                    d.rx_errors,
+                    d.rx_dropped,
+                    d.tx_bytes,
+                    d.tx_packets,
+                    d.tx_errors,
+                    d.tx_dropped,
+                ];
+                for (f, v) in net_families.iter_mut().zip(values) {
+                    f.samples.push((l.clone(), v as f64, None));
+                }
+            }
+        }
+        for v in &p.entry.pod.resolved.volumes {
+            if let (Source::EmptyDir { .. }, Some(dir)) = (&v.source, v.plugin_dir()) {
+                let path = root_dir.join("pods").join(&p.entry.pod.uid).join(dir);
+                let mut l = labels("", &p.cgroup, "", "", ns, pod);
+                l.push(("device", path.display().to_string()));
+                l.push(("volume", v.name.clone()));
+                fs.samples
+                    .push((l, crate::volume::mount::usage(&path) as f64, None));
+            }
+        }
+    }
+    families.push(start);
+    families.extend(net_families);
+    families.push(fs);
+    encode(&families)
+}
+
+/// Node CPU time and memory working set, as the kubelet takes them from
+/// cAdvisor's root container.
+fn node_usage(cgroups: &Cgroups) -> (f64, u64, u64) {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kb = |key: &str| {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    let total = kb("MemTotal:");
+    let used = total.saturating_sub(kb("MemFree:"));
+    let working_set = used.saturating_sub(kb("Inactive(file):"));
+    let cpu = match stats::read_cgroup(&cgroups.mode, "/").filter(|s| s.cpu_usage_ns > 0) {
+        Some(s) => s.cpu_usage_ns as f64 / 1e9,
+        None => {
+            // cgroup v2 root: /proc/stat busy jiffies.
+            let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+            let f: Vec<u64> = stat
+                .lines()
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            // SAFETY: sysconf only reads a system value.
+            let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+            let busy: u64 = f
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != 3 && *i != 4)
+                .map(|(_, v)| *v)
+                .sum();
+            busy as f64 / hz
+        }
+    };
+    (cpu, working_set, used)
+}
+
+/// `/metrics/resource`: what metrics-server reads, with timestamps.
+pub fn resource(store: &StatusStore, cgroups: &Cgroups) -> String {
+    let pods = collect(store, cgroups);
+    let ts = Some(now_ms());
+    let (node_cpu, node_ws, _) = node_usage(cgroups);
+    let fam = |name, help, kind| Family {
+        name,
+        help,
+        kind,
+        samples: vec![],
+    };
+    let mut node_cpu_f = fam(
+        "node_cpu_usage_seconds_total",
+        "Cumulative cpu time consumed by the node in core-seconds",
+        "counter",
+    );
+    let mut node_mem_f = fam(
+        "node_memory_working_set_bytes",
+        "Current working set of the node in bytes",
+        "gauge",
+    );
+    let mut c_cpu = fam(
+        "container_cpu_usage_seconds_total",
+        "Cumulative cpu time consumed by the container in core-seconds",
+        "counter",
+    );
+    let mut c_mem = fam(
+        "container_memory_working_set_bytes",
+        "Current working set of the container in bytes",
+        "gauge",
+    );
+    let mut c_start = fam(
+        "container_start_time_seconds",
+        "Start time of the container since unix epoch in seconds",
+        "gauge",
+    );
+    let mut p_cpu = fam(
+        "pod_cpu_usage_seconds_total",
+        "Cumulative cpu time consumed by the pod in core-seconds",
+        "counter",
+    );
+    let mut p_mem = fam(
+        "pod_memory_working_set_bytes",
+        "Current working set of the pod in bytes",
+        "gauge",
+    );
+    let mut err = fam(
+        "resource_scrape_error",
+        "1 if there was an error while getting container metrics, 0 otherwise",
+        "gauge",
+    );
+    node_cpu_f.samples.push((vec![], node_cpu, ts));
+    node_mem_f.samples.push((vec![], node_ws as f64, ts));
+    for p in &pods {
+        let (ns, pod) = (p.entry.pod.namespace.clone(), p.entry.pod.name.clone());
+        for r in &p.containers {
+            let l = vec![
+                ("container", r.container.clone()),
+                ("namespace", ns.clone()),
+                ("pod", pod.clone()),
+            ];
+            c_cpu
+                .samples
+                .push((l.clone(), r.stats.cpu_usage_ns as f64 / 1e9, ts));
+            c_mem
+                .samples
+                .push((l.clone(), r.stats.memory_working_set as f64, ts));
+            if let Some(t) = r.started {
+                c_start.samples.push((l, secs(t), ts));
+            }
+        }
+        if let Some(s) = &p.stats {
+            let l = vec![("namespace", ns.clone()), ("pod", pod.clone())];
+            p_cpu
+                .samples
+                .push((l.clone(), s.cpu_usage_ns as f64 / 1e9, ts));
+            p_mem.samples.push((l, s.memory_working_set as f64, ts));
+        }
+    }
+    err.samples.push((vec![], 0.0, None));
+    encode(&[
+        node_cpu_f, node_mem_f, c_cpu, c_mem, c_start, p_cpu, p_mem, err,
+    ])
+}
+
+/// Previous CPU samples, for rates (usageNanoCores).
+#[derive(Default)]
+pub struct RateState {
+    last: Mutex<HashMap<String, (Instant, u64)>>,
+}
+
+impl RateState {
+    /// Nanocores since the previous sample of `key`, if there was one.
+    fn rate(&self, key: &str, usage_ns: u64) -> Option<u64> {
+        let now = Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let prev = last.insert(key.to_string(), (now, usage_ns));
+        let (t, u) = prev?;
+        let dt = now.duration_since(t).as_nanos() as f64;
+        (dt > 0.0).then(|| (usage_ns.saturating_sub(u) as f64 * 1e9 / dt) as u64)
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    jiff::Timestamp::new(d.as_secs() as i64, 0)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        .to_string()
+}
+
+fn cpu_json(key: &str, s: &CgroupStats, rates: &RateState, now: &str) -> Value {
+    let mut v = json!({"time": now, "usageCoreNanoSeconds": s.cpu_usage_ns});
+    if let Some(r) = rates.rate(key, s.cpu_usage_ns) {
+        v["usageNanoCores"] = json!(r);
+    }
+    v
+}
+
+fn memory_json(s: &CgroupStats, now: &str) -> Value {
+    let mut v = json!({
+        "time": now,
+        "usageBytes": s.memory_usage,
+        "workingSetBytes": s.memory_working_set,
+        "rssBytes": s.memory_rss,
+        "pageFaults": 0,
+        "majorPageFaults": 0,
+    });
+    if s.memory_limit > 0 {
+        v["availableBytes"] = json!(s.memory_limit.saturating_sub(s.memory_working_set));
+    }
+    v
+}
+
+/// `/stats/summary`: the kubelet's Summary API (stats/v1alpha1).
+pub fn summary(
+    store: &StatusStore,
+    cgroups: &Cgroups,
+    node_name: &str,
+    root_dir: &std::path::Path,
+    rates: &RateState,
+) -> Value {
+    let now = rfc3339(SystemTime::now());
+    let pods = collect(store, cgroups);
+    let (node_cpu, node_ws, node_used) = node_usage(cgroups);
+    let node_cpu_ns = (node_cpu * 1e9) as u64;
+    let capacity = crate::node::capacity();
+    let mut node_cpu_json = json!({"time": now, "usageCoreNanoSeconds": node_cpu_ns});
+    if let Some(r) = rates.rate("node", node_cpu_ns) {
+        node_cpu_json["usageNanoCores"] = json!(r);
+    }
+    let node = json!({
+        "nodeName": node_name,
+        "startTime": now,
+        "cpu": node_cpu_json,
+        "memory": {
+            "time": now,
+            "usageBytes": node_used,
+            "workingSetBytes": node_ws,
+            "availableBytes": (capacity.memory as u64).saturating_sub(node_ws),
+        },
+    });
+    let pods: Vec<Value> = pods
+        .iter()
+        .map(|p| {
+            let pod = &p.entry.pod;
+            let containers: Vec<Value> = p
+                .containers
+                .iter()
+                .map(|r| {
+                    json!({
+                        "name": r.container,
+                        "startTime": r.started.map(rfc3339),
+                        "cpu": cpu_json(&r.id, &r.stats, rates, &now),
+                        "memory": memory_json(&r.stats, &now),
+                    })
+                })
+                .collect();
+            let volumes: Vec<Value> = pod
+                .resolved
+                .volumes
+                .iter()
+                .filter_map(|v| {
+                    let dir = root_dir.join("pods").join(&pod.uid).join(v.plugin_dir()?);
+                    let st = nix::sys::statvfs::statvfs(&dir).ok()?;
+                    let block = st.fragment_size();
+                    Some(json!({
+                        "time": now,
+                        "name": v.name,
+                        "usedBytes": crate::volume::mount::usage(&dir),
+                        "capacityBytes": st.blocks() * block,
+                        "availableBytes": st.blocks_available() * block,
+                        "inodes": st.files(),
+                        "inodesFree": st.files_free(),
+                    }))
+                })
+                .collect();
+            let mut v = json!({
+                "podRef": {"name": pod.name, "namespace": pod.namespace, "uid": pod.uid},
+                "startTime": p.entry.status.start_time.map(rfc3339),
+                "containers": containers,
+                "volume": volumes,
+            });
+            if let Some(s) = &p.stats {
+                v["cpu"] = cpu_json(&format!("pod/{}", pod.uid), s, rates, &now);
+                v["memory"] = memory_json(s, &now);
+            }
+            if let Some(d) = p.net.iter().find(|d| d.interface != "lo").or(p.net.first()) {
+                v["network"] = json!({"time": now, "name": d.interface, "rxBytes": d.rx_bytes, "rxErrors": d.rx_errors, "txBytes": d.tx_bytes, "txErrors": d.tx_errors});
+            }
+            v
+        })
+        .collect();
+    json!({"node": node, "pods": pods})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_format() {
+        let f = Family {
+            name: "x_total",
+            help: "An x.",
+            kind: "counter",
+            samples: vec![
+                (vec![("a", "q\"uo\\te\n".to_string())], 1.5, Some(7)),
+                (vec![], f64::NAN, None),
+            ],
+        };
+        assert_eq!(
+            encode(&[f]),
+            "# HELP x_total An x.\n# TYPE x_total counter\nx_total{a=\"q\\\"uo\\\\te\\n\"} 1.5 7\nx_total NaN\n"
+        );
+    }
+}

@@ -1,0 +1,483 @@
+//! The statistics endpoints against real cgroups, checked by promtool and
+//! scraped by a real Prometheus.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Env, pod_yaml};
+
+/// The pods: a 200m-limited busy loop, and a container holding 50 MiB.
+fn start_workloads(env: &mut Env) {
+    env.start_agent();
+    env.write_manifest(
+        "spin.yaml",
+        &pod_yaml(
+            "spin",
+            "  terminationGracePeriodSeconds: 0\n  containers:\n  - name: spin\n    image: busybox\n    command: [sh, -c, 'while :; do :; done']\n    resources:\n      limits: {cpu: 200m, memory: 64Mi}\n",
+        ),
+    );
+    env.write_manifest(
+        "hold.yaml",
+        &pod_yaml(
+            "hold",
+            "  terminationGracePeriodSeconds: 0\n  volumes: [{name: scratch, emptyDir: {}}]\n  containers:\n  - name: hold\n    image: busybox\n    command: [sh, -c, 'dd if=/dev/zero of=/dev/shm/hold bs=1M count=50 2>/dev/null; echo x > /scratch/f; sleep 3600']\n    volumeMounts: [{name: scratch, mountPath: /scratch}]\n",
+        ),
+    );
+    env.wait_running("spin-node1");
+    env.wait_running("hold-node1");
+}
+
+fn promtool_check(what: &str, text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (apt-get install prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Exit 3 is lint only. cAdvisor's own counters without the _total
+    // suffix are kept for compatibility; nothing else may be reported.
+    let allowed = ["container_memory_failcnt counter metrics should have \"_total\" suffix"];
+    let problems: Vec<&str> = report
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !allowed.contains(&l.trim()))
+        .collect();
+    assert!(
+        out.status.code() == Some(0) || (out.status.code() == Some(3) && problems.is_empty()),
+        "promtool on {what}: {:?}\n{report}",
+        out.status
+    );
+}
+
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (head, rest) = l.split_once(' ')?;
+        let (n, lbl) = head.split_once('{').unwrap_or((head, ""));
+        (n == name
+            && labels
+                .iter()
+                .all(|(k, v)| lbl.contains(&format!("{k}=\"{v}\""))))
+        .then(|| rest.split(' ').next()?.parse().ok())?
+    })
+}
+
+#[test]
+fn endpoints_pass_promtool_and_match_the_cgroup_files() {
+    let mut env = Env::new("metrics");
+    start_workloads(&mut env);
+    std::thread::sleep(Duration::from_secs(2));
+    let cadvisor = env.get("/metrics/cadvisor").unwrap();
+    let resource = env.get("/metrics/resource").unwrap();
+    let own = env.get("/metrics").unwrap();
+    promtool_check("/metrics/cadvisor", &cadvisor);
+    promtool_check("/metrics/resource", &resource);
+    // /metrics is OpenMetrics (promtool reads only the Prometheus format);
+    // the real Prometheus of the next test scrapes it.
+    assert!(own.trim_end().ends_with("# EOF"));
+
+    for name in [
+        "container_cpu_usage_seconds_total",
+        "container_cpu_user_seconds_total",
+        "container_cpu_system_seconds_total",
+        "container_cpu_cfs_periods_total",
+        "container_cpu_cfs_throttled_periods_total",
+        "container_cpu_cfs_throttled_seconds_total",
+        "container_memory_usage_bytes",
+        "container_memory_working_set_bytes",
+        "container_memory_rss",
+        "container_memory_cache",
+        "container_memory_swap",
+        "container_memory_failcnt",
+        "container_oom_events_total",
+        "container_spec_cpu_period",
+        "container_spec_cpu_quota",
+        "container_spec_cpu_shares",
+        "container_spec_memory_limit_bytes",
+        "container_processes",
+        "container_threads",
+        "container_start_time_seconds",
+        "container_network_receive_bytes_total",
+        "container_network_transmit_packets_dropped_total",
+        "container_fs_usage_bytes",
+    ] {
+        assert!(cadvisor.contains(&format!("\n{name}{{")), "{name} missing");
+    }
+    let spin = [
+        ("container", "spin"),
+        ("pod", "spin-node1"),
+        ("namespace", "default"),
+    ];
+    assert_eq!(
+        sample(&cadvisor, "container_spec_cpu_quota", &spin),
+        Some(20000.0)
+    );
+    assert_eq!(
+        sample(&cadvisor, "container_spec_memory_limit_bytes", &spin),
+        Some(67108864.0)
+    );
+    // The pod-level series (container="") exist too.
+    assert!(
+        sample(
+            &cadvisor,
+            "container_cpu_usage_seconds_total",
+            &[("container", ""), ("pod", "spin-node1")]
+        )
+        .is_some()
+    );
+    assert!(cadvisor.contains("image=\"busybox\""));
+
+    // Cross-check with the container's cgroup files.
+    let pod = env.pod("spin-node1").unwrap();
+    let uid = pod["metadata"]["uid"].as_str().unwrap();
+    let id = pod["status"]["containerStatuses"][0]["containerID"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("containerd://");
+    let cg = format!("{}/kubepods/pod{uid}/{id}", env.cgroup_root);
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let (file, key) = if v2 {
+        (format!("/sys/fs/cgroup{cg}/cpu.stat"), "nr_periods")
+    } else {
+        (format!("/sys/fs/cgroup/cpu{cg}/cpu.stat"), "nr_periods")
+    };
+    let periods_file =
+        kubelet_lite::cgroup::fs::parse_keyed(&std::fs::read_to_string(&file).unwrap(), key)
+            .unwrap() as f64;
+    let periods_metric = sample(
+        &env.get("/metrics/cadvisor").unwrap(),
+        "container_cpu_cfs_periods_total",
+        &spin,
+    )
+    .unwrap();
+    assert!(
+        (periods_metric - periods_file).abs() <= 20.0,
+        "{periods_metric} vs {periods_file}"
+    );
+
+    // /metrics/resource: what metrics-server reads, with timestamps.
+    for name in [
+        "node_cpu_usage_seconds_total",
+        "node_memory_working_set_bytes",
+        "container_cpu_usage_seconds_total",
+        "container_memory_working_set_bytes",
+        "container_start_time_seconds",
+        "pod_cpu_usage_seconds_total",
+        "pod_memory_working_set_bytes",
+        "resource_scrape_error",
+    ] {
+        assert!(
+            resource.contains(&format!("# TYPE {name} ")),
+            "{name} missing from /metrics/resource"
+        );
+    }
+    let line = resource
+        .lines()
+        .find(|l| l.starts_with("container_memory_working_set_bytes{container=\"hold\""))
+        .unwrap();
+    assert_eq!(line.split(' ').count(), 3, "no timestamp: {line}");
+    let ws = sample(
+        &resource,
+        "container_memory_working_set_bytes",
+        &[("container", "hold")],
+    )
+    .unwrap();
+    assert!((45.0..80.0).contains(&(ws / 1048576.0)), "working set {ws}");
+    // The agent's own metrics.
+    for name in [
+        "kubelet_pod_start_duration_seconds_bucket",
+        "kubelet_lite_containerd_request_duration_seconds_count",
+        "process_resident_memory_bytes",
+        "kubelet_lite_manifest_errors",
+    ] {
+        assert!(own.contains(name), "{name} missing from /metrics:\n{own}");
+    }
+}
+
+#[test]
+fn summary_decodes_as_the_kubelet_stats_api() {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Summary {
+        node: NodeStats,
+        pods: Vec<PodStats>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct NodeStats {
+        node_name: String,
+        cpu: Cpu,
+        memory: Memory,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Cpu {
+        time: String,
+        usage_nano_cores: Option<u64>,
+        usage_core_nano_seconds: u64,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Memory {
+        working_set_bytes: u64,
+        usage_bytes: u64,
+        rss_bytes: Option<u64>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct PodRef {
+        name: String,
+        namespace: String,
+        uid: String,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Volume {
+        name: String,
+        capacity_bytes: u64,
+        used_bytes: u64,
+        available_bytes: u64,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Container {
+        name: String,
+        start_time: String,
+        cpu: Cpu,
+        memory: Memory,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct PodStats {
+        pod_ref: PodRef,
+        containers: Vec<Container>,
+        cpu: Cpu,
+        memory: Memory,
+        #[serde(default)]
+        volume: Vec<Volume>,
+    }
+
+    let mut env = Env::new("summary");
+    start_workloads(&mut env);
+    let first: Summary = serde_json::from_str(&env.get("/stats/summary").unwrap()).unwrap();
+    assert_eq!(first.node.node_name, "node1");
+    assert!(first.node.cpu.usage_core_nano_seconds > 0 && first.node.memory.working_set_bytes > 0);
+    std::thread::sleep(Duration::from_secs(3));
+    let s: Summary = serde_json::from_str(&env.get("/stats/summary").unwrap()).unwrap();
+    let spin = s
+        .pods
+        .iter()
+        .find(|p| p.pod_ref.name == "spin-node1")
+        .unwrap();
+    assert_eq!(spin.pod_ref.namespace, "default");
+    assert_eq!(spin.pod_ref.uid.len(), 32);
+    let c = &spin.containers[0];
+    assert_eq!(c.name, "spin");
+    assert!(!c.start_time.is_empty() && !c.cpu.time.is_empty());
+    // Rates come from the previous scrape: about 0.2 cores.
+    let nano = c
+        .cpu
+        .usage_nano_cores
+        .expect("usageNanoCores on the second scrape") as f64
+        / 1e9;
+    assert!((0.12..0.28).contains(&nano), "usageNanoCores {nano}");
+    assert!(spin.cpu.usage_nano_cores.is_some());
+    let hold = s
+        .pods
+        .iter()
+        .find(|p| p.pod_ref.name == "hold-node1")
+        .unwrap();
+    let ws = hold.containers[0].memory.working_set_bytes as f64 / 1048576.0;
+    assert!((45.0..80.0).contains(&ws), "working set {ws} MiB");
+    assert!(
+        hold.memory.usage_bytes >= hold.memory.working_set_bytes
+            && hold.containers[0].memory.rss_bytes.is_some()
+    );
+    let v = hold.volume.iter().find(|v| v.name == "scratch").unwrap();
+    assert!(v.capacity_bytes > 0 && v.available_bytes > 0 && v.used_bytes > 0);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Prometheus(Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn query(port: u16, q: &str) -> Option<f64> {
+    let enc: String = q
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET /api/v1/query?query={enc} HTTP/1.0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let body = out.split_once("\r\n\r\n")?.1;
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+#[test]
+fn a_real_prometheus_sees_the_expected_figures() {
+    let mut env = Env::new("prom");
+    start_workloads(&mut env);
+    let port = free_port();
+    let config = env.dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n- job_name: kubelet-cadvisor\n  metrics_path: /metrics/cadvisor\n  static_configs: [{{targets: ['127.0.0.1:{p}']}}]\n- job_name: kubelet-lite\n  metrics_path: /metrics\n  static_configs: [{{targets: ['127.0.0.1:{p}']}}]\n- job_name: kubelet-resource\n  metrics_path: /metrics/resource\n  static_configs: [{{targets: ['127.0.0.1:{p}']}}]\n",
+            p = env.port
+        ),
+    )
+    .unwrap();
+    let prom = Prometheus(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                env.dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(env.dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("prometheus (apt-get install prometheus)"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let cpu = loop {
+        let v = query(
+            port,
+            "rate(container_cpu_usage_seconds_total{container=\"spin\"}[6s])",
+        );
+        if let Some(v) = v.filter(|_| Instant::now() > deadline - Duration::from_secs(45)) {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never answered:\n{}",
+            std::fs::read_to_string(env.dir.join("prometheus.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        (0.12..0.28).contains(&cpu),
+        "Prometheus rate of a 200m-limited busy loop: {cpu}"
+    );
+    let ws = query(
+        port,
+        "container_memory_working_set_bytes{container=\"hold\"}",
+    )
+    .unwrap()
+        / 1048576.0;
+    assert!(
+        (45.0..80.0).contains(&ws),
+        "Prometheus working set of a 50 MiB holder: {ws} MiB"
+    );
+    // Every endpoint scraped without error, the agent's own included.
+    assert_eq!(query(port, "min(up)").unwrap(), 1.0);
+    assert_eq!(query(port, "count(up)").unwrap(), 3.0);
+    assert!(query(port, "kubelet_pod_start_duration_seconds_count").unwrap() >= 2.0);
+    assert!(
+        query(port, "pod_memory_working_set_bytes{pod=\"hold-node1\"}").unwrap() > 40.0 * 1048576.0
+    );
+    drop(prom);
+}
+
+#[test]
+fn hostile_clients_do_not_stall_the_agent() {
+    let mut env = Env::new("hostile");
+    let token = env.dir.join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    env.write_config(&format!("httpTokenFile: {}\n", token.display()));
+    env.start_agent();
+    let raw = |req: &str| -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let _ = s.write_all(req.as_bytes());
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    // The token is required everywhere but /healthz.
+    assert!(raw("GET /pods HTTP/1.0\r\n\r\n").starts_with("HTTP/1.0 401"));
+    assert!(
+        raw("GET /pods HTTP/1.0\r\nAuthorization: Bearer wrong\r\n\r\n")
+            .starts_with("HTTP/1.0 401")
+    );
+    assert!(
+        raw("GET /pods HTTP/1.0\r\nAuthorization: Bearer s3cret\r\n\r\n")
+            .starts_with("HTTP/1.0 200")
+    );
+    assert!(raw("GET /healthz HTTP/1.0\r\n\r\n").starts_with("HTTP/1.0 200"));
+    // Unknown paths, garbage, huge headers.
+    assert!(
+        raw("GET /nope HTTP/1.0\r\nAuthorization: Bearer s3cret\r\n\r\n")
+            .starts_with("HTTP/1.0 404")
+    );
+    let garbage = raw("\x16\x03\x01 not http at all\r\n\r\n");
+    assert!(
+        garbage.is_empty() || garbage.starts_with("HTTP/1.1 400"),
+        "{garbage:?}"
+    );
+    let huge = raw(&format!(
+        "GET /healthz HTTP/1.0\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200_000)
+    ));
+    assert!(
+        huge.is_empty() || huge.starts_with("HTTP/1.1 431") || huge.starts_with("HTTP/1.1 400"),
+        "{}",
+        &huge[..huge.len().min(80)]
+    );
+    // Slow clients and many idle connections: the agent still answers.
+    let idle: Vec<TcpStream> = (0..300)
+        .filter_map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", env.port)).ok()?;
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").ok()?;
+            Some(s)
+        })
+        .collect();
+    assert!(idle.len() >= 256);
+    // Past the connection limit new clients are turned away; once the slow
+    // ones are cut off (header read timeout), service resumes.
+    let t0 = Instant::now();
+    env.wait_for("agent answering again", Duration::from_secs(30), || {
+        env.get("/healthz").ok()
+    });
+    assert!(t0.elapsed() < Duration::from_secs(15));
+    drop(idle);
+    assert!(env.agent_is_alive());
+}
