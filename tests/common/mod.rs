@@ -95,15 +95,26 @@ impl Env {
         self.dir.join("agent.yaml")
     }
 
-    /// Writes the agent config; `extra` is appended YAML.
+    /// Writes the agent config; `extra` is YAML added to (and, for the keys
+    /// it sets, replacing) the test defaults.
     pub fn write_config(&self, extra: &str) {
         let d = self.dir.display();
-        let cfg = format!(
+        let base = format!(
             "staticPodPath: {d}/manifests\nrootDir: {d}/root\npodLogsDir: {d}/logs\nimagesDir: {d}/images\n\
              nodeName: node1\ncgroupRoot: {}\nlistenAddress: 127.0.0.1:{}\nfileCheckFrequency: 2s\n\
-             containerd:\n  address: {d}/containerd.sock\n{extra}",
+             containerd:\n  address: {d}/containerd.sock\n",
             self.cgroup_root, self.port
         );
+        let overridden = |line: &str| {
+            let key = line.split(':').next().unwrap_or("");
+            !line.starts_with(' ') && extra.lines().any(|e| e.split(':').next() == Some(key))
+        };
+        let mut cfg: String = base
+            .lines()
+            .filter(|l| !overridden(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        cfg.push_str(extra);
         std::fs::write(self.config_path(), cfg).unwrap();
     }
 

@@ -1,0 +1,196 @@
+#!/bin/bash
+# The VM lab: cgroup v2, NFS and systemd, which the development machines'
+# kernel does not offer. Boots an NFS server and two nodes under QEMU
+# (software emulation), provisions them with the same scripts as the
+# Vagrantfile (vagrant/provision/), and checks over ssh:
+#   - the service is active (Type=notify: READY=1 was sent);
+#   - cgroup v2 limits land in cpu.max, memory.max, cpu.weight; an OOM kill
+#     is reported as OOMKilled;
+#   - a pod on node 1 writes to an NFS PersistentVolume, a pod on node 2
+#     reads it; deleting and re-creating the writer keeps the data;
+#   - `systemctl restart kubelet-lite` leaves the containers untouched;
+#   - the metrics endpoints answer from the host;
+#   - with the NFS server stopped, a new NFS pod waits with FailedMount and
+#     the agent keeps answering.
+# On failure: the serial consoles and the agents' journals are printed.
+# Usage (root): tests/lab/run.sh      KL_LAB_CACHE: image cache directory
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+cache=${KL_LAB_CACHE:-/var/cache/kubelet-lite-lab}
+work=$(mktemp -d /tmp/kl-lab.XXXXXX)
+pids=()
+t0=$(date +%s)
+step() { echo "[lab +$(( $(date +%s) - t0 ))s] $*"; }
+
+cleanup() {
+    local rc=$?
+    if [ $rc -ne 0 ]; then
+        echo "=== lab FAILED (exit $rc): diagnostics ==="
+        for vm in nfs node1 node2; do
+            [ -f "$work/$vm.serial" ] || continue
+            echo "--- $vm: serial console (tail) ---"
+            tail -40 "$work/$vm.serial" | tr -d '\r'
+            [ "$vm" = nfs ] && continue
+            echo "--- $vm: kubelet-lite journal (tail) ---"
+            ssh_vm "$vm" journalctl -u kubelet-lite --no-pager -n 60 2>/dev/null || true
+        done
+    fi
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+    exit $rc
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+step "dependencies"
+"$repo/scripts/deps.sh" qemu-system-x86 debootstrap openssh-client qemu-utils python3 >/dev/null
+export PATH="$HOME/.cargo/bin:$PATH"
+step "building the agent (release)"
+(cd "$repo" && cargo build --locked --release -q)
+step "guest image"
+"$repo/tests/lab/image.sh" "$cache"
+
+declare -A ip sshport mport
+ip=([nfs]=192.168.100.10 [node1]=192.168.100.11 [node2]=192.168.100.12)
+mcast=$(( 20000 + RANDOM % 20000 ))
+i=0
+for vm in nfs node1 node2; do
+    i=$((i + 1))
+    sshport[$vm]=$(free_port)
+    mport[$vm]=$(free_port)
+    qemu-img create -q -f qcow2 -b "$cache/base.raw" -F raw "$work/$vm.qcow2"
+    qemu-system-x86_64 -name "$vm" -machine q35 -accel tcg,thread=multi,tb-size=256 -cpu max -m 1024 -smp 1 \
+        -display none -serial "file:$work/$vm.serial" -monitor none \
+        -kernel "$cache/vmlinuz" -initrd "$cache/initrd.img" \
+        -append "root=/dev/vda rw console=ttyS0 net.ifnames=0 kl.hostname=$vm kl.ip=${ip[$vm]}" \
+        -drive "file=$work/$vm.qcow2,if=virtio,format=qcow2" \
+        -netdev "user,id=u,hostfwd=tcp:127.0.0.1:${sshport[$vm]}-:22,hostfwd=tcp:127.0.0.1:${mport[$vm]}-:10255" \
+        -device "virtio-net-pci,netdev=u,mac=52:54:00:00:01:0$i" \
+        -netdev "socket,id=l,mcast=230.0.0.1:$mcast,localaddr=127.0.0.1" \
+        -device "virtio-net-pci,netdev=l,mac=52:54:00:00:02:0$i" &
+    pids+=($!)
+done
+step "booting nfs, node1, node2 (software emulation)"
+
+ssh_vm() {
+    local vm=$1; shift
+    ssh -q -i "$cache/id_ed25519" -p "${sshport[$vm]}" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+        -o ConnectTimeout=10 -o BatchMode=yes root@127.0.0.1 "$@"
+}
+wait_for() { # seconds description command...
+    local limit=$1 what=$2; shift 2
+    local end=$(( $(date +%s) + limit ))
+    until "$@" >/dev/null 2>&1; do
+        [ "$(date +%s)" -lt "$end" ] || { echo "timed out after ${limit}s: $what"; return 1; }
+        sleep 2
+    done
+}
+for vm in nfs node1 node2; do
+    wait_for 300 "ssh to $vm" ssh_vm "$vm" true
+done
+step "all three guests answer ssh"
+
+# What the guests need from the repository, and the binary.
+tar -C "$repo" -czf "$work/src.tgz" pods systemd vagrant tests/images
+cp "$repo/target/release/kubelet-lite" "$work/kubelet-lite"
+for vm in nfs node1 node2; do
+    scp -q -i "$cache/id_ed25519" -P "${sshport[$vm]}" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+        "$work/src.tgz" "$work/kubelet-lite" root@127.0.0.1:/root/
+    ssh_vm "$vm" 'mkdir -p /root/src && tar -C /root/src -xzf /root/src.tgz && mv /root/kubelet-lite /root/src/'
+done
+ssh_vm nfs sh /root/src/vagrant/provision/nfs-server.sh
+for vm in node1 node2; do ssh_vm "$vm" sh /root/src/vagrant/provision/node.sh /root/src; done
+step "provisioned"
+
+# 1. The service: active means READY=1 arrived (Type=notify).
+for vm in node1 node2; do
+    state=$(ssh_vm "$vm" systemctl show -p ActiveState,SubState,Type --value kubelet-lite | tr '\n' ' ')
+    echo "$vm: kubelet-lite $state"
+    case "$state" in "notify active running"*) ;; *) echo "service not ready on $vm"; exit 1 ;; esac
+    ssh_vm "$vm" test -f /sys/fs/cgroup/cgroup.controllers
+done
+step "check 1: services active and READY, cgroup v2 in the guests"
+
+# 2. cgroup v2 limits and OOM.
+pods_json() { ssh_vm "$1" curl -sf localhost:10255/pods; }
+field() { python3 -c "import json,sys; d=json.load(sys.stdin); p=[p for p in d['items'] if p['metadata']['name']=='$2']; print(eval('$3', {'p': p[0]}) if p else '')"; }
+ssh_vm node1 "cat > /etc/kubernetes/manifests/limits.yaml" <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata: {name: limits}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: spin
+    image: busybox
+    command: [sh, -c, 'while :; do :; done']
+    resources:
+      requests: {cpu: 100m, memory: 32Mi}
+      limits: {cpu: 200m, memory: 64Mi}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: oom}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: fill
+    image: busybox
+    command: [dd, if=/dev/zero, of=/dev/shm/fill, bs=1M, count=100]
+    resources:
+      limits: {memory: 32Mi}
+YAML
+running() { [ "$(pods_json "$1" | field - "$2" "p['status']['phase']")" = Running ]; }
+wait_for 300 "limits pod running" running node1 limits-node1
+uid=$(pods_json node1 | field - limits-node1 "p['metadata']['uid']")
+cg=/sys/fs/cgroup/kubepods/burstable/pod$uid
+cid=$(pods_json node1 | field - limits-node1 "p['status']['containerStatuses'][0]['containerID'].split('//')[1]")
+got=$(ssh_vm node1 "cat $cg/cpu.max $cg/memory.max $cg/cpu.weight $cg/$cid/cpu.max $cg/$cid/memory.max $cg/$cid/cpu.weight" | tr '\n' '|')
+echo "node1 cgroup v2: $got"
+[ "$got" = "20000 100000|67108864|4|20000 100000|67108864|4|" ] || { echo "unexpected cgroup values"; exit 1; }
+oom_reason() { [ "$(pods_json node1 | field - oom-node1 "p['status']['containerStatuses'][0]['state'].get('terminated',{}).get('reason','')")" = OOMKilled ]; }
+wait_for 300 "OOMKilled reported" oom_reason
+step "check 2: cpu.max, memory.max, cpu.weight on v2; OOMKilled"
+
+# 3. NFS: writer on node1, reader on node2, through the same PV.
+ssh_vm node1 sh /root/src/vagrant/provision/pods.sh /root/src "${ip[nfs]}" writer
+ssh_vm node2 sh /root/src/vagrant/provision/pods.sh /root/src "${ip[nfs]}" reader
+reader_sees() { ssh_vm node2 "cat /var/log/pods/default_nfs-reader-node2_*/reader/0.log" | grep -q "node1 "; }
+wait_for 400 "node2 reads what node1 wrote over NFS" reader_sees
+ssh_vm nfs "cat /exports/log.txt" | tail -2
+old=$(ssh_vm nfs "wc -l < /exports/log.txt")
+ssh_vm node1 "mv /etc/kubernetes/manifests/nfs-writer.yaml /root/"
+gone() { [ -z "$(pods_json node1 | field - nfs-writer-node1 "p['metadata']['name']")" ]; }
+wait_for 120 "writer removed" gone
+ssh_vm node1 "mv /root/nfs-writer.yaml /etc/kubernetes/manifests/"
+grown() { [ "$(ssh_vm nfs 'wc -l < /exports/log.txt')" -gt "$old" ]; }
+wait_for 300 "writer re-created and appending to the same data" grown
+step "check 3: NFS PV shared between nodes; data survives pod re-creation"
+
+# 4. Restarting the service leaves containers alone.
+before=$(ssh_vm node1 "ctr -n kubelet-lite tasks ls" | sort)
+ssh_vm node1 systemctl restart kubelet-lite
+wait_for 120 "agent back" ssh_vm node1 curl -sf localhost:10255/healthz
+sleep 5
+after=$(ssh_vm node1 "ctr -n kubelet-lite tasks ls" | sort)
+[ "$before" = "$after" ] || { echo "tasks changed across the restart:"; echo "$before"; echo "$after"; exit 1; }
+step "check 4: systemctl restart kept every container ($(echo "$after" | grep -c RUNNING) running)"
+
+# 5. Metrics from the host.
+curl -sf "127.0.0.1:${mport[node1]}/metrics/cadvisor" | grep -q '^container_cpu_usage_seconds_total{container="spin"'
+curl -sf "127.0.0.1:${mport[node2]}/metrics/resource" | grep -q '^node_memory_working_set_bytes'
+curl -sf "127.0.0.1:${mport[node1]}/stats/summary" | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["pods"]'
+step "check 5: metrics reachable from the host"
+
+# 6. A dead NFS server: FailedMount, and the agent keeps answering.
+ssh_vm nfs systemctl stop nfs-server
+sed 's/NFS_SERVER/'"${ip[nfs]}"'/; s/nfs-writer/nfs-late/; s/name: shared$/name: shared-late/; s/claimName: shared$/claimName: shared-late/; s/name: shared-nfs$/name: late-nfs/' \
+    "$repo/vagrant/pods/nfs-writer.yaml" | ssh_vm node2 "cat > /etc/kubernetes/manifests/nfs-late.yaml"
+failed_mount() { [ "$(pods_json node2 | field - nfs-late-node2 "p['status'].get('reason','')")" = FailedMount ]; }
+wait_for 300 "FailedMount with the NFS server down" failed_mount
+pods_json node2 | field - nfs-late-node2 "p['status']['message']"
+ssh_vm node2 curl -sf --max-time 5 localhost:10255/healthz >/dev/null
+step "check 6: dead NFS server gives FailedMount, agent responsive"
+echo "lab passed in $(( $(date +%s) - t0 ))s"

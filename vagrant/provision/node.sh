@@ -1,0 +1,23 @@
+#!/bin/sh
+# A lab node: containerd, runc and the NFS client, the busybox image, and
+# kubelet-lite as a systemd service (systemd/install.sh), listening on all
+# addresses so that the host can scrape it.
+#   node.sh SRC     SRC: the repository, with the kubelet-lite binary in it
+set -eu
+src=$1
+need=""
+for p in containerd runc nfs-common busybox-static; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need="$need $p"
+done
+if [ -n "$need" ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need
+fi
+systemctl enable --now containerd
+install -d /etc/kubelet-lite /etc/kubernetes/manifests /var/lib/kubelet-lite/images
+cat > /etc/kubelet-lite/config.yaml <<'YAML'
+# Lab node: the endpoints are reachable from the lab network and the host.
+listenAddress: 0.0.0.0:10255
+YAML
+sh "$src/tests/images/busybox-oci.sh" /var/lib/kubelet-lite/images/busybox.tar
+sh "$src/systemd/install.sh" "$src/kubelet-lite"
