@@ -24,6 +24,8 @@ pub enum SandboxError {
     },
     #[error("creating pod namespaces: {0}")]
     Namespaces(String),
+    #[error("unmounting the pod's volumes: {0}")]
+    Unmount(String),
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SandboxError + 'a {
@@ -268,7 +270,7 @@ pub fn teardown(dir: &Path) -> Result<(), SandboxError> {
     unpin(&dir.join("shm"))?;
     // Volumes (tmpfs, NFS, subPath binds): unmounted before anything is
     // removed, or the removal would reach into the mounted filesystems.
-    crate::volume::mount::unmount_below(dir).map_err(SandboxError::Namespaces)?;
+    crate::volume::mount::unmount_below(dir).map_err(SandboxError::Unmount)?;
     let prefix = format!("{}/", dir.to_string_lossy());
     if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo")
         && let Some(mp) = info
