@@ -115,7 +115,12 @@ step "check 1: services active and READY, cgroup v2 in the guests"
 
 # 2. cgroup v2 limits and OOM.
 pods_json() { ssh_vm "$1" curl -sf localhost:10255/pods; }
-field() { python3 -c "import json,sys; d=json.load(sys.stdin); p=[p for p in d['items'] if p['metadata']['name']=='$2']; print(eval('$3', {'p': p[0]}) if p else '')"; }
+field() { # - POD EXPR: evaluates EXPR (Python, `p` is the pod) on /pods JSON from stdin
+    NAME=$2 EXPR=$3 python3 -c 'import json, os, sys
+d = json.load(sys.stdin)
+m = [p for p in d["items"] if p["metadata"]["name"] == os.environ["NAME"]]
+print(eval(os.environ["EXPR"], {"p": m[0]}) if m else "")'
+}
 ssh_vm node1 "cat > /etc/kubernetes/manifests/limits.yaml" <<'YAML'
 apiVersion: v1
 kind: Pod
@@ -179,8 +184,12 @@ after=$(ssh_vm node1 "ctr -n kubelet-lite tasks ls" | sort)
 step "check 4: systemctl restart kept every container ($(echo "$after" | grep -c RUNNING) running)"
 
 # 5. Metrics from the host.
-curl -sf "127.0.0.1:${mport[node1]}/metrics/cadvisor" | grep -q '^container_cpu_usage_seconds_total{container="spin"'
-curl -sf "127.0.0.1:${mport[node2]}/metrics/resource" | grep -q '^node_memory_working_set_bytes'
+# (Whole bodies first: with pipefail, grep -q closing the pipe fails curl.)
+cadvisor=$(curl -sf "127.0.0.1:${mport[node1]}/metrics/cadvisor")
+grep -q '^container_cpu_usage_seconds_total{container="spin"' <<<"$cadvisor"
+grep '^container_spec_cpu_quota{container="spin"' <<<"$cadvisor"
+resource=$(curl -sf "127.0.0.1:${mport[node2]}/metrics/resource")
+grep -q '^node_memory_working_set_bytes' <<<"$resource"
 curl -sf "127.0.0.1:${mport[node1]}/stats/summary" | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["pods"]'
 step "check 5: metrics reachable from the host"
 
