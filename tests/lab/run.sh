@@ -175,11 +175,22 @@ wait_for 300 "writer re-created and appending to the same data" grown
 step "check 3: NFS PV shared between nodes; data survives pod re-creation"
 
 # 4. Restarting the service leaves containers alone.
-before=$(ssh_vm node1 "ctr -n kubelet-lite tasks ls" | sort)
+# Once nothing is being started any more (the emulated guest is slow):
+running_tasks() { ssh_vm node1 "ctr -n kubelet-lite tasks ls" | grep RUNNING | sort; }
+settled() {
+    local a b
+    a=$(ssh_vm node1 "ctr -n kubelet-lite tasks ls")
+    grep -q CREATED <<<"$a" && return 1
+    sleep 5
+    b=$(ssh_vm node1 "ctr -n kubelet-lite tasks ls")
+    [ "$a" = "$b" ]
+}
+wait_for 300 "node1's containers settled" settled
+before=$(running_tasks)
 ssh_vm node1 systemctl restart kubelet-lite
 wait_for 120 "agent back" ssh_vm node1 curl -sf localhost:10255/healthz
 sleep 5
-after=$(ssh_vm node1 "ctr -n kubelet-lite tasks ls" | sort)
+after=$(running_tasks)
 [ "$before" = "$after" ] || { echo "tasks changed across the restart:"; echo "$before"; echo "$after"; exit 1; }
 step "check 4: systemctl restart kept every container ($(echo "$after" | grep -c RUNNING) running)"
 
@@ -187,7 +198,12 @@ step "check 4: systemctl restart kept every container ($(echo "$after" | grep -c
 # (Whole bodies first: with pipefail, grep -q closing the pipe fails curl.)
 cadvisor=$(curl -sf "127.0.0.1:${mport[node1]}/metrics/cadvisor")
 grep -q '^container_cpu_usage_seconds_total{container="spin"' <<<"$cadvisor"
-grep '^container_spec_cpu_quota{container="spin"' <<<"$cadvisor"
+grep -q '^container_spec_cpu_quota{container="spin".*} 20000$' <<<"$cadvisor"
+# Cross-check with the cgroup v2 file (periods tick at 10/s: small slack).
+periods_metric=$(grep '^container_cpu_cfs_periods_total{container="spin"' <<<"$cadvisor" | awk '{print $NF}')
+periods_file=$(ssh_vm node1 "grep nr_periods $cg/$cid/cpu.stat" | awk '{print $2}')
+echo "cfs periods: metric $periods_metric, cpu.stat $periods_file"
+python3 -c "import sys; sys.exit(0 if 0 <= $periods_file - $periods_metric < 200 else 1)"
 resource=$(curl -sf "127.0.0.1:${mport[node2]}/metrics/resource")
 grep -q '^node_memory_working_set_bytes' <<<"$resource"
 curl -sf "127.0.0.1:${mport[node1]}/stats/summary" | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["pods"]'
