@@ -70,6 +70,11 @@ fn main() {
     let (idle_n, rss_n) = idle(&env, 20);
 
     let pid = env.agent_pid().unwrap();
+    if let Ok(file) = std::env::var("BENCH_PID_FILE") {
+        // For profiling: tell where the agent is, and give time to attach.
+        std::fs::write(file, pid.to_string()).unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+    }
     let rounds = 200;
     let (c0, _) = usage(pid);
     let mut lat = vec![];

@@ -70,6 +70,8 @@ fn real_main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Run => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
+                // Few blocking threads: each is a malloc arena (memory).
+                .max_blocking_threads(8)
                 .enable_all()
                 .build()?;
             rt.block_on(run(config))?;

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write;
+use std::rc::Rc;
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
@@ -21,8 +22,28 @@ use crate::stats::{self, CgroupStats, NetDev};
 use crate::volume::Source;
 use crate::worker::{PodEntry, StatusStore};
 
-/// One sample: labels, value, optional timestamp (ms).
-type Sample = (Vec<(&'static str, String)>, f64, Option<i64>);
+/// One sample: its rendered label set (`{a="b",...}`, shared by the
+/// samples of one container), value, optional timestamp (ms).
+type Sample = (Rc<str>, f64, Option<i64>);
+
+/// Renders a label set once; every family of a container reuses it.
+fn render(labels: &[(&'static str, String)]) -> Rc<str> {
+    if labels.is_empty() {
+        return Rc::from("");
+    }
+    let mut out = String::from("{");
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        out.push_str(&escape(v));
+        out.push('"');
+    }
+    out.push('}');
+    Rc::from(out)
+}
 
 struct Family {
     name: &'static str,
@@ -47,16 +68,7 @@ fn encode(families: &[Family]) -> String {
         let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
         for (labels, value, ts) in &f.samples {
             out.push_str(f.name);
-            if !labels.is_empty() {
-                out.push('{');
-                for (i, (k, v)) in labels.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    let _ = write!(out, "{k}=\"{}\"", escape(v));
-                }
-                out.push('}');
-            }
+            out.push_str(labels);
             let _ = write!(out, " {value}");
             if let Some(t) = ts {
                 let _ = write!(out, " {t}");
@@ -107,6 +119,20 @@ fn collect(store: &StatusStore, cgroups: &Cgroups) -> Vec<PodRow> {
         .values()
         .cloned()
         .collect();
+    // Reading cgroup files is system-call bound: spread the pods over the
+    // CPUs for the latency of one scrape (the CPU spent stays the same).
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+    let chunk = entries.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = entries
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || collect_pods(part.to_vec(), cgroups)))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    })
+}
+
+fn collect_pods(entries: Vec<PodEntry>, cgroups: &Cgroups) -> Vec<PodRow> {
     let mut out = vec![];
     for entry in entries {
         let qos = entry.status.qos_class.unwrap_or(QosClass::BestEffort);
@@ -359,7 +385,7 @@ pub fn cadvisor(store: &StatusStore, cgroups: &Cgroups, root_dir: &std::path::Pa
     for p in &pods {
         let (ns, pod) = (p.entry.pod.namespace.as_str(), p.entry.pod.name.as_str());
         for r in &p.containers {
-            let l = labels(&r.container, &r.cgroup, &r.image, &r.id, ns, pod);
+            let l = render(&labels(&r.container, &r.cgroup, &r.image, &r.id, ns, pod));
             for (f, (_, _, _, get)) in families.iter_mut().zip(&defs) {
                 f.samples.push((l.clone(), get(&r.stats), None));
             }
@@ -369,13 +395,15 @@ pub fn cadvisor(store: &StatusStore, cgroups: &Cgroups, root_dir: &std::path::Pa
         }
         // The pod cgroup: container="", as the kubelet exposes it.
         if let Some(s) = &p.stats {
-            let l = labels("", &p.cgroup, "", "", ns, pod);
+            let base = labels("", &p.cgroup, "", "", ns, pod);
+            let l = render(&base);
             for (f, (_, _, _, get)) in families.iter_mut().zip(&defs) {
                 f.samples.push((l.clone(), get(s), None));
             }
             for d in &p.net {
-                let mut l = l.clone();
+                let mut l = base.clone();
                 l.push(("interface", d.interface.clone()));
+                let l = render(&l);
                 let values = [
                     d.rx_bytes,
                     d.rx_packets,
@@ -397,6 +425,7 @@ pub fn cadvisor(store: &StatusStore, cgroups: &Cgroups, root_dir: &std::path::Pa
                 let mut l = labels("", &p.cgroup, "", "", ns, pod);
                 l.push(("device", path.display().to_string()));
                 l.push(("volume", v.name.clone()));
+                let l = render(&l);
                 fs.samples
                     .push((l, crate::volume::mount::usage(&path) as f64, None));
             }
@@ -501,16 +530,16 @@ pub fn resource(store: &StatusStore, cgroups: &Cgroups) -> String {
         "1 if there was an error while getting container metrics, 0 otherwise",
         "gauge",
     );
-    node_cpu_f.samples.push((vec![], node_cpu, ts));
-    node_mem_f.samples.push((vec![], node_ws as f64, ts));
+    node_cpu_f.samples.push((render(&[]), node_cpu, ts));
+    node_mem_f.samples.push((render(&[]), node_ws as f64, ts));
     for p in &pods {
         let (ns, pod) = (p.entry.pod.namespace.clone(), p.entry.pod.name.clone());
         for r in &p.containers {
-            let l = vec![
+            let l = render(&[
                 ("container", r.container.clone()),
                 ("namespace", ns.clone()),
                 ("pod", pod.clone()),
-            ];
+            ]);
             c_cpu
                 .samples
                 .push((l.clone(), r.stats.cpu_usage_ns as f64 / 1e9, ts));
@@ -522,14 +551,14 @@ pub fn resource(store: &StatusStore, cgroups: &Cgroups) -> String {
             }
         }
         if let Some(s) = &p.stats {
-            let l = vec![("namespace", ns.clone()), ("pod", pod.clone())];
+            let l = render(&[("namespace", ns.clone()), ("pod", pod.clone())]);
             p_cpu
                 .samples
                 .push((l.clone(), s.cpu_usage_ns as f64 / 1e9, ts));
             p_mem.samples.push((l, s.memory_working_set as f64, ts));
         }
     }
-    err.samples.push((vec![], 0.0, None));
+    err.samples.push((render(&[]), 0.0, None));
     encode(&[
         node_cpu_f, node_mem_f, c_cpu, c_mem, c_start, p_cpu, p_mem, err,
     ])
@@ -676,8 +705,8 @@ mod tests {
             help: "An x.",
             kind: "counter",
             samples: vec![
-                (vec![("a", "q\"uo\\te\n".to_string())], 1.5, Some(7)),
-                (vec![], f64::NAN, None),
+                (render(&[("a", "q\"uo\\te\n".to_string())]), 1.5, Some(7)),
+                (render(&[]), f64::NAN, None),
             ],
         };
         assert_eq!(

@@ -44,18 +44,35 @@ pub struct CgroupStats {
     pub threads: u64,
 }
 
-fn read(dir: &Path, file: &str) -> Option<String> {
-    std::fs::read_to_string(dir.join(file)).ok()
+/// An opened cgroup directory. Its files are opened relative to it: the
+/// long path is walked once per cgroup, not once per file (path lookup is
+/// most of a scrape's cost otherwise).
+struct Dir(std::os::fd::OwnedFd);
+
+impl Dir {
+    fn open(path: &Path) -> Option<Dir> {
+        use nix::fcntl::OFlag;
+        nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+            .ok()
+            .map(Dir)
+    }
 }
 
-fn num(dir: &Path, file: &str) -> Option<u64> {
+fn read(dir: &Dir, file: &str) -> Option<String> {
+    use nix::fcntl::OFlag;
+    use std::io::Read;
+    let fd = nix::fcntl::openat(&dir.0, file, OFlag::O_RDONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()).ok()?;
+    let mut out = String::new();
+    std::fs::File::from(fd).read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn num(dir: &Dir, file: &str) -> Option<u64> {
     read(dir, file)?.trim().parse().ok()
 }
 
-fn lines(dir: &Path, file: &str) -> u64 {
-    read(dir, file).map_or(0, |t| {
-        t.lines().filter(|l| !l.trim().is_empty()).count() as u64
-    })
+fn lines(dir: &Dir, file: &str) -> u64 {
+    read(dir, file).map_or(0, |t| t.lines().filter(|l| !l.trim().is_empty()).count() as u64)
 }
 
 /// Working set as cAdvisor computes it: usage minus inactive file, not
@@ -79,7 +96,7 @@ pub fn read_cgroup(mode: &Mode, rel: &str) -> Option<CgroupStats> {
     let mut s = CgroupStats::default();
     match mode {
         Mode::V2(_) => {
-            let dir = mode.dir("cpu", rel)?;
+            let dir = Dir::open(&mode.dir("cpu", rel)?)?;
             let cpu = read(&dir, "cpu.stat")?;
             let k = |key: &str| parse_keyed(&cpu, key).unwrap_or(0);
             s.cpu_usage_ns = k("usage_usec") * 1000;
@@ -111,14 +128,19 @@ pub fn read_cgroup(mode: &Mode, rel: &str) -> Option<CgroupStats> {
             s.threads = lines(&dir, "cgroup.threads");
         }
         Mode::V1(_) => {
-            let cpuacct = mode.dir("cpuacct", rel)?;
-            let cpu = mode.dir("cpu", rel)?;
-            let memory = mode.dir("memory", rel)?;
-            if !memory.is_dir() && !cpu.is_dir() {
+            let cpu = Dir::open(&mode.dir("cpu", rel)?);
+            let memory = Dir::open(&mode.dir("memory", rel)?);
+            let (Some(cpu), Some(memory)) = (cpu, memory) else {
                 return None;
-            }
-            s.cpu_usage_ns = num(&cpuacct, "cpuacct.usage").unwrap_or(0);
-            let ticks = read(&cpuacct, "cpuacct.stat").unwrap_or_default();
+            };
+            let cpuacct = match (mode.dir("cpuacct", rel), mode.dir("cpu", rel)) {
+                (Some(a), Some(c)) if a == c => None,
+                (Some(a), _) => Dir::open(&a),
+                _ => None,
+            };
+            let cpuacct = cpuacct.as_ref().unwrap_or(&cpu);
+            s.cpu_usage_ns = num(cpuacct, "cpuacct.usage").unwrap_or(0);
+            let ticks = read(cpuacct, "cpuacct.stat").unwrap_or_default();
             s.cpu_user_ns = parse_keyed(&ticks, "user").unwrap_or(0) * 1_000_000_000 / USER_HZ;
             s.cpu_system_ns = parse_keyed(&ticks, "system").unwrap_or(0) * 1_000_000_000 / USER_HZ;
             let stat = read(&cpu, "cpu.stat").unwrap_or_default();
@@ -145,9 +167,10 @@ pub fn read_cgroup(mode: &Mode, rel: &str) -> Option<CgroupStats> {
             s.memory_limit = num(&memory, "memory.limit_in_bytes")
                 .filter(|l| *l < (1 << 62))
                 .unwrap_or(0);
-            let pids = mode.dir("pids", rel).unwrap_or(memory.clone());
-            s.processes = lines(&pids, "cgroup.procs");
-            s.threads = lines(&pids, "tasks");
+            let pids = mode.dir("pids", rel).and_then(|p| Dir::open(&p));
+            let pids = pids.as_ref().unwrap_or(&memory);
+            s.processes = lines(pids, "cgroup.procs");
+            s.threads = lines(pids, "tasks");
         }
     }
     Some(s)
