@@ -141,18 +141,8 @@ async fn raw_rounds(sock: &Path, rounds: usize, containers: usize) -> Vec<f64> {
             let mut linux = spec.linux().clone().unwrap();
             linux.set_cgroups_path(Some(format!("/kl-bench-raw/{id}").into()));
             let t0 = Instant::now();
-            let mounts = client
-                .snapshots()
-                .prepare(req(PrepareSnapshotRequest {
-                    snapshotter: "overlayfs".into(),
-                    key: id.clone(),
-                    parent: parent.clone(),
-                    labels: HashMap::new(),
-                }))
-                .await
-                .unwrap()
-                .into_inner()
-                .mounts;
+            // Container first, as the agent does: it references the snapshot
+            // before the garbage collector could see it unreferenced.
             client
                 .containers()
                 .create(req(CreateContainerRequest {
@@ -175,6 +165,18 @@ async fn raw_rounds(sock: &Path, rounds: usize, containers: usize) -> Vec<f64> {
                 }))
                 .await
                 .unwrap();
+            let mounts = client
+                .snapshots()
+                .prepare(req(PrepareSnapshotRequest {
+                    snapshotter: "overlayfs".into(),
+                    key: id.clone(),
+                    parent: parent.clone(),
+                    labels: HashMap::new(),
+                }))
+                .await
+                .unwrap()
+                .into_inner()
+                .mounts;
             client
                 .tasks()
                 .create(req(CreateTaskRequest {

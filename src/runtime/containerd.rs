@@ -549,7 +549,11 @@ impl Runtime for Containerd {
             op: "encoding spec",
             message: e.to_string(),
         })?;
-        let mounts = self.prepare_rootfs(&c.id, &c.image.chain_id).await?;
+        // The container record comes first: it references the snapshot
+        // (by key) before the snapshot exists, so that the garbage
+        // collector, which may run at any moment after another container's
+        // removal, never finds the new snapshot unreferenced. (containerd's
+        // own client holds a lease instead; this costs no extra call.)
         let container = Container {
             id: c.id.clone(),
             labels: c.labels.clone(),
@@ -575,7 +579,6 @@ impl Runtime for Containerd {
             .await;
         if let Err(s) = created {
             if s.code() != Code::AlreadyExists {
-                let _ = self.remove_snapshot(&c.id).await;
                 return Err(status_error("creating container", s));
             }
             // A leftover of a crashed attempt with the same ID: replace it.
@@ -592,6 +595,17 @@ impl Runtime for Containerd {
                 .await
                 .map_err(|s| status_error("creating container", s))?;
         }
+        let mounts = match self.prepare_rootfs(&c.id, &c.image.chain_id).await {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = self
+                    .client
+                    .containers()
+                    .delete(self.req(DeleteContainerRequest { id: c.id.clone() }))
+                    .await;
+                return Err(e);
+            }
+        };
         let uri = self.log_uri(&c.log_path);
         let task = self
             .client

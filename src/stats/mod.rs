@@ -52,16 +52,26 @@ struct Dir(std::os::fd::OwnedFd);
 impl Dir {
     fn open(path: &Path) -> Option<Dir> {
         use nix::fcntl::OFlag;
-        nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-            .ok()
-            .map(Dir)
+        nix::fcntl::open(
+            path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()
+        .map(Dir)
     }
 }
 
 fn read(dir: &Dir, file: &str) -> Option<String> {
     use nix::fcntl::OFlag;
     use std::io::Read;
-    let fd = nix::fcntl::openat(&dir.0, file, OFlag::O_RDONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()).ok()?;
+    let fd = nix::fcntl::openat(
+        &dir.0,
+        file,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
     let mut out = String::new();
     std::fs::File::from(fd).read_to_string(&mut out).ok()?;
     Some(out)
@@ -72,7 +82,9 @@ fn num(dir: &Dir, file: &str) -> Option<u64> {
 }
 
 fn lines(dir: &Dir, file: &str) -> u64 {
-    read(dir, file).map_or(0, |t| t.lines().filter(|l| !l.trim().is_empty()).count() as u64)
+    read(dir, file).map_or(0, |t| {
+        t.lines().filter(|l| !l.trim().is_empty()).count() as u64
+    })
 }
 
 /// Working set as cAdvisor computes it: usage minus inactive file, not
