@@ -224,6 +224,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         root_dir: config.root_dir.clone(),
         token,
         rates: Default::default(),
+        specs: Default::default(),
     });
     let env = Arc::new(worker::WorkerEnv {
         metrics,

@@ -112,7 +112,7 @@ struct PodRow {
 }
 
 /// Reads everything one scrape needs.
-fn collect(store: &StatusStore, cgroups: &Cgroups) -> Vec<PodRow> {
+fn collect(store: &StatusStore, cgroups: &Cgroups, specs: &stats::SpecCache) -> Vec<PodRow> {
     let entries: Vec<PodEntry> = store
         .read()
         .unwrap_or_else(|e| e.into_inner())
@@ -128,7 +128,7 @@ fn collect(store: &StatusStore, cgroups: &Cgroups) -> Vec<PodRow> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = entries
             .chunks(chunk)
-            .map(|part| scope.spawn(move || collect_pods(part.to_vec(), cgroups)))
+            .map(|part| scope.spawn(move || collect_pods(part.to_vec(), cgroups, specs)))
             .collect();
         handles
             .into_iter()
@@ -137,7 +137,11 @@ fn collect(store: &StatusStore, cgroups: &Cgroups) -> Vec<PodRow> {
     })
 }
 
-fn collect_pods(entries: Vec<PodEntry>, cgroups: &Cgroups) -> Vec<PodRow> {
+fn collect_pods(
+    entries: Vec<PodEntry>,
+    cgroups: &Cgroups,
+    specs: &stats::SpecCache,
+) -> Vec<PodRow> {
     let mut out = vec![];
     for entry in entries {
         let qos = entry.status.qos_class.unwrap_or(QosClass::BestEffort);
@@ -156,7 +160,7 @@ fn collect_pods(entries: Vec<PodEntry>, cgroups: &Cgroups) -> Vec<PodRow> {
                 continue;
             };
             let cgroup = cgroups.layout.container_dir(qos, &uid, id);
-            let Some(stats) = stats::read_cgroup(&cgroups.mode, &cgroup) else {
+            let Some(stats) = stats::read_cgroup_cached(&cgroups.mode, &cgroup, specs) else {
                 continue;
             };
             if net.is_empty()
@@ -176,7 +180,7 @@ fn collect_pods(entries: Vec<PodEntry>, cgroups: &Cgroups) -> Vec<PodRow> {
                 stats,
             });
         }
-        let stats = stats::read_cgroup(&cgroups.mode, &pod_cgroup);
+        let stats = stats::read_cgroup_cached(&cgroups.mode, &pod_cgroup, specs);
         out.push(PodRow {
             entry,
             cgroup: pod_cgroup,
@@ -189,8 +193,13 @@ fn collect_pods(entries: Vec<PodEntry>, cgroups: &Cgroups) -> Vec<PodRow> {
 }
 
 /// `/metrics/cadvisor`.
-pub fn cadvisor(store: &StatusStore, cgroups: &Cgroups, root_dir: &std::path::Path) -> String {
-    let pods = collect(store, cgroups);
+pub fn cadvisor(
+    store: &StatusStore,
+    cgroups: &Cgroups,
+    specs: &stats::SpecCache,
+    root_dir: &std::path::Path,
+) -> String {
+    let pods = collect(store, cgroups, specs);
     type Get = fn(&CgroupStats) -> f64;
     let defs: [(&'static str, &'static str, &'static str, Get); 19] = [
         (
@@ -485,8 +494,8 @@ fn node_usage(cgroups: &Cgroups) -> (f64, u64, u64) {
 }
 
 /// `/metrics/resource`: what metrics-server reads, with timestamps.
-pub fn resource(store: &StatusStore, cgroups: &Cgroups) -> String {
-    let pods = collect(store, cgroups);
+pub fn resource(store: &StatusStore, cgroups: &Cgroups, specs: &stats::SpecCache) -> String {
+    let pods = collect(store, cgroups, specs);
     let ts = Some(now_ms());
     let (node_cpu, node_ws, _) = node_usage(cgroups);
     let fam = |name, help, kind| Family {
@@ -621,12 +630,13 @@ fn memory_json(s: &CgroupStats, now: &str) -> Value {
 pub fn summary(
     store: &StatusStore,
     cgroups: &Cgroups,
+    specs: &stats::SpecCache,
     node_name: &str,
     root_dir: &std::path::Path,
     rates: &RateState,
 ) -> Value {
     let now = rfc3339(SystemTime::now());
-    let pods = collect(store, cgroups);
+    let pods = collect(store, cgroups, specs);
     let (node_cpu, node_ws, node_used) = node_usage(cgroups);
     let node_cpu_ns = (node_cpu * 1e9) as u64;
     let capacity = crate::node::capacity();

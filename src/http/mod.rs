@@ -41,6 +41,7 @@ pub struct Shared {
     /// Required as `Authorization: Bearer <token>` when set.
     pub token: Option<String>,
     pub rates: cadvisor::RateState,
+    pub specs: crate::stats::SpecCache,
 }
 
 type AppState = Arc<Shared>;
@@ -87,7 +88,7 @@ async fn pods(State(s): State<AppState>) -> Response {
 async fn metrics_cadvisor(State(s): State<AppState>) -> Response {
     let s2 = Arc::clone(&s);
     let body = tokio::task::spawn_blocking(move || {
-        cadvisor::cadvisor(&s2.store, &s2.cgroups, &s2.root_dir)
+        cadvisor::cadvisor(&s2.store, &s2.cgroups, &s2.specs, &s2.root_dir)
     })
     .await
     .unwrap_or_default();
@@ -96,9 +97,10 @@ async fn metrics_cadvisor(State(s): State<AppState>) -> Response {
 
 async fn metrics_resource(State(s): State<AppState>) -> Response {
     let s2 = Arc::clone(&s);
-    let body = tokio::task::spawn_blocking(move || cadvisor::resource(&s2.store, &s2.cgroups))
-        .await
-        .unwrap_or_default();
+    let body =
+        tokio::task::spawn_blocking(move || cadvisor::resource(&s2.store, &s2.cgroups, &s2.specs))
+            .await
+            .unwrap_or_default();
     text(body)
 }
 
@@ -108,6 +110,7 @@ async fn stats_summary(State(s): State<AppState>) -> Response {
         cadvisor::summary(
             &s2.store,
             &s2.cgroups,
+            &s2.specs,
             &s2.node_name,
             &s2.root_dir,
             &s2.rates,

@@ -62,7 +62,7 @@ impl Dir {
     }
 }
 
-fn read(dir: &Dir, file: &str) -> Option<String> {
+fn read_file(dir: &Dir, file: &str) -> Option<String> {
     use nix::fcntl::OFlag;
     use std::io::Read;
     let fd = nix::fcntl::openat(
@@ -78,11 +78,11 @@ fn read(dir: &Dir, file: &str) -> Option<String> {
 }
 
 fn num(dir: &Dir, file: &str) -> Option<u64> {
-    read(dir, file)?.trim().parse().ok()
+    read_file(dir, file)?.trim().parse().ok()
 }
 
 fn lines(dir: &Dir, file: &str) -> u64 {
-    read(dir, file).map_or(0, |t| {
+    read_file(dir, file).map_or(0, |t| {
         t.lines().filter(|l| !l.trim().is_empty()).count() as u64
     })
 }
@@ -103,13 +103,81 @@ pub fn shares_from_weight(weight: u64) -> u64 {
     }
 }
 
+/// A cgroup's configured values. They do not change while the cgroup
+/// lives (changed resources make a new pod), so a scrape reads them once per
+/// cgroup and then only the counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Spec {
+    pub cpu_shares: u64,
+    pub cpu_quota_us: i64,
+    pub cpu_period_us: u64,
+    pub memory_limit: u64,
+}
+
+/// Specs by cgroup path, kept between scrapes.
+#[derive(Debug, Default)]
+pub struct SpecCache(std::sync::Mutex<std::collections::HashMap<String, Spec>>);
+
+impl SpecCache {
+    fn get(&self, rel: &str) -> Option<Spec> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(rel)
+            .copied()
+    }
+
+    fn put(&self, rel: &str, spec: Spec) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(rel.to_string(), spec);
+    }
+
+    /// Forgets the cgroups not in `live`.
+    pub fn retain(&self, live: &std::collections::HashSet<String>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| live.contains(k));
+    }
+}
+
+/// Reads the stats of cgroup `rel`, its spec from `cache` when known.
+pub fn read_cgroup_cached(mode: &Mode, rel: &str, cache: &SpecCache) -> Option<CgroupStats> {
+    let known = cache.get(rel);
+    let s = read(mode, rel, known)?;
+    if known.is_none() {
+        cache.put(
+            rel,
+            Spec {
+                cpu_shares: s.cpu_shares,
+                cpu_quota_us: s.cpu_quota_us,
+                cpu_period_us: s.cpu_period_us,
+                memory_limit: s.memory_limit,
+            },
+        );
+    }
+    Some(s)
+}
+
 /// Reads the stats of cgroup `rel`; `None` when it does not exist.
 pub fn read_cgroup(mode: &Mode, rel: &str) -> Option<CgroupStats> {
+    read(mode, rel, None)
+}
+
+fn read(mode: &Mode, rel: &str, spec: Option<Spec>) -> Option<CgroupStats> {
     let mut s = CgroupStats::default();
+    if let Some(sp) = spec {
+        s.cpu_shares = sp.cpu_shares;
+        s.cpu_quota_us = sp.cpu_quota_us;
+        s.cpu_period_us = sp.cpu_period_us;
+        s.memory_limit = sp.memory_limit;
+    }
     match mode {
         Mode::V2(_) => {
             let dir = Dir::open(&mode.dir("cpu", rel)?)?;
-            let cpu = read(&dir, "cpu.stat")?;
+            let cpu = read_file(&dir, "cpu.stat")?;
             let k = |key: &str| parse_keyed(&cpu, key).unwrap_or(0);
             s.cpu_usage_ns = k("usage_usec") * 1000;
             s.cpu_user_ns = k("user_usec") * 1000;
@@ -118,24 +186,26 @@ pub fn read_cgroup(mode: &Mode, rel: &str) -> Option<CgroupStats> {
             s.cfs_throttled_periods = k("nr_throttled");
             s.cfs_throttled_ns = k("throttled_usec") * 1000;
             s.memory_usage = num(&dir, "memory.current").unwrap_or(0);
-            let mem = read(&dir, "memory.stat").unwrap_or_default();
+            let mem = read_file(&dir, "memory.stat").unwrap_or_default();
             let m = |key: &str| parse_keyed(&mem, key).unwrap_or(0);
             s.memory_working_set = working_set(s.memory_usage, m("inactive_file"));
             s.memory_rss = m("anon");
             s.memory_cache = m("file");
             s.memory_swap = num(&dir, "memory.swap.current").unwrap_or(0);
-            let events = read(&dir, "memory.events").unwrap_or_default();
+            let events = read_file(&dir, "memory.events").unwrap_or_default();
             s.memory_failcnt = parse_keyed(&events, "max").unwrap_or(0);
             s.oom_kills = parse_keyed(&events, "oom_kill").unwrap_or(0);
-            s.cpu_shares = num(&dir, "cpu.weight").map_or(0, shares_from_weight);
-            if let Some(max) = read(&dir, "cpu.max") {
-                let mut parts = max.split_whitespace();
-                s.cpu_quota_us = parts.next().and_then(|q| q.parse().ok()).unwrap_or(-1);
-                s.cpu_period_us = parts.next().and_then(|p| p.parse().ok()).unwrap_or(100_000);
+            if spec.is_none() {
+                s.cpu_shares = num(&dir, "cpu.weight").map_or(0, shares_from_weight);
+                if let Some(max) = read_file(&dir, "cpu.max") {
+                    let mut parts = max.split_whitespace();
+                    s.cpu_quota_us = parts.next().and_then(|q| q.parse().ok()).unwrap_or(-1);
+                    s.cpu_period_us = parts.next().and_then(|p| p.parse().ok()).unwrap_or(100_000);
+                }
+                s.memory_limit = read_file(&dir, "memory.max")
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
             }
-            s.memory_limit = read(&dir, "memory.max")
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
             s.processes = lines(&dir, "cgroup.procs");
             s.threads = lines(&dir, "cgroup.threads");
         }
@@ -152,32 +222,34 @@ pub fn read_cgroup(mode: &Mode, rel: &str) -> Option<CgroupStats> {
             };
             let cpuacct = cpuacct.as_ref().unwrap_or(&cpu);
             s.cpu_usage_ns = num(cpuacct, "cpuacct.usage").unwrap_or(0);
-            let ticks = read(cpuacct, "cpuacct.stat").unwrap_or_default();
+            let ticks = read_file(cpuacct, "cpuacct.stat").unwrap_or_default();
             s.cpu_user_ns = parse_keyed(&ticks, "user").unwrap_or(0) * 1_000_000_000 / USER_HZ;
             s.cpu_system_ns = parse_keyed(&ticks, "system").unwrap_or(0) * 1_000_000_000 / USER_HZ;
-            let stat = read(&cpu, "cpu.stat").unwrap_or_default();
+            let stat = read_file(&cpu, "cpu.stat").unwrap_or_default();
             s.cfs_periods = parse_keyed(&stat, "nr_periods").unwrap_or(0);
             s.cfs_throttled_periods = parse_keyed(&stat, "nr_throttled").unwrap_or(0);
             s.cfs_throttled_ns = parse_keyed(&stat, "throttled_time").unwrap_or(0);
-            s.cpu_shares = num(&cpu, "cpu.shares").unwrap_or(0);
-            s.cpu_quota_us = read(&cpu, "cpu.cfs_quota_us")
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(-1);
-            s.cpu_period_us = num(&cpu, "cpu.cfs_period_us").unwrap_or(100_000);
+            if spec.is_none() {
+                s.cpu_shares = num(&cpu, "cpu.shares").unwrap_or(0);
+                s.cpu_quota_us = read_file(&cpu, "cpu.cfs_quota_us")
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(-1);
+                s.cpu_period_us = num(&cpu, "cpu.cfs_period_us").unwrap_or(100_000);
+                // v1 reports "no limit" as a huge page-aligned number.
+                s.memory_limit = num(&memory, "memory.limit_in_bytes")
+                    .filter(|l| *l < (1 << 62))
+                    .unwrap_or(0);
+            }
             s.memory_usage = num(&memory, "memory.usage_in_bytes").unwrap_or(0);
-            let mem = read(&memory, "memory.stat").unwrap_or_default();
+            let mem = read_file(&memory, "memory.stat").unwrap_or_default();
             let m = |key: &str| parse_keyed(&mem, key).unwrap_or(0);
             s.memory_working_set = working_set(s.memory_usage, m("total_inactive_file"));
             s.memory_rss = m("total_rss");
             s.memory_cache = m("total_cache");
             s.memory_swap = m("total_swap");
             s.memory_failcnt = num(&memory, "memory.failcnt").unwrap_or(0);
-            s.oom_kills = read(&memory, "memory.oom_control")
+            s.oom_kills = read_file(&memory, "memory.oom_control")
                 .and_then(|t| parse_keyed(&t, "oom_kill"))
-                .unwrap_or(0);
-            // v1 reports "no limit" as a huge page-aligned number.
-            s.memory_limit = num(&memory, "memory.limit_in_bytes")
-                .filter(|l| *l < (1 << 62))
                 .unwrap_or(0);
             let pids = mode.dir("pids", rel).and_then(|p| Dir::open(&p));
             let pids = pids.as_ref().unwrap_or(&memory);
