@@ -101,6 +101,53 @@ impl Layout {
     }
 }
 
+/// systemd unit properties for a pod slice's values (the systemd driver).
+pub fn systemd_properties(limits: &CgroupLimits, formula: WeightFormula) -> Vec<String> {
+    let mut p = vec![];
+    if let Some(s) = limits.cpu_shares {
+        p.push(format!("CPUWeight={}", qos::cpu_weight(s, formula)));
+    }
+    // systemd takes the quota as a share of one CPU per 100 ms period.
+    p.push(match limits.cpu_quota_us {
+        Some(q) => format!(
+            "CPUQuota={}%",
+            ((q.max(0) as u64) * 100).div_ceil(qos::CPU_PERIOD_US)
+        ),
+        None => "CPUQuota=".to_string(),
+    });
+    p.push(format!(
+        "MemoryMax={}",
+        limits
+            .memory_max
+            .map_or("infinity".to_string(), |m| m.to_string())
+    ));
+    if let Some(min) = limits.memory_min {
+        p.push(format!("MemoryMin={min}"));
+    }
+    p.push(format!(
+        "TasksMax={}",
+        limits
+            .pids_max
+            .map_or("infinity".to_string(), |t| t.to_string())
+    ));
+    p
+}
+
+fn systemctl(args: &[&str]) -> io::Result<()> {
+    let out = std::process::Command::new("systemctl")
+        .args(args)
+        .output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "systemctl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
 /// Mount points of the cgroup hierarchies (v1 controllers and/or the v2
 /// unified tree), read from a mountinfo text.
 pub fn hierarchies(mountinfo: &str) -> Vec<PathBuf> {
@@ -193,10 +240,24 @@ impl Cgroups {
         )
     }
 
-    /// Creates the pod cgroup with its values, before any container.
+    /// Creates the pod cgroup with its values, before any container. With
+    /// the systemd driver the pod is a slice unit that systemd owns (it
+    /// rewrites the slice's files when it realizes it): the values are given
+    /// to systemd as unit properties instead.
     pub fn apply_pod(&self, qos: QosClass, uid: &str, limits: &CgroupLimits) -> io::Result<()> {
-        self.mode
-            .apply(&self.layout.pod(qos, uid), limits, self.formula)
+        let rel = self.layout.pod(qos, uid);
+        if self.layout.driver == Driver::Cgroupfs {
+            return self.mode.apply(&rel, limits, self.formula);
+        }
+        let unit = rel.rsplit('/').next().unwrap_or_default();
+        systemctl(&["start", unit])?;
+        let mut args = vec![
+            "set-property".to_string(),
+            "--runtime".to_string(),
+            unit.to_string(),
+        ];
+        args.extend(systemd_properties(limits, self.formula));
+        systemctl(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
     /// Removes the pod's cgroups, whatever QoS class it had.
@@ -207,7 +268,17 @@ impl Cgroups {
             QosClass::Burstable,
             QosClass::BestEffort,
         ] {
-            problems.extend(remove_everywhere(&self.mounts, &self.layout.pod(q, uid)));
+            let rel = self.layout.pod(q, uid);
+            if self.layout.driver == Driver::Systemd
+                && self
+                    .mounts
+                    .iter()
+                    .any(|m| m.join(rel.trim_start_matches('/')).exists())
+            {
+                let unit = rel.rsplit('/').next().unwrap_or_default();
+                let _ = systemctl(&["stop", unit]);
+            }
+            problems.extend(remove_everywhere(&self.mounts, &rel));
         }
         problems
     }
@@ -280,6 +351,31 @@ mod tests {
         assert_eq!(
             l.container_dir(QosClass::BestEffort, "u1", "c1"),
             "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podu1.slice/kubelet-lite-c1.scope"
+        );
+    }
+
+    #[test]
+    fn systemd_unit_properties() {
+        let l = CgroupLimits {
+            cpu_shares: Some(204),
+            cpu_quota_us: Some(20_000),
+            memory_max: Some(64 << 20),
+            memory_min: None,
+            pids_max: None,
+        };
+        assert_eq!(
+            systemd_properties(&l, WeightFormula::Linear),
+            [
+                "CPUWeight=8",
+                "CPUQuota=20%",
+                "MemoryMax=67108864",
+                "TasksMax=infinity"
+            ]
+        );
+        let none = CgroupLimits::default();
+        assert_eq!(
+            systemd_properties(&none, WeightFormula::Linear),
+            ["CPUQuota=", "MemoryMax=infinity", "TasksMax=infinity"]
         );
     }
 

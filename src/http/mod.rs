@@ -11,7 +11,6 @@
 
 pub mod cadvisor;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -210,9 +209,4 @@ pub async fn serve(listener: tokio::net::TcpListener, router: Router) {
             drop(permit);
         });
     }
-}
-
-/// Binds `addr` (for the caller to report errors before going on).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await
 }

@@ -11,7 +11,9 @@
 #   - `systemctl restart kubelet-lite` leaves the containers untouched;
 #   - the metrics endpoints answer from the host;
 #   - with the NFS server stopped, a new NFS pod waits with FailedMount and
-#     the agent keeps answering.
+#     the agent keeps answering;
+#   - with cgroupDriver: systemd, pods get kubepods.slice slices and runc
+#     scopes with their limits.
 # On failure: the serial consoles and the agents' journals are printed.
 # Usage (root): tests/lab/run.sh      KL_LAB_CACHE: image cache directory
 set -euo pipefail
@@ -218,4 +220,29 @@ wait_for 300 "FailedMount with the NFS server down" failed_mount
 pods_json node2 | field - nfs-late-node2 "p['status']['message']"
 ssh_vm node2 curl -sf --max-time 5 localhost:10255/healthz >/dev/null
 step "check 6: dead NFS server gives FailedMount, agent responsive"
+# 7. The systemd cgroup driver (node2): slices named as the kubelet's, the
+# containers' scopes made by runc through systemd, the limits in place.
+ssh_vm node2 "printf 'cgroupDriver: systemd\n' >> /etc/kubelet-lite/config.yaml && systemctl restart kubelet-lite"
+wait_for 120 "agent back with the systemd driver" ssh_vm node2 curl -sf localhost:10255/healthz
+ssh_vm node2 "cat > /etc/kubernetes/manifests/sysd.yaml" <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata: {name: sysd}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: spin
+    image: busybox
+    command: [sh, -c, 'while :; do :; done']
+    resources:
+      limits: {cpu: 200m, memory: 64Mi}
+YAML
+wait_for 300 "systemd-driver pod running" running node2 sysd-node2
+uid=$(pods_json node2 | field - sysd-node2 "p['metadata']['uid']")
+cid=$(pods_json node2 | field - sysd-node2 "p['status']['containerStatuses'][0]['containerID'].split('//')[1]")
+slice=/sys/fs/cgroup/kubepods.slice/kubepods-pod$uid.slice
+got=$(ssh_vm node2 "cat $slice/cpu.max $slice/memory.max $slice/kubelet-lite-$cid.scope/cpu.max $slice/kubelet-lite-$cid.scope/memory.max; systemctl is-active kubepods-pod$uid.slice" | tr '\n' '|')
+echo "node2 systemd driver: $got"
+[ "$got" = "20000 100000|67108864|20000 100000|67108864|active|" ] || { echo "unexpected values with the systemd driver"; exit 1; }
+step "check 7: systemd cgroup driver (kubepods.slice, runc scopes, limits)"
 echo "lab passed in $(( $(date +%s) - t0 ))s"
