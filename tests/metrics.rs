@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Env, pod_yaml};
+use common::{Env, free_port, pod_yaml};
 
 /// The pods: a 200m-limited busy loop, and a container holding 50 MiB.
 fn start_workloads(env: &mut Env) {
@@ -311,14 +311,6 @@ fn summary_decodes_as_the_kubelet_stats_api() {
     );
     let v = hold.volume.iter().find(|v| v.name == "scratch").unwrap();
     assert!(v.capacity_bytes > 0 && v.available_bytes > 0 && v.used_bytes > 0);
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Prometheus(Child);

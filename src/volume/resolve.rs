@@ -342,39 +342,32 @@ pub fn resolve(pod: &StaticPod, objs: &Objects) -> Resolved {
             let Some(from) = &var.value_from else {
                 continue;
             };
-            if let Some(r) = &from.config_map_key_ref {
-                let value = objs
+            // (kind, object name, key, optional, the object's data if found)
+            let reference = if let Some(r) = &from.config_map_key_ref {
+                let data = objs
                     .config_maps
                     .get(&(ns.clone(), r.name.clone()))
-                    .and_then(|cm| config_map_data(cm).remove(&r.key));
-                match value {
-                    Some(v) => {
-                        env.refs
-                            .insert(var.name.clone(), String::from_utf8_lossy(&v).into_owned());
-                    }
-                    None if r.optional == Some(true) => {}
-                    None => fail(format!(
-                        "couldn't find key {} in configmap {}/{}",
-                        r.key, ns, r.name
-                    )),
-                }
-            }
-            if let Some(r) = &from.secret_key_ref {
-                let value = objs
+                    .map(config_map_data);
+                Some(("configmap", &r.name, &r.key, r.optional, data))
+            } else if let Some(r) = &from.secret_key_ref {
+                let data = objs
                     .secrets
                     .get(&(ns.clone(), r.name.clone()))
-                    .and_then(|s| secret_data(s).remove(&r.key));
-                match value {
-                    Some(v) => {
-                        env.refs
-                            .insert(var.name.clone(), String::from_utf8_lossy(&v).into_owned());
-                    }
-                    None if r.optional == Some(true) => {}
-                    None => fail(format!(
-                        "couldn't find key {} in secret {}/{}",
-                        r.key, ns, r.name
-                    )),
+                    .map(secret_data);
+                Some(("secret", &r.name, &r.key, r.optional, data))
+            } else {
+                None
+            };
+            let Some((kind, name, key, optional, data)) = reference else {
+                continue;
+            };
+            match data.and_then(|mut d| d.remove(key)) {
+                Some(v) => {
+                    env.refs
+                        .insert(var.name.clone(), String::from_utf8_lossy(&v).into_owned());
                 }
+                None if optional == Some(true) => {}
+                None => fail(format!("couldn't find key {key} in {kind} {ns}/{name}")),
             }
         }
         if env != ContainerEnv::default() {
