@@ -312,6 +312,12 @@ fn termination_sends_sigterm_then_sigkill_after_grace() {
 
     let t0 = Instant::now();
     env.remove_manifest("stubborn.yaml");
+    // During its grace period the pod shows as terminating.
+    env.wait_for("deletionTimestamp", Duration::from_secs(3), || {
+        env.pod("stubborn-node1")?["metadata"]["deletionTimestamp"]
+            .as_str()
+            .map(|_| ())
+    });
     env.wait_for("stubborn gone", Duration::from_secs(30), || {
         env.pod("stubborn-node1").is_none().then_some(())
     });

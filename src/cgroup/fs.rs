@@ -164,18 +164,6 @@ impl Mode {
         let text = std::fs::read_to_string(dir.join(file)).ok()?;
         parse_keyed(&text, "oom_kill")
     }
-
-    /// Every hierarchy root (for removal of directories).
-    pub fn roots(&self) -> Vec<PathBuf> {
-        match self {
-            Mode::V2(root) => vec![root.clone()],
-            Mode::V1(m) => {
-                let mut v: Vec<PathBuf> = m.values().cloned().collect();
-                v.dedup();
-                v
-            }
-        }
-    }
 }
 
 /// Value of `key` in a flat-keyed cgroup file (`key value` per line).

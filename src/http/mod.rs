@@ -53,6 +53,10 @@ pub fn pod_list(store: &StatusStore) -> serde_json::Value {
         .map(|entry| {
             let mut pod: Pod = entry.pod.pod.clone();
             pod.status = Some(entry.status.to_api());
+            pod.metadata.deletion_timestamp = entry
+                .status
+                .terminating_since
+                .map(crate::pod::status::to_time);
             let mut v = serde_json::to_value(&pod).expect("a Pod serializes");
             v["apiVersion"] = json!("v1");
             v["kind"] = json!("Pod");

@@ -85,8 +85,9 @@ pub struct PodStatus {
     pub init_containers: Vec<ContainerStatus>,
     pub containers: Vec<ContainerStatus>,
     pub events: VecDeque<Event>,
-    /// Set once the pod's containers are gone after a deletion.
-    pub terminating: bool,
+    /// When the pod's deletion began (shown as metadata.deletionTimestamp,
+    /// which is what makes kubectl print "Terminating").
+    pub terminating_since: Option<SystemTime>,
     pub qos_class: Option<crate::cgroup::QosClass>,
 }
 
@@ -100,7 +101,7 @@ impl PodStatus {
             init_containers: vec![],
             containers: vec![],
             events: VecDeque::new(),
-            terminating: false,
+            terminating_since: None,
             qos_class: None,
         }
     }
@@ -124,7 +125,7 @@ impl Default for PodStatus {
     }
 }
 
-fn to_time(t: SystemTime) -> Time {
+pub fn to_time(t: SystemTime) -> Time {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     Time(
         k8s_openapi::jiff::Timestamp::new(d.as_secs() as i64, d.subsec_nanos() as i32)

@@ -27,7 +27,6 @@ pub mod labels {
     /// Set once the container's task has exited and been reaped.
     pub const EXIT_CODE: &str = "kubelet-lite.container.exitCode";
     pub const FINISHED_AT: &str = "kubelet-lite.container.finishedAt";
-    pub const STARTED_AT: &str = "kubelet-lite.container.startedAt";
 }
 
 #[derive(Debug, thiserror::Error, Clone)]

@@ -914,7 +914,7 @@ impl Worker {
         for s in self.slots.iter().filter(|s| s.running) {
             info!(pod = %self.pod.key(), container = %s.spec.name, "Killing: stopping container");
         }
-        self.status.terminating = true;
+        self.status.terminating_since = Some(SystemTime::now());
         self.publish();
         stop_containers(&self.env, &running, grace, rx).await;
         cleanup(
