@@ -21,8 +21,8 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 cache=${KL_LAB_CACHE:-/var/cache/kubelet-lite-lab}
 work=$(mktemp -d /tmp/kl-lab.XXXXXX)
 pids=()
-t0=$(date +%s)
-step() { echo "[lab +$(( $(date +%s) - t0 ))s] $*"; }
+# shellcheck source=tests/lab/lib.sh
+. "$repo/tests/lab/lib.sh"
 
 cleanup() {
     local rc=$?
@@ -44,10 +44,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 step "dependencies"
-"$repo/scripts/deps.sh" qemu-system-x86 debootstrap openssh-client qemu-utils python3 >/dev/null
+"$repo/scripts/deps.sh" qemu-system-x86 debootstrap openssh-client qemu-utils python3 grub-pc-bin fdisk >/dev/null
 export PATH="$HOME/.cargo/bin:$PATH"
 step "building the agent (release)"
 (cd "$repo" && cargo build --locked --release -q)
@@ -66,7 +65,7 @@ for vm in nfs node1 node2; do
     qemu-system-x86_64 -name "$vm" -machine q35 -accel tcg,thread=multi,tb-size=256 -cpu max -m 1024 -smp 1 \
         -display none -serial "file:$work/$vm.serial" -monitor none \
         -kernel "$cache/vmlinuz" -initrd "$cache/initrd.img" \
-        -append "root=/dev/vda rw console=ttyS0 net.ifnames=0 kl.hostname=$vm kl.ip=${ip[$vm]}" \
+        -append "root=/dev/vda1 rw console=ttyS0 net.ifnames=0 kl.hostname=$vm kl.ip=${ip[$vm]}" \
         -drive "file=$work/$vm.qcow2,if=virtio,format=qcow2" \
         -netdev "user,id=u,hostfwd=tcp:127.0.0.1:${sshport[$vm]}-:22,hostfwd=tcp:127.0.0.1:${mport[$vm]}-:10255" \
         -device "virtio-net-pci,netdev=u,mac=52:54:00:00:01:0$i" \
@@ -80,14 +79,6 @@ ssh_vm() {
     local vm=$1; shift
     ssh -q -i "$cache/id_ed25519" -p "${sshport[$vm]}" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
         -o ConnectTimeout=10 -o BatchMode=yes root@127.0.0.1 "$@"
-}
-wait_for() { # seconds description command...
-    local limit=$1 what=$2; shift 2
-    local end=$(( $(date +%s) + limit ))
-    until "$@" >/dev/null 2>&1; do
-        [ "$(date +%s)" -lt "$end" ] || { echo "timed out after ${limit}s: $what"; return 1; }
-        sleep 2
-    done
 }
 for vm in nfs node1 node2; do
     wait_for 300 "ssh to $vm" ssh_vm "$vm" true
@@ -164,7 +155,11 @@ step "check 2: cpu.max, memory.max, cpu.weight on v2; OOMKilled"
 # 3. NFS: writer on node1, reader on node2, through the same PV.
 ssh_vm node1 sh /root/src/vagrant/provision/pods.sh /root/src "${ip[nfs]}" writer
 ssh_vm node2 sh /root/src/vagrant/provision/pods.sh /root/src "${ip[nfs]}" reader
-reader_sees() { ssh_vm node2 "cat /var/log/pods/default_nfs-reader-node2_*/reader/0.log" | grep -q "node1 "; }
+reader_sees() {
+    local log
+    log=$(ssh_vm node2 "cat /var/log/pods/default_nfs-reader-node2_*/reader/0.log")
+    grep -q "nfs-writer-node1 " <<<"$log"
+}
 wait_for 400 "node2 reads what node1 wrote over NFS" reader_sees
 ssh_vm nfs "cat /exports/log.txt" | tail -2
 old=$(ssh_vm nfs "wc -l < /exports/log.txt")
