@@ -3,7 +3,8 @@
 # kernel does not offer. Boots an NFS server and two nodes under QEMU
 # (software emulation), provisions them with the same scripts as the
 # Vagrantfile (vagrant/provision/), and checks over ssh:
-#   - the service is active (Type=notify: READY=1 was sent);
+#   - the service is active (Type=notify: READY=1 was sent) and
+#     `systemd-analyze verify` finds nothing to say about its unit;
 #   - cgroup v2 limits land in cpu.max, memory.max, cpu.weight; an OOM kill
 #     is reported as OOMKilled;
 #   - a pod on node 1 writes to an NFS PersistentVolume, a pod on node 2
@@ -104,7 +105,10 @@ for vm in node1 node2; do
     case "$state" in "notify active running"*) ;; *) echo "service not ready on $vm"; exit 1 ;; esac
     ssh_vm "$vm" test -f /sys/fs/cgroup/cgroup.controllers
 done
-step "check 1: services active and READY, cgroup v2 in the guests"
+# The installed unit, as systemd itself reads it: nothing to say.
+verify=$(ssh_vm node1 systemd-analyze verify /etc/systemd/system/kubelet-lite.service 2>&1)
+[ -z "$verify" ] || { echo "systemd-analyze verify: $verify"; exit 1; }
+step "check 1: services active and READY, unit verified, cgroup v2 in the guests"
 
 # 2. cgroup v2 limits and OOM.
 pods_json() { ssh_vm "$1" curl -sf localhost:10255/pods; }
