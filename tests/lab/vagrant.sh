@@ -133,7 +133,9 @@ if ! (cd "$repo/vagrant" && timeout 1800 vagrant up --provider=libvirt 2>&1) \
     echo "vagrant up failed"
     exit 1
 fi
-grep -q 'Machine already provisioned\|Running provisioner' "$work/vagrant.log"
+grep -q 'Running provisioner' "$work/vagrant.log"
+# The timeline of the bring-up: where the time goes.
+grep -E 'Creating image|Starting domain|Machine booted and ready|Running provisioner|pods started' "$work/vagrant.log" || true
 step "vagrant up done"
 
 vssh() { (cd "$repo/vagrant" && vagrant ssh "$1" -c "$2" -- -q 2>/dev/null); }
