@@ -249,10 +249,11 @@ fn config_maps_and_secrets_feed_files_and_env_and_replace_pods_when_changed() {
         "crawler.yaml",
         &pod_yaml(
             "crawler",
-            "  terminationGracePeriodSeconds: 0\n  volumes:\n  - {name: conf, configMap: {name: crawler-config, items: [{key: crawler.conf, path: etc/crawler.conf}]}}\n  - {name: creds, secret: {secretName: creds, defaultMode: 0400}}\n  containers:\n  - name: crawler\n    image: busybox\n    envFrom: [{configMapRef: {name: crawler-config}}]\n    env:\n    - name: PASSWORD\n      valueFrom: {secretKeyRef: {name: creds, key: password}}\n    - name: URL\n      valueFrom: {configMapKeyRef: {name: crawler-config, key: START_URL}}\n    command: [sh, -c, 'echo \"url=$URL depth=$DEPTH pw=$PASSWORD\"; cat /conf/etc/crawler.conf; stat -c %a /creds/password; cat /creds/password; echo; sleep 3600']\n    volumeMounts: [{name: conf, mountPath: /conf}, {name: creds, mountPath: /creds, readOnly: true}]\n",
+            "  terminationGracePeriodSeconds: 0\n  volumes:\n  - {name: conf, configMap: {name: crawler-config, items: [{key: crawler.conf, path: etc/crawler.conf}]}}\n  - {name: creds, secret: {secretName: creds, defaultMode: 0400}}\n  containers:\n  - name: crawler\n    image: busybox\n    envFrom: [{configMapRef: {name: crawler-config}}]\n    env:\n    - name: PASSWORD\n      valueFrom: {secretKeyRef: {name: creds, key: password}}\n    - name: URL\n      valueFrom: {configMapKeyRef: {name: crawler-config, key: START_URL}}\n    command: [sh, -c, 'echo \"url=$URL depth=$DEPTH pw=$PASSWORD\"; cat /conf/etc/crawler.conf; stat -c %a /creds/password; echo \"file=$(cat /creds/password)\"; sleep 3600']\n    volumeMounts: [{name: conf, mountPath: /conf}, {name: creds, mountPath: /creds, readOnly: true}]\n",
         ),
     );
-    let text = wait_log(&env, "crawler-node1", "crawler", "hunter2\n");
+    // The last line: everything before it is in the log once it is.
+    let text = wait_log(&env, "crawler-node1", "crawler", "file=hunter2");
     for want in [
         "url=https://example.org depth=3 pw=hunter2",
         "depth=3",
