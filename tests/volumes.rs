@@ -333,9 +333,17 @@ fn claims_bind_to_the_smallest_fitting_volume_and_keep_their_data() {
             .contains("persistentvolumeclaim \"data\" is not bound"),
         "{p}"
     );
-    // Volumes appear; the smallest that fits is bound, and the pod starts.
-    env.write_manifest("pv-big.yaml", &pv("big", "10Gi", &big, "Retain"));
-    env.write_manifest("pv-small.yaml", &pv("small", "2Gi", &small, "Retain"));
+    // Volumes appear (in one file, so that both are candidates at once: a
+    // pending claim takes the first that fits); the smallest that fits is
+    // bound, and the pod starts.
+    env.write_manifest(
+        "pvs.yaml",
+        &format!(
+            "{}---\n{}",
+            pv("big", "10Gi", &big, "Retain"),
+            pv("small", "2Gi", &small, "Retain")
+        ),
+    );
     env.wait_running("db-node1");
     env.wait_for("row written", Duration::from_secs(20), || {
         std::fs::read_to_string(small.join("rows"))
