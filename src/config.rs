@@ -75,6 +75,11 @@ pub struct Config {
     /// backoff.
     #[serde(with = "humantime_serde")]
     pub nfs_mount_timeout: Duration,
+    /// How long a deleted PersistentVolumeClaim must stay gone (with the
+    /// manifest directory free of errors) before its Delete-policy volume
+    /// is emptied.
+    #[serde(with = "humantime_serde")]
+    pub reclaim_grace_period: Duration,
 }
 
 /// Resources held back from pods, as Kubernetes quantities.
@@ -143,6 +148,7 @@ impl Default for Config {
             crash_loop_back_off: BackoffConfig::default(),
             host_path_allowed_prefixes: vec![],
             nfs_mount_timeout: Duration::from_secs(30),
+            reclaim_grace_period: Duration::from_secs(60),
         }
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod cgroup;
 pub mod config;
+pub mod hostfs;
 pub mod http;
 pub mod logs;
 pub mod manifest;

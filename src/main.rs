@@ -144,7 +144,7 @@ async fn connect(config: &Config) -> anyhow::Result<Containerd> {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(mut config: Config) -> anyhow::Result<()> {
     let node = config.node_name();
     info!(
         node,
@@ -152,9 +152,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
         containerd = %config.containerd.address.display(),
         "kubelet-lite starting"
     );
-    for dir in [&config.root_dir, &config.pod_logs_dir] {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // The agent's directories, resolved once: mount points below them are
+    // compared with the kernel's (canonical) mount table, and a symlinked
+    // rootDir must not make a mount look like a plain directory.
+    for dir in [&mut config.root_dir, &mut config.pod_logs_dir] {
+        std::fs::create_dir_all(&*dir).with_context(|| format!("creating {}", dir.display()))?;
+        *dir =
+            std::fs::canonicalize(&*dir).with_context(|| format!("resolving {}", dir.display()))?;
     }
+    let pods_dir = config.root_dir.join("pods");
+    std::fs::create_dir_all(&pods_dir)
+        .and_then(|()| {
+            std::fs::set_permissions(
+                &pods_dir,
+                std::os::unix::fs::PermissionsExt::from_mode(0o750),
+            )
+        })
+        .with_context(|| format!("creating {}", pods_dir.display()))?;
     let rt = connect(&config).await?;
     let store: worker::StatusStore = Default::default();
 
@@ -241,6 +255,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         backoff_initial: config.crash_loop_back_off.initial,
         backoff_max: config.crash_loop_back_off.max,
         store: store.clone(),
+        protected_dirs: vec![
+            config.root_dir.clone(),
+            config.pod_logs_dir.clone(),
+            std::fs::canonicalize(&config.static_pod_path)
+                .unwrap_or_else(|_| config.static_pod_path.clone()),
+        ],
     });
 
     let listener = tokio::net::TcpListener::bind(config.listen_address)
@@ -251,23 +271,63 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(source::Desired::default()));
     let (reclaim_tx, reclaim_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (source_ping, source_pings) = tokio::sync::mpsc::unbounded_channel();
+    let (manager_ping, manager_pings) = tokio::sync::mpsc::unbounded_channel();
     let src = source::Source::new(
         config.static_pod_path.clone(),
         node,
         config.file_check_frequency,
     )
-    .with_volumes(config.root_dir.join("volume-bindings.json"), reclaim_tx);
+    .with_volumes(
+        config.root_dir.join("volume-bindings.json"),
+        reclaim_tx,
+        config.reclaim_grace_period,
+    )
+    .with_pings(source_pings);
     tokio::spawn(src.run(tx));
-    let manager = tokio::spawn(worker::manager::run(rx, env, allocatable, reclaim_rx));
+    let manager = tokio::spawn(worker::manager::run(
+        rx,
+        env,
+        allocatable,
+        reclaim_rx,
+        manager_pings,
+    ));
     // systemd (Type=notify): ready once the endpoint listens and the pod
-    // manager runs; then pet the watchdog at half its period, if one is set.
+    // manager runs; then pet the watchdog at half its period, if one is set,
+    // but only while the directory watcher and the pod manager both answer:
+    // a loop that is stuck gets the agent restarted.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     if let Some(period) = sd_notify::watchdog_enabled() {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period / 2);
             loop {
                 tick.tick().await;
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                let asked = [
+                    ("manifest watcher", &source_ping),
+                    ("pod manager", &manager_ping),
+                ]
+                .map(|(name, ping)| {
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    let _ = ping.send(reply);
+                    async move {
+                        match tokio::time::timeout(period / 4, answer).await {
+                            Ok(Ok(())) => true,
+                            _ => {
+                                warn!(
+                                    "the {name} did not answer: not petting the systemd watchdog"
+                                );
+                                false
+                            }
+                        }
+                    }
+                });
+                if futures::future::join_all(asked)
+                    .await
+                    .into_iter()
+                    .all(|alive| alive)
+                {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                }
             }
         });
     }

@@ -231,6 +231,39 @@ fn crash_loop_backoff_grows() {
     assert!(env.log_files().len() >= 4, "{:?}", env.log_files());
 }
 
+/// A container controls its termination log: the agent reads at most its
+/// last 4 KiB, whatever its size (here a 2 GiB sparse file).
+#[test]
+fn termination_messages_are_read_bounded() {
+    let mut env = Env::new("termmsg");
+    env.start_agent();
+    env.write_manifest(
+        "msg.yaml",
+        &pod_yaml("msg", "  restartPolicy: Never\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'truncate -s 2G /dev/termination-log && echo last-words >> /dev/termination-log; exit 2']\n"),
+    );
+    let t = env.wait_for("terminated", Duration::from_secs(30), || {
+        let p = env.pod("msg-node1")?;
+        let t = p["status"]["containerStatuses"][0]["state"]["terminated"].clone();
+        t.is_object().then_some(t)
+    });
+    assert_eq!(t["exitCode"], 2);
+    let message = t["message"].as_str().unwrap();
+    assert!(
+        message.ends_with("last-words\n"),
+        "{:?}",
+        &message[message.len().saturating_sub(40)..]
+    );
+    assert_eq!(message.len(), 4096);
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", env.agent_pid().unwrap())).unwrap();
+    let hwm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(hwm_kib < 256 * 1024, "agent peak RSS {hwm_kib} KiB");
+}
+
 #[test]
 fn init_containers_run_in_order_before_apps() {
     let mut env = Env::new("init");

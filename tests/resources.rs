@@ -96,6 +96,29 @@ fn memory_limit_oom_kills_are_reported() {
     );
 }
 
+/// A Memory emptyDir's pages stay charged to the pod after the container
+/// that filled it is OOM-killed, so the restart itself may fail: the kill
+/// must still show as the last state, and the restart count must count it.
+#[test]
+fn an_oom_kill_stays_visible_when_the_restart_fails() {
+    let mut env = Env::new("oomtmpfs");
+    env.start_agent();
+    env.write_manifest(
+        "tmpfs.yaml",
+        &pod_yaml(
+            "tmpfs",
+            "  terminationGracePeriodSeconds: 0\n  volumes: [{name: mem, emptyDir: {medium: Memory}}]\n  containers:\n  - name: fill\n    image: busybox\n    command: [dd, if=/dev/zero, of=/mem/fill, bs=1M, count=100]\n    volumeMounts: [{name: mem, mountPath: /mem}]\n    resources:\n      limits: {memory: 32Mi}\n",
+        ),
+    );
+    let c = env.wait_for("OOMKilled in lastState", Duration::from_secs(60), || {
+        let p = env.pod("tmpfs-node1")?;
+        let c = p["status"]["containerStatuses"][0].clone();
+        (c["lastState"]["terminated"]["reason"] == "OOMKilled").then_some(c)
+    });
+    assert_eq!(c["lastState"]["terminated"]["exitCode"], 137, "{c}");
+    assert!(c["restartCount"].as_i64().unwrap() >= 1, "{c}");
+}
+
 #[test]
 fn cpu_limit_throttles_and_cgroup_files_hold_the_values() {
     let mut env = Env::new("cpu");

@@ -4,6 +4,7 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -60,7 +61,7 @@ fn empty_dirs_are_shared_survive_restarts_and_go_with_the_pod() {
         "share.yaml",
         &pod_yaml(
             "share",
-            "  terminationGracePeriodSeconds: 0\n  volumes:\n  - name: shared-data\n    emptyDir: {}\n  - name: mem\n    emptyDir: {medium: Memory, sizeLimit: 8Mi}\n  containers:\n  - name: writer\n    image: busybox\n    command: [sh, -c, 'if [ -e /data/once ]; then echo restarted; sleep 3600; fi; echo hello > /data/msg; touch /data/once; exit 1']\n    volumeMounts: [{name: shared-data, mountPath: /data}]\n  - name: reader\n    image: busybox\n    command: [sh, -c, 'while ! cat /data/msg; do sleep 0.2; done; dd if=/dev/zero of=/mem/big bs=1M count=16 2>&1; sleep 3600']\n    volumeMounts: [{name: shared-data, mountPath: /data}, {name: mem, mountPath: /mem}]\n",
+            "  terminationGracePeriodSeconds: 0\n  volumes:\n  - name: shared-data\n    emptyDir: {}\n  - name: mem\n    emptyDir: {medium: Memory, sizeLimit: 8Mi}\n  containers:\n  - name: writer\n    image: busybox\n    command: [sh, -c, 'if [ -e /data/once ]; then echo restarted; sleep 3600; fi; echo hello > /data/msg.tmp; mv /data/msg.tmp /data/msg; touch /data/once; exit 1']\n    volumeMounts: [{name: shared-data, mountPath: /data}]\n  - name: reader\n    image: busybox\n    command: [sh, -c, 'while ! cat /data/msg; do sleep 0.2; done; dd if=/dev/zero of=/mem/big bs=1M count=16 2>&1; sleep 3600']\n    volumeMounts: [{name: shared-data, mountPath: /data}, {name: mem, mountPath: /mem}]\n",
         ),
     );
     wait_log(&env, "share-node1", "reader", "hello");
@@ -227,7 +228,22 @@ fn host_path_allow_list_refuses_other_paths() {
         "no.yaml",
         &pod_yaml("no", "  volumes: [{name: x, hostPath: {path: /etc}}]\n  containers: [{name: a, image: busybox, volumeMounts: [{name: x, mountPath: /x}]}]\n"),
     );
+    // A symlink inside the allowed directory that leads out of it.
+    std::os::unix::fs::symlink("/etc", allowed.join("etc-link")).unwrap();
+    std::fs::create_dir_all(allowed.join("in")).unwrap();
+    std::os::unix::fs::symlink("in", allowed.join("in-link")).unwrap();
+    env.write_manifest(
+        "sneaky.yaml",
+        &pod_yaml("sneaky", &format!("  volumes: [{{name: x, hostPath: {{path: {}/etc-link, type: Directory}}}}]\n  containers: [{{name: a, image: busybox, volumeMounts: [{{name: x, mountPath: /x}}]}}]\n", allowed.display())),
+    );
+    // One that stays inside is fine, and containers see its target.
+    std::fs::write(allowed.join("in/file"), b"inside\n").unwrap();
+    env.write_manifest(
+        "inner.yaml",
+        &pod_yaml("inner", &format!("  terminationGracePeriodSeconds: 0\n  volumes: [{{name: x, hostPath: {{path: {}/in-link, type: Directory}}}}]\n  containers: [{{name: a, image: busybox, command: [sh, -c, 'cat /x/file; sleep 3600'], volumeMounts: [{{name: x, mountPath: /x}}]}}]\n", allowed.display())),
+    );
     env.wait_running("ok-node1");
+    assert!(allowed.join("sub").is_dir());
     let p = waiting_reason(&env, "no-node1", "FailedMount");
     assert!(
         p["status"]["message"]
@@ -236,6 +252,15 @@ fn host_path_allow_list_refuses_other_paths() {
             .contains("outside the allowed prefixes"),
         "{p}"
     );
+    let p = waiting_reason(&env, "sneaky-node1", "FailedMount");
+    assert!(
+        p["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("leads out of its allowed prefix"),
+        "{p}"
+    );
+    wait_log(&env, "inner-node1", "a", "inside");
 }
 
 const CONFIG: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: crawler-config}\ndata:\n  START_URL: https://example.org\n  DEPTH: '3'\n  crawler.conf: |\n    depth=3\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: creds}\ntype: Opaque\ndata:\n  password: aHVudGVyMg==\n";
@@ -249,7 +274,7 @@ fn config_maps_and_secrets_feed_files_and_env_and_replace_pods_when_changed() {
         "crawler.yaml",
         &pod_yaml(
             "crawler",
-            "  terminationGracePeriodSeconds: 0\n  volumes:\n  - {name: conf, configMap: {name: crawler-config, items: [{key: crawler.conf, path: etc/crawler.conf}]}}\n  - {name: creds, secret: {secretName: creds, defaultMode: 0400}}\n  containers:\n  - name: crawler\n    image: busybox\n    envFrom: [{configMapRef: {name: crawler-config}}]\n    env:\n    - name: PASSWORD\n      valueFrom: {secretKeyRef: {name: creds, key: password}}\n    - name: URL\n      valueFrom: {configMapKeyRef: {name: crawler-config, key: START_URL}}\n    command: [sh, -c, 'echo \"url=$URL depth=$DEPTH pw=$PASSWORD\"; cat /conf/etc/crawler.conf; stat -c %a /creds/password; echo \"file=$(cat /creds/password)\"; sleep 3600']\n    volumeMounts: [{name: conf, mountPath: /conf}, {name: creds, mountPath: /creds, readOnly: true}]\n",
+            "  terminationGracePeriodSeconds: 0\n  volumes:\n  - {name: conf, configMap: {name: crawler-config, items: [{key: crawler.conf, path: etc/crawler.conf}]}}\n  - {name: creds, secret: {secretName: creds, defaultMode: 0400}}\n  containers:\n  - name: crawler\n    image: busybox\n    envFrom: [{configMapRef: {name: crawler-config}}]\n    env:\n    - name: PASSWORD\n      valueFrom: {secretKeyRef: {name: creds, key: password}}\n    - name: URL\n      valueFrom: {configMapKeyRef: {name: crawler-config, key: START_URL}}\n    command: [sh, -c, 'echo \"url=$URL depth=$DEPTH pw=$PASSWORD\"; cat /conf/etc/crawler.conf; stat -L -c %a /creds/password; touch /conf/new /creds/new 2>/dev/null && echo writable || echo read-only; echo \"file=$(cat /creds/password)\"; sleep 3600']\n    volumeMounts: [{name: conf, mountPath: /conf}, {name: creds, mountPath: /creds, readOnly: true}]\n",
         ),
     );
     // The last line: everything before it is in the log once it is.
@@ -258,6 +283,8 @@ fn config_maps_and_secrets_feed_files_and_env_and_replace_pods_when_changed() {
         "url=https://example.org depth=3 pw=hunter2",
         "depth=3",
         "stdout F 400",
+        // configMap and secret volumes are read-only, as Kubernetes mounts them.
+        "stdout F read-only",
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
@@ -275,6 +302,31 @@ fn config_maps_and_secrets_feed_files_and_env_and_replace_pods_when_changed() {
     );
     // The pod's status never shows the secret.
     assert!(!env.get("/pods").unwrap().contains("hunter2"));
+    // Other users of the host cannot read it: the pod directory is 0750.
+    let pod_dir = env.dir.join(format!("root/pods/{u}"));
+    let mode = std::fs::metadata(&pod_dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o750);
+    let as_nobody = std::process::Command::new("cat")
+        .arg(Path::new(&secret_dir).join("password"))
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(
+        !as_nobody.status.success(),
+        "a non-root user read the secret"
+    );
+    assert!(
+        String::from_utf8_lossy(&as_nobody.stderr).contains("Permission denied"),
+        "{as_nobody:?}"
+    );
+    // The kubelet's atomic layout: ..data -> a version directory.
+    assert!(
+        std::fs::read_link(Path::new(&secret_dir).join("..data"))
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("..")
+    );
 
     // A changed configMap replaces the pod.
     env.write_manifest("config.yaml", &CONFIG.replace("DEPTH: '3'", "DEPTH: '5'"));
@@ -374,8 +426,9 @@ fn claims_bind_to_the_smallest_fitting_volume_and_keep_their_data() {
 }
 
 #[test]
-fn delete_reclaim_policy_empties_host_path_volumes() {
+fn delete_reclaims_only_a_claim_really_gone_and_after_its_grace_period() {
     let mut env = Env::new("reclaim");
+    env.write_config("reclaimGracePeriod: 6s\ncrashLoopBackOff:\n  initial: 1s\n  max: 8s\n");
     env.start_agent();
     let path = env.dir.join("pv-del");
     env.write_manifest("pv.yaml", &pv("scratch", "5Gi", &path, "Delete"));
@@ -386,10 +439,37 @@ fn delete_reclaim_policy_empties_host_path_volumes() {
             .ok()
             .filter(|t| t.contains("row-"))
     });
+
+    // A typo makes the claim unreadable, not deleted: past the grace period
+    // the data is still there, and the claim coming back gets it.
+    env.write_manifest("claim.yaml", &CLAIM.replace("accessModes", "acessModes"));
+    env.wait_for("reclaim deferred", Duration::from_secs(30), || {
+        env.agent_output()
+            .contains("volume reclaim deferred")
+            .then_some(())
+    });
+    assert!(path.join("rows").exists(), "data lost to a typo");
+    env.write_manifest("claim.yaml", CLAIM);
+    env.wait_for("claim back", Duration::from_secs(30), || {
+        env.agent_output().contains("claim back").then_some(())
+    });
+    env.wait_for("db running again", Duration::from_secs(30), || {
+        let p = env.pod("db-node1")?;
+        (p["status"]["phase"] == "Running").then_some(())
+    });
+    assert!(path.join("rows").exists());
+
+    // Really deleted: emptied once the grace period is over.
+    let deleted = std::time::Instant::now();
     env.remove_manifest("claim.yaml");
     env.wait_for("volume emptied", Duration::from_secs(30), || {
         (path.is_dir() && !path.join("rows").exists()).then_some(())
     });
+    assert!(
+        deleted.elapsed() >= Duration::from_secs(6),
+        "emptied after {:?}, before the grace period",
+        deleted.elapsed()
+    );
     // The pod now waits for its claim.
     let p = waiting_reason(&env, "db-node1", "FailedMount");
     assert!(
@@ -399,6 +479,52 @@ fn delete_reclaim_policy_empties_host_path_volumes() {
             .contains("persistentvolumeclaim \"data\" not found"),
         "{p}"
     );
+}
+
+/// With `rootDir` reached through a symlink, a pod's subPath bind of a
+/// hostPath directory must be unmounted, never emptied, when the pod goes.
+#[test]
+fn deleting_a_pod_never_deletes_through_its_mounts() {
+    let mut env = Env::new("teardown");
+    let real = env.dir.join("root");
+    let link = env.dir.join("root-link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    env.write_config(&format!(
+        "rootDir: {}\ncrashLoopBackOff:\n  initial: 1s\n  max: 8s\n",
+        link.display()
+    ));
+    env.start_agent();
+    let host = env.dir.join("host-data");
+    std::fs::create_dir_all(host.join("app")).unwrap();
+    std::fs::write(host.join("app/precious"), b"keep me\n").unwrap();
+    env.write_manifest(
+        "hp.yaml",
+        &pod_yaml(
+            "hp",
+            &format!(
+                "  terminationGracePeriodSeconds: 0\n  volumes: [{{name: h, hostPath: {{path: {}}}}}]\n  containers:\n  - name: a\n    image: busybox\n    command: [sh, -c, 'cat /app/precious; sleep 3600']\n    volumeMounts: [{{name: h, mountPath: /app, subPath: app}}, {{name: h, mountPath: /whole}}]\n",
+                host.display()
+            ),
+        ),
+    );
+    wait_log(&env, "hp-node1", "a", "keep me");
+    let u = uid(&env.pod("hp-node1").unwrap());
+    assert!(
+        !mounts_of(&env, &u).is_empty(),
+        "the subPath is bind-mounted"
+    );
+    env.remove_manifest("hp.yaml");
+    env.wait_for("pod gone", Duration::from_secs(30), || {
+        env.pod("hp-node1").is_none().then_some(())
+    });
+    assert_eq!(
+        std::fs::read(host.join("app/precious")).unwrap(),
+        b"keep me\n"
+    );
+    env.wait_for("pod directory removed", Duration::from_secs(30), || {
+        (!real.join("pods").join(&u).exists()).then_some(())
+    });
+    assert!(mounts_of(&env, &u).is_empty(), "{:?}", mounts_of(&env, &u));
 }
 
 #[test]

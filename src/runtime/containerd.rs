@@ -59,6 +59,11 @@ pub struct ContainerdOptions {
     pub systemd_cgroup: bool,
 }
 
+/// Deadline of one containerd call (but waits and data transfers). Task
+/// creation starts a shim and runc, which take well under a second on an
+/// idle host and seconds on a loaded one.
+const CALL_DEADLINE: Duration = Duration::from_secs(60);
+
 pub(super) fn status_error(op: &'static str, s: Status) -> RuntimeError {
     match s.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Cancelled => {
@@ -118,8 +123,19 @@ impl Containerd {
         self.client.channel()
     }
 
-    /// Wraps a message with the namespace header.
+    /// Wraps a message with the namespace header and the deadline of one
+    /// call: a containerd that hangs fails the call (as Unavailable, which
+    /// callers retry) instead of freezing whoever waits on it.
     pub(super) fn req<T>(&self, msg: T) -> Request<T> {
+        let mut r = self.req_unbounded(msg);
+        r.set_timeout(CALL_DEADLINE);
+        r
+    }
+
+    /// As [`Containerd::req`], without a deadline: for waits on a task, and
+    /// for content reads and layer unpacking, whose length depends on the
+    /// data.
+    pub(super) fn req_unbounded<T>(&self, msg: T) -> Request<T> {
         let mut r = Request::new(msg);
         r.metadata_mut().insert(
             "containerd-namespace",
@@ -133,7 +149,7 @@ impl Containerd {
         let mut stream = self
             .client
             .content()
-            .read(self.req(ReadContentRequest {
+            .read(self.req_unbounded(ReadContentRequest {
                 digest: digest.to_string(),
                 offset: 0,
                 size: 0,
@@ -319,7 +335,7 @@ impl Containerd {
                     let applied = self
                         .client
                         .diff()
-                        .apply(lease.wrap(self.req(ApplyRequest {
+                        .apply(lease.wrap(self.req_unbounded(ApplyRequest {
                             diff: Some(Descriptor {
                                 media_type: layer.media_type().to_string(),
                                 digest: layer.digest().to_string(),
@@ -643,7 +659,7 @@ impl Runtime for Containerd {
         let r = self
             .client
             .tasks()
-            .wait(self.req(WaitRequest {
+            .wait(self.req_unbounded(WaitRequest {
                 container_id: id.to_string(),
                 exec_id: String::new(),
             }))

@@ -7,11 +7,13 @@
 //! them.
 
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
 
+use crate::hostfs::{self, is_mount_point};
 use crate::oci::PodContext;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,10 @@ pub enum SandboxError {
     Namespaces(String),
     #[error("unmounting the pod's volumes: {0}")]
     Unmount(String),
+    #[error("removing the pod directory: {0}")]
+    Remove(#[from] hostfs::RemoveError),
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Teardown(Vec<SandboxError>),
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SandboxError + 'a {
@@ -49,30 +55,14 @@ pub struct SandboxSpec {
 
 const NS_KINDS: [&str; 3] = ["net", "uts", "ipc"];
 
-/// Whether `path` is a mount point, from /proc/self/mountinfo.
-pub fn is_mount_point(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let wanted = path.to_string_lossy();
-    info.lines().any(|l| {
-        l.split(' ')
-            .nth(4)
-            .is_some_and(|mp| unescape_mountinfo(mp) == wanted)
-    })
-}
-
-pub fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
-}
-
 /// Creates (or, after an agent restart, finds) the sandbox; idempotent.
 pub fn setup(spec: &SandboxSpec) -> Result<PodContext, SandboxError> {
     let ns_dir = spec.dir.join("ns");
     std::fs::create_dir_all(&ns_dir).map_err(io_err("creating", &ns_dir))?;
+    // As the kubelet makes pod directories: what lies below (secrets and
+    // configMaps among it) is not for other users of the host.
+    std::fs::set_permissions(&spec.dir, std::fs::Permissions::from_mode(0o750))
+        .map_err(io_err("setting the mode of", &spec.dir))?;
     let wanted: Vec<&str> = NS_KINDS
         .iter()
         .copied()
@@ -258,32 +248,36 @@ fn unpin(path: &Path) -> Result<(), SandboxError> {
     }
 }
 
-/// Releases the namespaces and the shm tmpfs and removes the pod directory.
-/// Only call once no container of the pod runs.
+/// Releases the namespaces and the shm tmpfs, unmounts the volumes and
+/// removes the pod directory. Only call once no container of the pod runs.
+/// Every step is tried even when an earlier one fails (the caller retries
+/// the whole, which is idempotent). The removal never crosses into another
+/// filesystem: whatever could not be unmounted stays, with its data, and is
+/// named in the error.
 pub fn teardown(dir: &Path) -> Result<(), SandboxError> {
     if !dir.exists() {
         return Ok(());
     }
+    let mut errors = vec![];
     for k in NS_KINDS {
-        unpin(&dir.join("ns").join(k))?;
+        if let Err(e) = unpin(&dir.join("ns").join(k)) {
+            errors.push(e);
+        }
     }
-    unpin(&dir.join("shm"))?;
+    if let Err(e) = unpin(&dir.join("shm")) {
+        errors.push(e);
+    }
     // Volumes (tmpfs, NFS, subPath binds): unmounted before anything is
-    // removed, or the removal would reach into the mounted filesystems.
-    crate::volume::mount::unmount_below(dir).map_err(SandboxError::Unmount)?;
-    let prefix = format!("{}/", dir.to_string_lossy());
-    if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo")
-        && let Some(mp) = info
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .map(unescape_mountinfo)
-            .find(|mp| mp.starts_with(&prefix))
-    {
-        return Err(SandboxError::Io {
-            what: "refusing to remove, still mounted:",
-            path: PathBuf::from(mp),
-            source: io::Error::from(io::ErrorKind::ResourceBusy),
-        });
+    // removed; the removal would not enter them anyway.
+    if let Err(e) = crate::volume::mount::unmount_below(dir) {
+        errors.push(SandboxError::Unmount(e));
     }
-    std::fs::remove_dir_all(dir).map_err(io_err("removing", dir))
+    if let Err(e) = hostfs::remove_all_one_filesystem(dir) {
+        errors.push(e.into());
+    }
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        _ => Err(SandboxError::Teardown(errors)),
+    }
 }

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
@@ -25,9 +25,9 @@ pub struct Desired {
     pub errors: Vec<ManifestError>,
     /// ConfigMaps, Secrets, PersistentVolumes and claims, with bindings.
     pub objects: Objects,
-    /// hostPath/local volumes to empty: their claim was deleted and their
-    /// reclaim policy is Delete.
-    pub reclaims: Vec<PathBuf>,
+    /// Claims bound before this scan that it did not find, with their
+    /// volume: deleted, or in a file that could not be read this time.
+    pub released: Vec<(ClaimKey, String)>,
     /// Documents of kinds this agent does not run (file: kind).
     pub ignored: Vec<String>,
 }
@@ -38,8 +38,6 @@ impl Desired {
         uids(self) == uids(other)
             && self.errors == other.errors
             && self.objects.bindings == other.objects.bindings
-            && self.reclaims.is_empty()
-            && other.reclaims.is_empty()
     }
 }
 
@@ -68,35 +66,29 @@ pub fn is_manifest_name(name: &str) -> bool {
 /// Reads every manifest file in `dir` (not its subdirectories), binding
 /// claims from scratch.
 pub fn scan(dir: &Path, node: &str) -> Desired {
-    scan_with(dir, node, &BTreeMap::new())
+    scan_with(dir, node, &BTreeMap::new(), &BTreeSet::new())
 }
 
 /// Reads the directory, keeping the claim bindings of `previous` that still
-/// hold, and resolves every pod's references.
-pub fn scan_with(dir: &Path, node: &str, previous: &BTreeMap<ClaimKey, String>) -> Desired {
+/// hold, and resolves every pod's references. Volumes in `reserved` (their
+/// claim is gone and their reclaim pending) are bound to no other claim.
+pub fn scan_with(
+    dir: &Path,
+    node: &str,
+    previous: &BTreeMap<ClaimKey, String>,
+    reserved: &BTreeSet<String>,
+) -> Desired {
     let mut out = read_dir(dir, node);
     let pvs: Vec<_> = out.objects.pvs.values().cloned().collect();
     let pvcs: Vec<_> = out.objects.pvcs.values().cloned().collect();
-    out.objects.bindings = bind::bind(&pvs, &pvcs, previous);
-    // Claims that are gone release their volume.
-    for (claim, pv_name) in previous {
-        if out.objects.pvcs.contains_key(claim) {
-            continue;
-        }
-        let Some(spec) = out.objects.pvs.get(pv_name).and_then(|pv| pv.spec.as_ref()) else {
-            continue;
-        };
-        if spec.persistent_volume_reclaim_policy.as_deref() == Some("Delete") {
-            let path = spec
-                .host_path
-                .as_ref()
-                .map(|h| h.path.clone())
-                .or(spec.local.as_ref().map(|l| l.path.clone()));
-            if let Some(p) = path {
-                out.reclaims.push(PathBuf::from(p));
-            }
-        }
-    }
+    out.objects.bindings = bind::bind(&pvs, &pvcs, previous, reserved);
+    out.released = previous
+        .iter()
+        .filter(|(claim, pv)| {
+            !out.objects.pvcs.contains_key(*claim) && out.objects.pvs.contains_key(*pv)
+        })
+        .map(|(claim, pv)| (claim.clone(), pv.clone()))
+        .collect();
     let pods = std::mem::take(&mut out.pods);
     out.pods = pods
         .into_iter()
@@ -189,6 +181,101 @@ fn file_error(file: &Path, message: String) -> ManifestError {
     }
 }
 
+/// A hostPath or local PersistentVolume to empty: its claim was deleted
+/// and its reclaim policy is Delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reclaim {
+    pub volume: String,
+    pub path: PathBuf,
+}
+
+/// The directory a Delete reclaim would empty, for volumes that have one.
+fn reclaim_path(pv: &k8s_openapi::api::core::v1::PersistentVolume) -> Option<PathBuf> {
+    let spec = pv.spec.as_ref()?;
+    if spec.persistent_volume_reclaim_policy.as_deref() != Some("Delete") {
+        return None;
+    }
+    spec.host_path
+        .as_ref()
+        .map(|h| h.path.clone())
+        .or(spec.local.as_ref().map(|l| l.path.clone()))
+        .map(PathBuf::from)
+}
+
+/// Claims whose volume waits to be reclaimed (Kubernetes' `Released`).
+///
+/// A claim that disappears from a scan may be deleted, or only unreadable
+/// for now (a typo, a half-written file, a permission): emptying its volume
+/// at once would turn a typo into data loss. So a Delete reclaim happens
+/// only once the claim has stayed absent for the grace period and the
+/// directory read without any error (a file that fails to parse may be the
+/// one that holds the claim). Meanwhile the volume is bound to no other
+/// claim, and the claim coming back takes it again, data intact.
+#[derive(Debug, Default)]
+struct Releases {
+    pending: BTreeMap<ClaimKey, (String, Instant)>,
+    /// Due reclaims already reported as deferred by manifest errors.
+    deferred: BTreeSet<ClaimKey>,
+}
+
+impl Releases {
+    fn reserved(&self) -> BTreeSet<String> {
+        self.pending.values().map(|(pv, _)| pv.clone()).collect()
+    }
+
+    /// Takes in a scan; returns the reclaims that are due.
+    fn update(&mut self, desired: &Desired, grace: Duration, now: Instant) -> Vec<Reclaim> {
+        let objects = &desired.objects;
+        for (claim, pv) in &desired.released {
+            if !self.pending.contains_key(claim)
+                && objects.pvs.get(pv).and_then(reclaim_path).is_some()
+            {
+                info!(claim = %format!("{}/{}", claim.0, claim.1), volume = %pv,
+                    "claim gone: the volume (reclaim policy Delete) is emptied if it stays gone for {}",
+                    humantime::format_duration(grace));
+                self.pending.insert(claim.clone(), (pv.clone(), now));
+            }
+        }
+        // Back again, or its volume gone or no longer Delete: nothing to do.
+        self.pending.retain(|claim, (pv, _)| {
+            let keep = !objects.pvcs.contains_key(claim)
+                && objects.pvs.get(pv).and_then(reclaim_path).is_some();
+            if !keep && objects.pvcs.contains_key(claim) {
+                info!(claim = %format!("{}/{}", claim.0, claim.1), volume = %pv, "claim back: volume not reclaimed");
+            }
+            keep
+        });
+        self.deferred.retain(|c| self.pending.contains_key(c));
+        let due: Vec<ClaimKey> = self
+            .pending
+            .iter()
+            .filter(|(_, (_, since))| now.duration_since(*since) >= grace)
+            .map(|(c, _)| c.clone())
+            .collect();
+        if !desired.errors.is_empty() {
+            for claim in due {
+                if self.deferred.insert(claim.clone()) {
+                    warn!(claim = %format!("{}/{}", claim.0, claim.1),
+                        "volume reclaim deferred: the manifest directory has errors, and one of them may hide the claim");
+                }
+            }
+            return vec![];
+        }
+        due.iter()
+            .filter_map(|claim| {
+                let (volume, _) = self.pending.remove(claim)?;
+                let path = objects.pvs.get(&volume).and_then(reclaim_path)?;
+                Some(Reclaim { volume, path })
+            })
+            .collect()
+    }
+
+    /// When the next pending reclaim falls due.
+    fn next_due(&self, grace: Duration) -> Option<Instant> {
+        self.pending.values().map(|(_, since)| *since + grace).min()
+    }
+}
+
 /// Watches `dir` and publishes the desired set each time it changes.
 pub struct Source {
     dir: PathBuf,
@@ -198,8 +285,14 @@ pub struct Source {
     /// on a cluster).
     bindings_file: Option<PathBuf>,
     /// hostPath/local volumes to empty (claim deleted, policy Delete).
-    reclaims: Option<mpsc::UnboundedSender<PathBuf>>,
+    reclaims: Option<mpsc::UnboundedSender<Reclaim>>,
+    /// How long a deleted claim stays deleted before its volume is emptied.
+    reclaim_grace: Duration,
+    pings: Option<Pings>,
 }
+
+/// Where a loop receives liveness pings, each answered on its channel.
+pub type Pings = mpsc::UnboundedReceiver<tokio::sync::oneshot::Sender<()>>;
 
 fn load_bindings(path: &Path) -> BTreeMap<ClaimKey, String> {
     let Ok(text) = std::fs::read_to_string(path) else {
@@ -233,18 +326,38 @@ impl Source {
             resync,
             bindings_file: None,
             reclaims: None,
+            reclaim_grace: Duration::ZERO,
+            pings: None,
         }
     }
 
-    /// Keeps claim bindings in `file` and sends volumes to reclaim to `tx`.
-    pub fn with_volumes(mut self, file: PathBuf, tx: mpsc::UnboundedSender<PathBuf>) -> Source {
+    /// Keeps claim bindings in `file` and sends volumes to reclaim to `tx`,
+    /// once their claim has been gone for `grace`.
+    pub fn with_volumes(
+        mut self,
+        file: PathBuf,
+        tx: mpsc::UnboundedSender<Reclaim>,
+        grace: Duration,
+    ) -> Source {
         self.bindings_file = Some(file);
         self.reclaims = Some(tx);
+        self.reclaim_grace = grace;
+        self
+    }
+
+    /// Answers each ping sent on `pings` while its loop turns (the
+    /// systemd watchdog's question).
+    pub fn with_pings(mut self, pings: Pings) -> Source {
+        self.pings = Some(pings);
         self
     }
 
     /// Scans once, then keeps `tx` up to date until `tx` has no receivers.
-    pub async fn run(self, tx: watch::Sender<Arc<Desired>>) {
+    pub async fn run(mut self, tx: watch::Sender<Arc<Desired>>) {
+        let mut pings = self
+            .pings
+            .take()
+            .unwrap_or_else(|| mpsc::unbounded_channel().1);
         let mut bindings = self
             .bindings_file
             .as_deref()
@@ -259,6 +372,7 @@ impl Source {
         let mut warned = BTreeSet::new();
         let mut last = Desired::default();
         let mut first = true;
+        let mut releases = Releases::default();
         loop {
             if watcher.is_none() {
                 watcher = self.watch(ev_tx.clone());
@@ -266,29 +380,47 @@ impl Source {
             let dir = self.dir.clone();
             let node = self.node.clone();
             let previous = bindings.clone();
-            let desired = tokio::task::spawn_blocking(move || scan_with(&dir, &node, &previous))
-                .await
-                .unwrap_or_default();
+            let reserved = releases.reserved();
+            let desired = match tokio::task::spawn_blocking(move || {
+                scan_with(&dir, &node, &previous, &reserved)
+            })
+            .await
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    // Fail closed: the pods of the last good scan stay.
+                    error!(
+                        "reading the static pod directory failed: {e}; keeping the last desired set"
+                    );
+                    tokio::time::sleep(self.resync.min(Duration::from_secs(5))).await;
+                    continue;
+                }
+            };
             report(&desired, &mut reported, &mut warned);
-            if desired.objects.bindings != bindings {
-                for (claim, pv) in &desired.objects.bindings {
+            let due = releases.update(&desired, self.reclaim_grace, Instant::now());
+            let mut kept = desired.objects.bindings.clone();
+            for (claim, (pv, _)) in &releases.pending {
+                kept.insert(claim.clone(), pv.clone());
+            }
+            if kept != bindings {
+                for (claim, pv) in &kept {
                     if bindings.get(claim) != Some(pv) {
                         info!(claim = %format!("{}/{}", claim.0, claim.1), volume = %pv, "claim bound");
                     }
                 }
                 for (claim, pv) in &bindings {
-                    if !desired.objects.bindings.contains_key(claim) {
+                    if !kept.contains_key(claim) {
                         info!(claim = %format!("{}/{}", claim.0, claim.1), volume = %pv, "claim released");
                     }
                 }
-                bindings = desired.objects.bindings.clone();
+                bindings = kept;
                 if let Some(f) = &self.bindings_file {
                     save_bindings(f, &bindings);
                 }
             }
             if let Some(r) = &self.reclaims {
-                for p in &desired.reclaims {
-                    let _ = r.send(p.clone());
+                for reclaim in due {
+                    let _ = r.send(reclaim);
                 }
             }
             if first || !desired.same_as(&last) {
@@ -298,14 +430,24 @@ impl Source {
                     return;
                 }
             }
-            tokio::select! {
-                got = ev_rx.recv() => {
-                    if got.is_none() { return; }
-                    // Coalesce a burst (an editor's write + rename) into one look.
-                    while ev_rx.try_recv().is_ok() {}
+            let resync = tokio::time::sleep(self.resync);
+            tokio::pin!(resync);
+            loop {
+                tokio::select! {
+                    got = ev_rx.recv() => {
+                        if got.is_none() { return; }
+                        // Coalesce a burst (an editor's write + rename) into one look.
+                        while ev_rx.try_recv().is_ok() {}
+                    }
+                    _ = &mut resync => {}
+                    _ = sleep_until(releases.next_due(self.reclaim_grace)) => {}
+                    Some(reply) = pings.recv() => {
+                        let _ = reply.send(());
+                        continue;
+                    }
+                    _ = tx.closed() => return,
                 }
-                _ = tokio::time::sleep(self.resync) => {}
-                _ = tx.closed() => return,
+                break;
             }
         }
     }
@@ -347,6 +489,13 @@ impl Source {
                 None
             }
         }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -450,6 +599,67 @@ mod tests {
                 .any(|e| e.contains("c.yaml") && e.contains("spec"))
         );
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    fn volume(policy: &str) -> k8s_openapi::api::core::v1::PersistentVolume {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "pv"},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                     "persistentVolumeReclaimPolicy": policy, "hostPath": {"path": "/srv/pv"}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn delete_reclaims_wait_for_the_grace_period_and_a_clean_directory() {
+        let claim: ClaimKey = ("default".into(), "data".into());
+        let grace = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let mut gone = Desired::default();
+        gone.objects.pvs.insert("pv".into(), volume("Delete"));
+        gone.released = vec![(claim.clone(), "pv".into())];
+        let mut r = Releases::default();
+        assert!(r.update(&gone, grace, t0).is_empty());
+        assert_eq!(r.reserved(), BTreeSet::from(["pv".to_string()]));
+        assert_eq!(r.next_due(grace), Some(t0 + grace));
+        // Later scans no longer list it as released: it stays pending.
+        gone.released.clear();
+        assert!(r.update(&gone, grace, t0 + grace / 2).is_empty());
+        // Due, but a file of the directory fails to parse: deferred.
+        let mut broken = gone.clone();
+        broken
+            .errors
+            .push(file_error(Path::new("/m/claim.yaml"), "bad".into()));
+        assert!(r.update(&broken, grace, t0 + grace).is_empty());
+        assert_eq!(
+            r.update(&gone, grace, t0 + grace),
+            vec![Reclaim {
+                volume: "pv".into(),
+                path: PathBuf::from("/srv/pv")
+            }]
+        );
+        assert!(r.pending.is_empty());
+    }
+
+    #[test]
+    fn a_claim_that_comes_back_or_a_retained_volume_is_not_reclaimed() {
+        let claim: ClaimKey = ("default".into(), "data".into());
+        let grace = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let mut gone = Desired::default();
+        gone.objects.pvs.insert("pv".into(), volume("Delete"));
+        gone.released = vec![(claim.clone(), "pv".into())];
+        let mut r = Releases::default();
+        r.update(&gone, grace, t0);
+        let mut back = gone.clone();
+        back.released.clear();
+        back.objects.pvcs.insert(claim.clone(), Default::default());
+        assert!(r.update(&back, grace, t0 + grace * 2).is_empty());
+        assert!(r.pending.is_empty());
+        let mut retained = gone.clone();
+        retained.objects.pvs.insert("pv".into(), volume("Retain"));
+        assert!(r.update(&retained, grace, t0).is_empty());
+        assert!(r.pending.is_empty());
     }
 
     #[tokio::test]

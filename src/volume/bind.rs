@@ -81,11 +81,14 @@ pub fn matches(pv: &PersistentVolume, pvc: &PersistentVolumeClaim) -> bool {
 }
 
 /// Binds claims to volumes. `previous` bindings are kept while valid; new
-/// claims are bound in the given order.
+/// claims are bound in the given order, never to a `reserved` volume (one
+/// whose claim was deleted and whose reclaim is pending: Kubernetes'
+/// `Released` phase).
 pub fn bind(
     pvs: &[PersistentVolume],
     pvcs: &[PersistentVolumeClaim],
     previous: &BTreeMap<ClaimKey, String>,
+    reserved: &BTreeSet<String>,
 ) -> BTreeMap<ClaimKey, String> {
     let by_name: BTreeMap<&str, &PersistentVolume> = pvs
         .iter()
@@ -110,7 +113,9 @@ pub fn bind(
         }
         let best = by_name
             .iter()
-            .filter(|(name, pv)| !taken.contains(**name) && matches(pv, pvc))
+            .filter(|(name, pv)| {
+                !taken.contains(**name) && !reserved.contains(**name) && matches(pv, pvc)
+            })
             .min_by_key(|(name, pv)| (capacity(pv), **name));
         if let Some((name, _)) = best {
             taken.insert(name.to_string());
@@ -153,46 +158,31 @@ mod tests {
             pv("other", "10Gi", "fast", &["ReadWriteMany"]),
         ];
         let claims = [pvc("data", "5Gi", "nfs", &["ReadWriteMany"])];
-        let b = bind(&pvs, &claims, &BTreeMap::new());
+        let b = bind(&pvs, &claims, &BTreeMap::new(), &BTreeSet::new());
         assert_eq!(b[&key("data")], "small");
     }
 
     #[test]
     fn access_modes_class_and_size_must_match() {
         let pvs = [pv("a", "10Gi", "nfs", &["ReadWriteOnce"])];
-        assert!(
-            bind(
-                &pvs,
-                &[pvc("c", "5Gi", "nfs", &["ReadWriteMany"])],
-                &BTreeMap::new()
-            )
-            .is_empty()
-        );
-        assert!(
-            bind(
-                &pvs,
-                &[pvc("c", "5Gi", "", &["ReadWriteOnce"])],
-                &BTreeMap::new()
-            )
-            .is_empty()
-        );
-        assert!(
-            bind(
-                &pvs,
-                &[pvc("c", "11Gi", "nfs", &["ReadWriteOnce"])],
-                &BTreeMap::new()
-            )
-            .is_empty()
-        );
-        assert_eq!(
-            bind(
-                &pvs,
-                &[pvc("c", "10Gi", "nfs", &["ReadWriteOnce"])],
-                &BTreeMap::new()
-            )
-            .len(),
-            1
-        );
+        let bound =
+            |c: PersistentVolumeClaim| bind(&pvs, &[c], &BTreeMap::new(), &BTreeSet::new()).len();
+        assert_eq!(bound(pvc("c", "5Gi", "nfs", &["ReadWriteMany"])), 0);
+        assert_eq!(bound(pvc("c", "5Gi", "", &["ReadWriteOnce"])), 0);
+        assert_eq!(bound(pvc("c", "11Gi", "nfs", &["ReadWriteOnce"])), 0);
+        assert_eq!(bound(pvc("c", "10Gi", "nfs", &["ReadWriteOnce"])), 1);
+    }
+
+    #[test]
+    fn reserved_volumes_go_to_no_new_claim_but_keep_their_own() {
+        let pvs = [pv("a", "10Gi", "", &["ReadWriteOnce"])];
+        let claims = [pvc("new", "1Gi", "", &["ReadWriteOnce"])];
+        let reserved = BTreeSet::from(["a".to_string()]);
+        assert!(bind(&pvs, &claims, &BTreeMap::new(), &reserved).is_empty());
+        // The claim that held it comes back: its binding is restored.
+        let back = [pvc("old", "1Gi", "", &["ReadWriteOnce"])];
+        let previous = BTreeMap::from([(key("old"), "a".to_string())]);
+        assert_eq!(bind(&pvs, &back, &previous, &reserved)[&key("old")], "a");
     }
 
     #[test]
@@ -202,17 +192,17 @@ mod tests {
             pvc("first", "1Gi", "", &["ReadWriteOnce"]),
             pvc("second", "1Gi", "", &["ReadWriteOnce"]),
         ];
-        let b = bind(&pvs, &claims, &BTreeMap::new());
+        let b = bind(&pvs, &claims, &BTreeMap::new(), &BTreeSet::new());
         assert_eq!(b.len(), 1);
         assert_eq!(b[&key("first")], "a");
         // A smaller volume appearing later does not move an existing binding;
         // the claim that waited gets it.
         let pvs2 = [pvs[0].clone(), pv("b", "2Gi", "", &["ReadWriteOnce"])];
-        let b2 = bind(&pvs2, &claims, &b);
+        let b2 = bind(&pvs2, &claims, &b, &BTreeSet::new());
         assert_eq!(b2[&key("first")], "a");
         assert_eq!(b2[&key("second")], "b");
         // The volume goes away: the binding goes with it.
-        let b3 = bind(&pvs2[1..], &claims, &b2);
+        let b3 = bind(&pvs2[1..], &claims, &b2, &BTreeSet::new());
         assert_eq!(b3.get(&key("first")), None);
         assert_eq!(b3[&key("second")], "b");
     }

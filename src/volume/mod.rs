@@ -7,6 +7,7 @@
 //! sources from the objects of the manifest directory (pure); [`mount`]
 //! makes them exist on the host and removes them.
 
+pub mod atomic;
 pub mod bind;
 pub mod mount;
 pub mod resolve;
@@ -61,6 +62,12 @@ pub struct Volume {
 }
 
 impl Volume {
+    /// Whether containers get it read-only: as asked, and always for
+    /// configMap and secret volumes (as Kubernetes mounts them).
+    pub fn mounted_read_only(&self) -> bool {
+        self.read_only || matches!(self.source, Source::Files { .. })
+    }
+
     /// The kubelet's plugin directory name for this volume, if it has one
     /// under the pod's directory.
     pub fn plugin_dir(&self) -> Option<PathBuf> {

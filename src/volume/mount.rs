@@ -15,7 +15,7 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::stat::Mode;
 
 use super::{Source, Volume};
-use crate::sandbox::is_mount_point;
+use crate::hostfs::{self, is_mount_point};
 
 /// Failure to set a volume up: (reason, message), reason as the kubelet's.
 pub type MountError = (String, String);
@@ -74,17 +74,29 @@ pub fn check_host_path(path: &Path, kind: &str) -> Result<(), String> {
         _ => {
             let m =
                 meta.map_err(|e| format!("hostPath type check failed: {}: {e}", path.display()))?;
-            let t = m.file_type();
-            let (ok, what) = match kind {
-                "Directory" => (t.is_dir(), "directory"),
-                "File" => (t.is_file(), "file"),
-                "Socket" => (t.is_socket(), "socket"),
-                "CharDevice" => (t.is_char_device(), "character device"),
-                "BlockDevice" => (t.is_block_device(), "block device"),
-                other => return Err(format!("unknown hostPath type {other:?}")),
-            };
-            if ok { Ok(()) } else { mismatch(what) }
+            type_check(path, kind, m.file_type())
         }
+    }
+}
+
+/// Whether a file of type `t` is what hostPath `type: kind` asks for.
+fn type_check(path: &Path, kind: &str, t: std::fs::FileType) -> Result<(), String> {
+    let (ok, what) = match kind {
+        "" => (true, ""),
+        "Directory" | "DirectoryOrCreate" => (t.is_dir(), "directory"),
+        "File" | "FileOrCreate" => (t.is_file(), "file"),
+        "Socket" => (t.is_socket(), "socket"),
+        "CharDevice" => (t.is_char_device(), "character device"),
+        "BlockDevice" => (t.is_block_device(), "block device"),
+        other => return Err(format!("unknown hostPath type {other:?}")),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "hostPath type check failed: {} is not a {what}",
+            path.display()
+        ))
     }
 }
 
@@ -132,30 +144,35 @@ pub fn setup(
             Ok(d)
         }
         Source::HostPath { path, kind } => {
-            if !cfg.allowed_host_paths.is_empty()
-                && !cfg.allowed_host_paths.iter().any(|p| is_below(path, p))
-            {
-                return Err(failed(format!(
-                    "volume {:?}: hostPath {} is outside the allowed prefixes ({})",
-                    v.name,
-                    path.display(),
-                    cfg.allowed_host_paths
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
+            if cfg.allowed_host_paths.is_empty() {
+                check_host_path(path, kind)
+                    .map_err(|m| failed(format!("volume {:?}: {m}", v.name)))?;
+                return Ok(path.clone());
             }
-            check_host_path(path, kind).map_err(|m| failed(format!("volume {:?}: {m}", v.name)))?;
-            Ok(path.clone())
+            let prefix = allowed_prefix(path, cfg)
+                .map_err(|m| failed(format!("volume {:?}: hostPath {m}", v.name)))?;
+            let target = pod_dir
+                .join("volumes/kubernetes.io~host-path")
+                .join(&v.name);
+            host_path_beneath(prefix, path, kind, &target)
+                .map_err(|m| failed(format!("volume {:?}: {m}", v.name)))
         }
-        Source::Local { path, pv } => match std::fs::metadata(path) {
-            Ok(m) if m.is_dir() => Ok(path.clone()),
-            _ => Err(failed(format!(
-                "local volume {pv:?}: {} is not a directory",
-                path.display()
-            ))),
-        },
+        Source::Local { path, pv } => {
+            if !cfg.allowed_host_paths.is_empty() {
+                let prefix = allowed_prefix(path, cfg)
+                    .map_err(|m| failed(format!("local volume {pv:?}: {m}")))?;
+                let target = pod_dir.join("volumes/kubernetes.io~local-volume").join(pv);
+                return host_path_beneath(prefix, path, "Directory", &target)
+                    .map_err(|m| failed(format!("local volume {pv:?}: {m}")));
+            }
+            match std::fs::metadata(path) {
+                Ok(m) if m.is_dir() => Ok(path.clone()),
+                _ => Err(failed(format!(
+                    "local volume {pv:?}: {} is not a directory",
+                    path.display()
+                ))),
+            }
+        }
         Source::Files { secret, files } => {
             let d = dir.expect("configMap/secret have a plugin dir");
             // Host-side: only root may look in (the files keep their modes
@@ -172,7 +189,8 @@ pub fn setup(
                 )
                 .map_err(|e| failed(format!("volume {:?}: mounting tmpfs: {e}", v.name)))?;
             }
-            write_files(&d, files).map_err(|e| failed(format!("volume {:?}: {e}", v.name)))?;
+            super::atomic::write(&d, files)
+                .map_err(|e| failed(format!("volume {:?}: {e}", v.name)))?;
             Ok(d)
         }
         Source::Nfs {
@@ -203,25 +221,159 @@ pub fn setup(
     }
 }
 
-/// Replaces the directory's files by `files` (with their modes).
-fn write_files(dir: &Path, files: &[super::File]) -> io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let p = entry?.path();
-        if p.is_dir() {
-            std::fs::remove_dir_all(&p)?;
+/// The allowed prefix `path` lies below, compared component-wise.
+fn allowed_prefix<'a>(path: &Path, cfg: &'a MountConfig) -> Result<&'a Path, String> {
+    cfg.allowed_host_paths
+        .iter()
+        .find(|p| is_below(path, p))
+        .map(PathBuf::as_path)
+        .ok_or_else(|| {
+            format!(
+                "{} is outside the allowed prefixes ({})",
+                path.display(),
+                cfg.allowed_host_paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
+/// A hostPath below an allowed prefix, resolved as the kernel sees it: the
+/// part below the prefix is opened with openat2(RESOLVE_BENEATH), so a
+/// symlink in there cannot lead out of the prefix; creation (`...OrCreate`)
+/// happens beneath too; the type is checked on the opened file; and the
+/// opened file itself is bind-mounted at `target`, which containers mount,
+/// so that what was checked is what they get.
+fn host_path_beneath(
+    prefix: &Path,
+    path: &Path,
+    kind: &str,
+    target: &Path,
+) -> Result<PathBuf, String> {
+    if is_mount_point(target) {
+        return Ok(target.to_path_buf()); // set up before an agent restart
+    }
+    let rel = path.strip_prefix(prefix).map_err(|e| e.to_string())?;
+    let escape = |e: nix::errno::Errno| match e {
+        nix::errno::Errno::EXDEV | nix::errno::Errno::ELOOP => format!(
+            "hostPath {} leads out of its allowed prefix {} (through a symlink or '..')",
+            path.display(),
+            prefix.display()
+        ),
+        e => format!("hostPath {}: {e}", path.display()),
+    };
+    let how = |flags: OFlag| {
+        OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+    };
+    let root = nix::fcntl::open(
+        prefix,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("allowed prefix {}: {e}", prefix.display()))?;
+    let open = |flags: OFlag| -> Result<OwnedFd, nix::errno::Errno> {
+        if rel.as_os_str().is_empty() {
+            nix::unistd::dup(&root)
         } else {
-            std::fs::remove_file(&p)?;
+            openat2(&root, rel, how(flags))
         }
-    }
-    for f in files {
-        let p = dir.join(&f.path);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent)?;
+    };
+    let fd = match (open(OFlag::O_PATH), kind) {
+        (Ok(fd), _) => fd,
+        (Err(nix::errno::Errno::ENOENT), "DirectoryOrCreate") => {
+            // The kubelet makes missing directories 0755, all the way.
+            let mut cur = nix::unistd::dup(&root).map_err(escape)?;
+            for comp in rel.components() {
+                let Component::Normal(name) = comp else {
+                    return Err(escape(nix::errno::Errno::EXDEV));
+                };
+                cur = match openat2(&cur, name, how(OFlag::O_PATH | OFlag::O_DIRECTORY)) {
+                    Ok(fd) => fd,
+                    Err(nix::errno::Errno::ENOENT) => {
+                        let dir = nix::fcntl::openat(
+                            &cur,
+                            ".",
+                            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                            Mode::empty(),
+                        )
+                        .map_err(escape)?;
+                        match nix::sys::stat::mkdirat(&dir, name, Mode::from_bits_truncate(0o755)) {
+                            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                            Err(e) => return Err(escape(e)),
+                        }
+                        openat2(&cur, name, how(OFlag::O_PATH | OFlag::O_DIRECTORY))
+                            .map_err(escape)?
+                    }
+                    Err(e) => return Err(escape(e)),
+                };
+            }
+            cur
         }
-        std::fs::write(&p, &f.data)?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(f.mode))?;
+        (Err(nix::errno::Errno::ENOENT), "FileOrCreate") => {
+            // As the kubelet: the file is created, its parent is not.
+            let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+                return Err(escape(nix::errno::Errno::EXDEV));
+            };
+            let dir = if parent.as_os_str().is_empty() {
+                nix::fcntl::open(
+                    prefix,
+                    OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(escape)?
+            } else {
+                openat2(&root, parent, how(OFlag::O_DIRECTORY | OFlag::O_RDONLY)).map_err(escape)?
+            };
+            match nix::fcntl::openat(
+                &dir,
+                name,
+                OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_WRONLY
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            ) {
+                Ok(_) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(escape(e)),
+            }
+            openat2(&root, rel, how(OFlag::O_PATH)).map_err(escape)?
+        }
+        (Err(e), _) => return Err(escape(e)),
+    };
+    let file_type = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|e| format!("hostPath {}: {e}", path.display()))?
+        .file_type();
+    type_check(path, kind, file_type)?;
+    let fd_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("creating {}: {e}", parent.display()))?;
     }
-    Ok(())
+    let made = if file_type.is_dir() {
+        std::fs::create_dir_all(target)
+    } else {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(target)
+            .map(drop)
+    };
+    made.map_err(|e| format!("creating {}: {e}", target.display()))?;
+    mount(
+        Some(fd_path.as_str()),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| format!("bind-mounting hostPath {}: {e}", path.display()))?;
+    Ok(target.to_path_buf())
 }
 
 /// Mounts with the kernel NFS client through mount(8), which handles
@@ -389,41 +541,111 @@ pub fn usage(dir: &Path) -> u64 {
     total
 }
 
-/// Unmounts everything mounted below `dir`, deepest first (lazily, so that
-/// a dead NFS server cannot block it).
+/// Unmounts everything mounted below `dir` (canonical), deepest first
+/// (lazily, so that a dead NFS server cannot block it).
 pub fn unmount_below(dir: &Path) -> Result<(), String> {
-    let prefix = format!("{}/", dir.to_string_lossy());
-    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
-    let mut mounts: Vec<String> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(crate::sandbox::unescape_mountinfo)
-        .filter(|m| m.starts_with(&prefix))
-        .collect();
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    mounts.dedup();
+    let mounts = hostfs::mount_points_below(dir).map_err(|e| format!("reading mountinfo: {e}"))?;
+    let mut errors = vec![];
     for m in mounts {
-        // Stacked mounts on one point need one unmount each.
-        while is_mount_point(Path::new(&m)) {
-            umount2(m.as_str(), MntFlags::MNT_DETACH)
-                .map_err(|e| format!("unmounting {m}: {e}"))?;
+        if let Err(e) = unmount(&m) {
+            errors.push(e);
         }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// Unmounts whatever is mounted on `path` (every stacked mount), lazily.
+pub fn unmount(path: &Path) -> Result<(), String> {
+    while is_mount_point(path) {
+        umount2(path, MntFlags::MNT_DETACH)
+            .map_err(|e| format!("unmounting {}: {e}", path.display()))?;
     }
     Ok(())
 }
 
+/// Directories a Delete reclaim never empties, whatever a
+/// PersistentVolume says: the root and everything one level below it, and
+/// the system's own trees. The agent's own directories are added by the
+/// caller.
+const SYSTEM_TREES: [&str; 14] = [
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/proc",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var/lib/containerd",
+];
+
+/// Why a volume was not reclaimed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReclaimError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("refusing to empty {0}: the root, a top-level directory or a system directory")]
+    Protected(PathBuf),
+    #[error("refusing to empty {0}: it holds {1}")]
+    HoldsAgentDirectory(PathBuf, PathBuf),
+    #[error("refusing to empty {path}: outside hostPathAllowedPrefixes ({allowed})")]
+    NotAllowed { path: PathBuf, allowed: String },
+    #[error(transparent)]
+    Remove(#[from] hostfs::RemoveError),
+}
+
 /// Empties a hostPath/local PersistentVolume whose claim was deleted with
-/// reclaim policy Delete, keeping the directory itself.
-pub fn reclaim(path: &Path) -> io::Result<()> {
-    for entry in std::fs::read_dir(path)? {
-        let p = entry?.path();
-        let meta = std::fs::symlink_metadata(&p)?;
-        if meta.is_dir() {
-            std::fs::remove_dir_all(&p)?;
-        } else {
-            std::fs::remove_file(&p)?;
+/// reclaim policy Delete, keeping the directory itself. The path is
+/// resolved first (a symlink anywhere in it counts for where it leads);
+/// the result must lie below `allowed` (when not empty), must not be the
+/// root, a top-level directory or a system tree, and must not hold any of
+/// `protected` (the agent's own directories). The removal never crosses
+/// into another filesystem.
+pub fn reclaim(
+    path: &Path,
+    allowed: &[PathBuf],
+    protected: &[PathBuf],
+) -> Result<(), ReclaimError> {
+    let real = std::fs::canonicalize(path).map_err(|source| ReclaimError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !real.is_dir() {
+        return Err(ReclaimError::NotADirectory(real));
+    }
+    if real.components().count() <= 2 || SYSTEM_TREES.iter().any(|t| real.starts_with(t)) {
+        return Err(ReclaimError::Protected(real));
+    }
+    if let Some(p) = protected.iter().find(|p| p.starts_with(&real)) {
+        return Err(ReclaimError::HoldsAgentDirectory(real, p.clone()));
+    }
+    if !allowed.is_empty() {
+        let inside = allowed
+            .iter()
+            .any(|a| std::fs::canonicalize(a).is_ok_and(|a| real.starts_with(a)));
+        if !inside {
+            return Err(ReclaimError::NotAllowed {
+                path: real,
+                allowed: allowed
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
         }
     }
+    hostfs::empty_dir_one_filesystem(&real)?;
     Ok(())
 }
 
@@ -461,6 +683,54 @@ mod tests {
         assert!(check_host_path(Path::new("/dev/null"), "BlockDevice").is_err());
         assert!(check_host_path(&d.join("missing"), "Directory").is_err());
         assert!(check_host_path(&d.join("missing"), "").is_ok());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn reclaims_empty_only_safe_directories() {
+        let d = temp("reclaim");
+        let vol = d.join("vol");
+        std::fs::create_dir_all(vol.join("sub")).unwrap();
+        std::fs::write(vol.join("sub/f"), b"x").unwrap();
+        let keep = d.join("keep");
+        std::fs::create_dir_all(&keep).unwrap();
+        std::fs::write(keep.join("f"), b"x").unwrap();
+        std::os::unix::fs::symlink(&keep, vol.join("link")).unwrap();
+        std::os::unix::fs::symlink(&keep, d.join("via-link")).unwrap();
+        let root = d.join("agent-root");
+        std::fs::create_dir_all(&root).unwrap();
+        // Refused: system and top-level directories, one holding the
+        // agent's directory, one outside the allow-list (also when reached
+        // through a symlink from inside it).
+        for (path, allowed, what) in [
+            (PathBuf::from("/"), vec![], "Protected"),
+            (PathBuf::from("/etc"), vec![], "Protected"),
+            (PathBuf::from("/tmp"), vec![], "Protected"),
+            (PathBuf::from("/usr/share"), vec![], "Protected"),
+            (d.clone(), vec![], "HoldsAgentDirectory"),
+            (keep.clone(), vec![vol.clone()], "NotAllowed"),
+            (d.join("via-link"), vec![d.join("via-link")], "NotAllowed"),
+        ] {
+            let allowed = if what == "NotAllowed" && path.ends_with("via-link") {
+                vec![vol.clone()]
+            } else {
+                allowed
+            };
+            let e = reclaim(&path, &allowed, std::slice::from_ref(&root)).unwrap_err();
+            assert!(
+                format!("{e:?}").starts_with(what),
+                "{}: {e:?}",
+                path.display()
+            );
+        }
+        assert!(keep.join("f").exists());
+        reclaim(&vol, std::slice::from_ref(&d), std::slice::from_ref(&root)).unwrap();
+        assert!(vol.is_dir());
+        assert_eq!(std::fs::read_dir(&vol).unwrap().count(), 0);
+        assert!(
+            keep.join("f").exists(),
+            "a symlink in the volume is not followed"
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 

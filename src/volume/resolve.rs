@@ -472,7 +472,8 @@ mod tests {
         assert!(r.problem.unwrap().1.contains("is not bound"));
         let pvs: Vec<_> = objs.pvs.values().cloned().collect();
         let pvcs: Vec<_> = objs.pvcs.values().cloned().collect();
-        objs.bindings = crate::volume::bind::bind(&pvs, &pvcs, &Default::default());
+        objs.bindings =
+            crate::volume::bind::bind(&pvs, &pvcs, &Default::default(), &Default::default());
         let r = resolve(&pods[0], &objs);
         assert_eq!(r.problem, None);
         assert_eq!(

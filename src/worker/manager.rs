@@ -3,7 +3,6 @@
 //! predecessor (an edited manifest) to be gone.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use super::{PodHandle, Terminated, WorkerEnv, cleanup, spawn, stop_containers};
 use crate::node::{self, Resources};
 use crate::pod::PodStatus;
 use crate::runtime::labels;
-use crate::source::Desired;
+use crate::source::{Desired, Pings, Reclaim};
 
 struct Running {
     handle: PodHandle,
@@ -30,7 +29,8 @@ pub async fn run(
     mut desired: watch::Receiver<Arc<Desired>>,
     env: Arc<WorkerEnv>,
     allocatable: Resources,
-    mut reclaims: mpsc::UnboundedReceiver<PathBuf>,
+    mut reclaims: mpsc::UnboundedReceiver<Reclaim>,
+    mut pings: Pings,
 ) {
     let mut workers: HashMap<String, Running> = HashMap::new();
     // Pods being torn down, by (namespace, name), and what they still hold.
@@ -38,7 +38,7 @@ pub async fn run(
     let mut releasing: HashMap<String, Resources> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
     let mut rejected: HashMap<String, String> = HashMap::new();
-    let mut to_reclaim: Vec<PathBuf> = vec![];
+    let mut to_reclaim: Vec<Reclaim> = vec![];
     let mut first = true;
     // The channel's initial value is a placeholder: wait for the first scan.
     if desired.changed().await.is_err() {
@@ -84,17 +84,31 @@ pub async fn run(
                 let _ = done_tx.send(uid);
             });
         }
-        for path in to_reclaim.drain(..) {
+        for Reclaim { volume, path } in to_reclaim.drain(..) {
             // Emptied once the pods being stopped (those that used it) are gone.
             let pending: Vec<Terminated> = terminating.values().cloned().collect();
+            let allowed = env.mounts.allowed_host_paths.clone();
+            let protected = env.protected_dirs.clone();
             tokio::spawn(async move {
                 futures::future::join_all(pending).await;
-                info!(path = %path.display(), "reclaiming volume (policy Delete): removing its contents");
+                info!(volume, path = %path.display(), "reclaiming volume (policy Delete): removing its contents");
                 let p = path.clone();
-                match tokio::task::spawn_blocking(move || crate::volume::mount::reclaim(&p)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => warn!(path = %path.display(), "reclaiming volume: {e}"),
-                    Err(e) => warn!(path = %path.display(), "reclaiming volume: {e}"),
+                let done = tokio::task::spawn_blocking(move || {
+                    crate::volume::mount::reclaim(&p, &allowed, &protected)
+                })
+                .await;
+                match done {
+                    Ok(Ok(())) => info!(volume, path = %path.display(), "volume reclaimed"),
+                    Ok(Err(e)) => warn!(
+                        volume,
+                        reason = "VolumeFailedDelete",
+                        "reclaiming volume: {e}"
+                    ),
+                    Err(e) => warn!(
+                        volume,
+                        reason = "VolumeFailedDelete",
+                        "reclaiming volume: {e}"
+                    ),
                 }
             });
         }
@@ -152,19 +166,26 @@ pub async fn run(
                 },
             );
         }
-        tokio::select! {
-            changed = desired.changed() => {
-                if changed.is_err() {
-                    return;
+        loop {
+            tokio::select! {
+                changed = desired.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                Some(uid) = done_rx.recv() => {
+                    releasing.remove(&uid);
+                }
+                // The source publishes the new pods before it sends the volume
+                // to reclaim: handled on the next turn, after those pods' old
+                // versions are being stopped.
+                Some(r) = reclaims.recv() => to_reclaim.push(r),
+                Some(reply) = pings.recv() => {
+                    let _ = reply.send(());
+                    continue;
                 }
             }
-            Some(uid) = done_rx.recv() => {
-                releasing.remove(&uid);
-            }
-            // The source publishes the new pods before it sends the volume
-            // to reclaim: handled on the next turn, after those pods' old
-            // versions are being stopped.
-            Some(path) = reclaims.recv() => to_reclaim.push(path),
+            break;
         }
     }
 }

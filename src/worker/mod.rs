@@ -49,6 +49,9 @@ pub struct WorkerEnv {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub store: StatusStore,
+    /// The agent's own directories (root, logs, manifests): never inside a
+    /// volume the agent empties.
+    pub protected_dirs: Vec<PathBuf>,
 }
 
 impl WorkerEnv {
@@ -93,6 +96,9 @@ pub fn spawn(pod: StaticPod, env: Arc<WorkerEnv>, after: Option<Terminated>) -> 
     tokio::spawn(worker.run(rx, after));
     PodHandle { tx }
 }
+
+/// Bytes of a termination message kept, as the kubelet keeps them.
+const MAX_TERMINATION_MESSAGE: u64 = 4096;
 
 /// containerd ID of one attempt of one container: stable, so that a retry
 /// after a crash finds what an earlier attempt left.
@@ -590,6 +596,12 @@ impl Worker {
                     let slot = &mut self.slots[i];
                     slot.backoff.record_start(now);
                     slot.not_before = Some(slot.backoff.restart_at(now));
+                    // A failed restart still counts as one, and the run
+                    // before it (its exit code, OOMKilled) stays visible.
+                    if let ContainerState::Terminated { .. } = slot.status.state {
+                        slot.status.last_state = Some(slot.status.state.clone());
+                    }
+                    slot.status.restart_count = attempt;
                     slot.status.state = waiting(reason, message.clone());
                     let name = slot.spec.name.clone();
                     self.event(
@@ -610,6 +622,23 @@ impl Worker {
         i: usize,
         attempt: u32,
         ctx: &oci::PodContext,
+    ) -> Result<(String, u32), (&'static str, String)> {
+        let mut made = Made::default();
+        let result = self.try_launch(i, attempt, ctx, &mut made).await;
+        if result.is_err() {
+            // Nothing of a failed attempt stays: its files and its subPath
+            // binds (no container of this slot runs, so none is in use).
+            tokio::task::spawn_blocking(move || made.undo());
+        }
+        result
+    }
+
+    async fn try_launch(
+        &self,
+        i: usize,
+        attempt: u32,
+        ctx: &oci::PodContext,
+        made: &mut Made,
     ) -> Result<(String, u32), (&'static str, String)> {
         let rt = &self.env.rt;
         let c = &self.slots[i].spec;
@@ -648,6 +677,8 @@ impl Worker {
             .join("containers")
             .join(&c.name);
         let termination_log = term_dir.join(format!("{attempt}.termination-log"));
+        made.files.push(termination_log.clone());
+        made.files.push(log_path.clone());
         let prepared = std::fs::create_dir_all(&term_dir)
             .and_then(|_| std::fs::write(&termination_log, b""))
             .and_then(|_| {
@@ -678,6 +709,7 @@ impl Worker {
                         .join(&m.name)
                         .join(&c.name)
                         .join(index.to_string());
+                    made.binds.push(target.clone());
                     volume::mount::bind_subpath(host, std::path::Path::new(sub), &target).map_err(
                         |e| {
                             (
@@ -694,7 +726,8 @@ impl Worker {
             mounts.push(oci::VolumeMount {
                 destination: m.mount_path.clone(),
                 source,
-                read_only: m.read_only == Some(true) || volume.is_some_and(|v| v.read_only),
+                read_only: m.read_only == Some(true)
+                    || volume.is_some_and(|v| v.mounted_read_only()),
             });
         }
         let spec = oci::build(&oci::ContainerInput {
@@ -844,14 +877,22 @@ impl Worker {
             .is_some_and(|n| n > 0);
         self.record_exit(id, code, at).await;
         let attempt = self.slots[i].next_attempt.saturating_sub(1);
-        let message = std::fs::read(
-            self.env
-                .pod_dir(&self.pod.uid)
-                .join("containers")
-                .join(&self.slots[i].spec.name)
-                .join(format!("{attempt}.termination-log")),
-        )
-        .map(|b| String::from_utf8_lossy(&b[..b.len().min(4096)]).into_owned())
+        // The container wrote this file: at most its last 4 KiB are read
+        // (the kubelet's MaxContainerTerminationMessageLength), off the
+        // executor.
+        let path = self
+            .env
+            .pod_dir(&self.pod.uid)
+            .join("containers")
+            .join(&self.slots[i].spec.name)
+            .join(format!("{attempt}.termination-log"));
+        let message = tokio::task::spawn_blocking(move || {
+            crate::hostfs::read_tail(&path, MAX_TERMINATION_MESSAGE)
+        })
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
         let now = Instant::now();
         let policy = self.policy;
@@ -936,6 +977,32 @@ impl Worker {
     }
 }
 
+/// What one launch attempt put on the host.
+#[derive(Default)]
+struct Made {
+    files: Vec<PathBuf>,
+    binds: Vec<PathBuf>,
+}
+
+impl Made {
+    /// Removes it all; blocking.
+    fn undo(self) {
+        for b in &self.binds {
+            if let Err(e) = volume::mount::unmount_below(b).and_then(|()| volume::mount::unmount(b))
+            {
+                warn!(path = %b.display(), "removing the subPath bind of a failed start: {e}");
+            }
+        }
+        for f in &self.files {
+            if let Err(e) = std::fs::remove_file(f)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                warn!(path = %f.display(), "removing a file of a failed start: {e}");
+            }
+        }
+    }
+}
+
 fn terminated(
     code: i32,
     message: String,
@@ -996,7 +1063,7 @@ async fn stop_containers(
 
 /// Removes every container of pod `uid`, its sandbox, cgroups and (given
 /// namespace and name) its logs. Retries while containerd is unavailable.
-async fn cleanup(env: &WorkerEnv, uid: &str, names: Option<(&str, &str)>) {
+async fn cleanup(env: &Arc<WorkerEnv>, uid: &str, names: Option<(&str, &str)>) {
     let mut delay = Duration::from_secs(1);
     loop {
         let result: Result<(), RuntimeError> = async {
@@ -1017,23 +1084,71 @@ async fn cleanup(env: &WorkerEnv, uid: &str, names: Option<(&str, &str)>) {
             }
         }
     }
+    let errors = remove_host_state(env, uid, names).await;
+    if errors.is_empty() {
+        return;
+    }
+    for e in &errors {
+        warn!(
+            uid,
+            reason = "FailedKillPod",
+            "tearing the pod down: {e}; retrying in the background"
+        );
+    }
+    // The containers are gone, so the pod no longer holds anything a new
+    // pod needs; what is left (a busy mount, a cgroup that still has a
+    // process) is retried until it goes, without an agent restart.
+    let env = Arc::clone(env);
+    let uid = uid.to_string();
+    let names = names.map(|(ns, n)| (ns.to_string(), n.to_string()));
+    tokio::spawn(async move {
+        let mut delay = Duration::from_secs(2);
+        loop {
+            tokio::time::sleep(delay).await;
+            let named = names.as_ref().map(|(ns, n)| (ns.as_str(), n.as_str()));
+            let errors = remove_host_state(&env, &uid, named).await;
+            if errors.is_empty() {
+                info!(uid, "pod torn down after retries");
+                return;
+            }
+            delay = (delay * 2).min(Duration::from_secs(300));
+            for e in &errors {
+                warn!(
+                    uid,
+                    reason = "FailedKillPod",
+                    "tearing the pod down: {e}; retrying in {delay:?}"
+                );
+            }
+        }
+    });
+}
+
+/// The sandbox, cgroups and (given namespace and name) logs of pod `uid`:
+/// every step is tried, whatever the others did; returns what failed.
+async fn remove_host_state(env: &WorkerEnv, uid: &str, names: Option<(&str, &str)>) -> Vec<String> {
+    let mut errors = vec![];
     let dir = env.pod_dir(uid);
     match tokio::task::spawn_blocking(move || sandbox::teardown(&dir)).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!(uid, "removing sandbox: {e}"),
-        Err(e) => warn!(uid, "removing sandbox: {e}"),
+        Ok(Err(e)) => errors.push(format!("removing sandbox: {e}")),
+        Err(e) => errors.push(format!("removing sandbox: {e}")),
     }
     for p in env.cgroups.remove_pod(uid) {
-        warn!(uid, "removing cgroup {p}");
+        errors.push(format!("removing cgroup {p}"));
     }
     if let Some((ns, name)) = names {
         let dir = logs::pod_log_dir(&env.pod_logs_dir, ns, name, uid);
-        if let Err(e) = std::fs::remove_dir_all(&dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            warn!(uid, "removing logs {}: {e}", dir.display());
+        let removed = tokio::task::spawn_blocking(move || {
+            crate::hostfs::remove_all_one_filesystem(&dir).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        if let Err(e) = removed {
+            errors.push(format!("removing logs: {e}"));
         }
     }
+    errors
 }
 
 #[cfg(test)]

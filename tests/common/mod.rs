@@ -196,13 +196,18 @@ impl Env {
         }
     }
 
-    /// The agent's `/pods` items.
+    /// The agent's `/pods` items. An agent that does not answer fails the
+    /// test: an empty list would pass every "pod gone" wait.
     pub fn pods(&self) -> Vec<serde_json::Value> {
-        self.get("/pods")
-            .ok()
-            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["items"].as_array().cloned())
-            .unwrap_or_default()
+        let body = self.get("/pods").unwrap_or_else(|e| {
+            panic!("GET /pods: {e}\n--- agent log ---\n{}", self.agent_output())
+        });
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET /pods: {e}: {body}"));
+        v["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("GET /pods: no items: {body}"))
     }
 
     pub fn pod(&self, name: &str) -> Option<serde_json::Value> {
@@ -228,7 +233,7 @@ impl Env {
                 panic!(
                     "timed out after {timeout:?} waiting for {what}\n--- agent log ---\n{}\n--- pods ---\n{}",
                     self.agent_output(),
-                    serde_json::to_string_pretty(&self.pods()).unwrap_or_default()
+                    self.get("/pods").unwrap_or_else(|e| e.to_string())
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
