@@ -391,7 +391,10 @@ fn mount_nfs(
     if !options.is_empty() {
         cmd.arg("-o").arg(options.join(","));
     }
-    cmd.arg(source)
+    // The source comes from a manifest: after `--`, it can only ever be
+    // read as the source, never as an option of mount(8).
+    cmd.arg("--")
+        .arg(source)
         .arg(target)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

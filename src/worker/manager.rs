@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::future::FutureExt;
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::{PodHandle, Terminated, WorkerEnv, cleanup, spawn, stop_containers};
 use crate::node::{self, Resources};
@@ -34,9 +34,13 @@ pub async fn run(
 ) {
     let mut workers: HashMap<String, Running> = HashMap::new();
     // Pods being torn down, by (namespace, name), and what they still hold.
-    let mut terminating: HashMap<(String, String), Terminated> = HashMap::new();
-    let mut releasing: HashMap<String, Resources> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+    let mut stopping = Stopping {
+        terminating: HashMap::new(),
+        releasing: HashMap::new(),
+        done_tx,
+    };
+    let (crash_tx, mut crash_rx) = mpsc::unbounded_channel::<String>();
     let mut rejected: HashMap<String, String> = HashMap::new();
     let mut to_reclaim: Vec<Reclaim> = vec![];
     let mut first = true;
@@ -50,9 +54,9 @@ pub async fn run(
         let wanted: HashSet<&str> = current.pods.iter().map(|p| p.uid.as_str()).collect();
         if first {
             first = false;
-            reap_orphans(&env, &wanted, &mut terminating).await;
+            reap_orphans(&env, &wanted, &mut stopping.terminating).await;
         }
-        terminating.retain(|_, t| t.peek().is_none());
+        stopping.terminating.retain(|_, t| t.peek().is_none());
         let gone: Vec<String> = workers
             .keys()
             .filter(|u| !wanted.contains(u.as_str()))
@@ -66,27 +70,11 @@ pub async fn run(
             } = workers.remove(&uid).expect("listed above");
             info!(pod = %format!("{}/{}", key.0, key.1), uid, "manifest removed or changed: stopping pod");
             let done = handle.stop();
-            let previous = terminating.remove(&key);
-            let chained = async move {
-                if let Some(p) = previous {
-                    p.await;
-                }
-                done.await;
-            }
-            .boxed()
-            .shared();
-            terminating.insert(key, chained.clone());
-            // Its resources count until its containers are gone.
-            releasing.insert(uid.clone(), requests);
-            let done_tx = done_tx.clone();
-            tokio::spawn(async move {
-                chained.await;
-                let _ = done_tx.send(uid);
-            });
+            stopping.add(uid, key, requests, done);
         }
         for Reclaim { volume, path } in to_reclaim.drain(..) {
             // Emptied once the pods being stopped (those that used it) are gone.
-            let pending: Vec<Terminated> = terminating.values().cloned().collect();
+            let pending: Vec<Terminated> = stopping.terminating.values().cloned().collect();
             let allowed = env.mounts.allowed_host_paths.clone();
             let protected = env.protected_dirs.clone();
             tokio::spawn(async move {
@@ -125,7 +113,7 @@ pub async fn run(
                 .remove(&uid);
         }
         let mut used: Resources = workers.values().map(|w| w.requests).sum::<Resources>()
-            + releasing.values().copied().sum();
+            + stopping.releasing.values().copied().sum();
         for pod in &current.pods {
             if workers.contains_key(&pod.uid) {
                 continue;
@@ -155,8 +143,8 @@ pub async fn run(
             used = used + requests;
             let key = (pod.namespace.clone(), pod.name.clone());
             info!(pod = %pod.key(), uid = %pod.uid, file = %pod.source.display(), "starting pod");
-            let after = terminating.get(&key).cloned();
-            let handle = spawn(pod.clone(), Arc::clone(&env), after);
+            let after = stopping.terminating.get(&key).cloned();
+            let handle = spawn(pod.clone(), Arc::clone(&env), after, crash_tx.clone());
             workers.insert(
                 pod.uid.clone(),
                 Running {
@@ -174,7 +162,7 @@ pub async fn run(
                     }
                 }
                 Some(uid) = done_rx.recv() => {
-                    releasing.remove(&uid);
+                    stopping.releasing.remove(&uid);
                 }
                 // The source publishes the new pods before it sends the volume
                 // to reclaim: handled on the next turn, after those pods' old
@@ -184,9 +172,57 @@ pub async fn run(
                     let _ = reply.send(());
                     continue;
                 }
+                // A worker that panicked leaves its pod to nobody: stop what
+                // runs of it and clean up; the next turn starts a new worker.
+                Some(uid) = crash_rx.recv() => {
+                    let Some(Running { key, requests, .. }) = workers.remove(&uid) else {
+                        continue;
+                    };
+                    error!(pod = %format!("{}/{}", key.0, key.1), uid, "pod worker panicked: stopping the pod to start it afresh");
+                    env.metrics.sync_errors.inc();
+                    // Without a list, the teardown still removes every
+                    // container of the pod, only without a grace period.
+                    let records = env.rt.list().await.unwrap_or_else(|e| {
+                        warn!(uid, "listing containers: {e}");
+                        vec![]
+                    });
+                    let done = stop_pod(&env, uid.clone(), key.clone(), &records);
+                    stopping.add(uid, key, requests, done);
+                }
             }
             break;
         }
+    }
+}
+
+/// Pods being torn down: by (namespace, name), what a successor of the same
+/// name waits for; by UID, the requests they hold until their containers
+/// are gone.
+struct Stopping {
+    terminating: HashMap<(String, String), Terminated>,
+    releasing: HashMap<String, Resources>,
+    /// Told each UID whose teardown is over.
+    done_tx: mpsc::UnboundedSender<String>,
+}
+
+impl Stopping {
+    fn add(&mut self, uid: String, key: (String, String), requests: Resources, done: Terminated) {
+        let previous = self.terminating.remove(&key);
+        let chained = async move {
+            if let Some(p) = previous {
+                p.await;
+            }
+            done.await;
+        }
+        .boxed()
+        .shared();
+        self.terminating.insert(key, chained.clone());
+        self.releasing.insert(uid.clone(), requests);
+        let done_tx = self.done_tx.clone();
+        tokio::spawn(async move {
+            chained.await;
+            let _ = done_tx.send(uid);
+        });
     }
 }
 
@@ -211,38 +247,13 @@ async fn reap_orphans(
             }
         }
     };
-    struct Orphan {
-        running: Vec<String>,
-        grace: u64,
-        key: (String, String),
-    }
-    let mut orphans: HashMap<String, Orphan> = HashMap::new();
-    for r in records {
+    let mut orphans: HashMap<String, (String, String)> = HashMap::new();
+    for r in &records {
         let Some(uid) = r.labels.get(labels::POD_UID) else {
             continue;
         };
-        if wanted.contains(uid.as_str()) {
-            continue;
-        }
-        let key = (
-            r.labels
-                .get(labels::POD_NAMESPACE)
-                .cloned()
-                .unwrap_or_default(),
-            r.labels.get(labels::POD_NAME).cloned().unwrap_or_default(),
-        );
-        let grace = r
-            .labels
-            .get(labels::GRACE_PERIOD)
-            .and_then(|g| g.parse().ok())
-            .unwrap_or(30);
-        let e = orphans.entry(uid.clone()).or_insert(Orphan {
-            running: vec![],
-            grace,
-            key,
-        });
-        if matches!(r.task, crate::runtime::TaskState::Running { .. }) {
-            e.running.push(r.id);
+        if !wanted.contains(uid.as_str()) {
+            orphans.entry(uid.clone()).or_insert_with(|| names(r));
         }
     }
     // Sandboxes whose containers are already gone.
@@ -252,53 +263,69 @@ async fn reap_orphans(
         .flatten()
     {
         let uid = entry.file_name().to_string_lossy().into_owned();
-        if !wanted.contains(uid.as_str()) && !orphans.contains_key(&uid) {
-            orphans.insert(
-                uid,
-                Orphan {
-                    running: vec![],
-                    grace: 0,
-                    key: Default::default(),
-                },
-            );
+        if !wanted.contains(uid.as_str()) {
+            orphans.entry(uid).or_default();
         }
     }
-    for (
-        uid,
-        Orphan {
-            running,
-            grace,
-            key,
-        },
-    ) in orphans
-    {
+    for (uid, key) in orphans {
         info!(uid, pod = %format!("{}/{}", key.0, key.1), "stopping pod whose manifest is gone");
-        let env = Arc::clone(env);
-        let names = key.clone();
-        let task = tokio::spawn(async move {
-            // No worker follows these containers: wait on containerd directly.
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            for id in &running {
-                let rt = Arc::clone(&env.rt);
-                let tx = tx.clone();
-                let id = id.clone();
-                tokio::spawn(async move {
-                    let result = rt.wait(&id).await;
-                    let _ = tx.send(super::Msg::Exited {
-                        slot: 0,
-                        id,
-                        result,
-                    });
-                });
-            }
-            drop(tx);
-            stop_containers(&env, &running, Duration::from_secs(grace), &mut rx).await;
-            let named = (!names.1.is_empty()).then_some((names.0.as_str(), names.1.as_str()));
-            cleanup(&env, &uid, named).await;
-        });
-        let done: Terminated = task.map(|_| ()).boxed().shared();
+        let done = stop_pod(env, uid, key.clone(), &records);
         if !key.1.is_empty() {
             terminating.insert(key, done);
         }
     }
+}
+
+/// (namespace, name) of the pod a container belongs to, from its labels.
+fn names(r: &crate::runtime::ContainerRecord) -> (String, String) {
+    let label = |k: &str| r.labels.get(k).cloned().unwrap_or_default();
+    (label(labels::POD_NAMESPACE), label(labels::POD_NAME))
+}
+
+/// Stops the running containers of pod `uid` found in `records` (SIGTERM,
+/// SIGKILL after the grace period their labels carry) and removes the pod,
+/// with no worker: the pod's manifest is gone, or its worker died.
+fn stop_pod(
+    env: &Arc<WorkerEnv>,
+    uid: String,
+    key: (String, String),
+    records: &[crate::runtime::ContainerRecord],
+) -> Terminated {
+    let mine: Vec<&crate::runtime::ContainerRecord> = records
+        .iter()
+        .filter(|r| r.labels.get(labels::POD_UID) == Some(&uid))
+        .collect();
+    let running: Vec<String> = mine
+        .iter()
+        .filter(|r| matches!(r.task, crate::runtime::TaskState::Running { .. }))
+        .map(|r| r.id.clone())
+        .collect();
+    let grace = mine
+        .iter()
+        .filter_map(|r| r.labels.get(labels::GRACE_PERIOD)?.parse().ok())
+        .max()
+        .unwrap_or(30);
+    let env = Arc::clone(env);
+    let task = tokio::spawn(async move {
+        // No worker follows these containers: wait on containerd directly.
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for id in &running {
+            let rt = Arc::clone(&env.rt);
+            let tx = tx.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                let result = rt.wait(&id).await;
+                let _ = tx.send(super::Msg::Exited {
+                    slot: 0,
+                    id,
+                    result,
+                });
+            });
+        }
+        drop(tx);
+        stop_containers(&env, &running, Duration::from_secs(grace), &mut rx).await;
+        let named = (!key.1.is_empty()).then_some((key.0.as_str(), key.1.as_str()));
+        cleanup(&env, &uid, named).await;
+    });
+    task.map(|_| ()).boxed().shared()
 }

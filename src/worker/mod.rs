@@ -90,10 +90,25 @@ impl PodHandle {
 
 /// Starts the worker of `pod`, once `after` (the previous pod of the same
 /// name being torn down) resolves.
-pub fn spawn(pod: StaticPod, env: Arc<WorkerEnv>, after: Option<Terminated>) -> PodHandle {
+/// A worker that panics sends its pod's UID to `crashed`.
+pub fn spawn(
+    pod: StaticPod,
+    env: Arc<WorkerEnv>,
+    after: Option<Terminated>,
+    crashed: mpsc::UnboundedSender<String>,
+) -> PodHandle {
     let (tx, rx) = mpsc::unbounded_channel();
+    let uid = pod.uid.clone();
     let worker = Worker::new(pod, env, tx.clone());
-    tokio::spawn(worker.run(rx, after));
+    tokio::spawn(async move {
+        if std::panic::AssertUnwindSafe(worker.run(rx, after))
+            .catch_unwind()
+            .await
+            .is_err()
+        {
+            let _ = crashed.send(uid);
+        }
+    });
     PodHandle { tx }
 }
 
