@@ -115,7 +115,7 @@ fn edit_delete_and_readd_replace_the_pod() {
         "app.yaml",
         &format!("# a comment\n{}", pod_yaml("app", SLEEPER)),
     );
-    std::thread::sleep(Duration::from_secs(1));
+    env.wait_rescan();
     assert_eq!(
         env.pod("app-node1").unwrap()["metadata"]["uid"],
         uid1.as_str()
@@ -397,8 +397,8 @@ fn agent_sigkill_and_restart_adopts_containers() {
     }
     assert_eq!(env.containers().len(), 3);
     // SIGTERM to the agent also leaves pods alone.
+    // (stop_agent returns once the agent has exited.)
     env.stop_agent(libc::SIGTERM);
-    std::thread::sleep(Duration::from_millis(500));
     let mut now = env.tasks();
     let mut after = after;
     now.sort();

@@ -421,7 +421,10 @@ fn claims_bind_to_the_smallest_fitting_volume_and_keep_their_data() {
     env.wait_for("db gone", Duration::from_secs(30), || {
         env.pod("db-node1").is_none().then_some(())
     });
-    std::thread::sleep(Duration::from_secs(1));
+    env.wait_for("claim released", Duration::from_secs(30), || {
+        env.agent_output().contains("claim released").then_some(())
+    });
+    env.wait_rescan();
     assert!(small.join("rows").exists());
 }
 

@@ -154,6 +154,23 @@ impl Env {
         }
     }
 
+    /// Waits until the agent has read the manifest directory twice more
+    /// (one read may have begun before the caller's last change), so that a
+    /// check that nothing changed is made after the change was seen.
+    pub fn wait_rescan(&self) {
+        let reads = || {
+            self.agent_output()
+                .matches("static pod directory read")
+                .count()
+        };
+        let before = reads();
+        self.wait_for(
+            "two more reads of the manifest directory",
+            Duration::from_secs(30),
+            || (reads() >= before + 2).then_some(()),
+        );
+    }
+
     pub fn agent_pid(&self) -> Option<u32> {
         self.agent.as_ref().map(|a| a.id())
     }
