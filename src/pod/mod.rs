@@ -2,10 +2,12 @@
 //! next, when a crashed one may restart, and what phase the pod is in.
 //! Nothing here performs I/O; the worker executes what these functions say.
 
+pub mod error;
 pub mod status;
 
 use std::time::{Duration, Instant};
 
+pub use error::PodError;
 pub use status::{ContainerState, ContainerStatus, Event, Phase, PodStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

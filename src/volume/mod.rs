@@ -50,7 +50,7 @@ pub enum Source {
     Files { secret: bool, files: Vec<File> },
     /// Cannot be set up until the manifests change (a claim without a
     /// volume, a missing configMap): the pod waits with this reason.
-    Unavailable { reason: String, message: String },
+    Unavailable(crate::pod::PodError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

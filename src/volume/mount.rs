@@ -17,11 +17,10 @@ use nix::sys::stat::Mode;
 use super::{Source, Volume};
 use crate::hostfs::{self, is_mount_point};
 
-/// Failure to set a volume up: (reason, message), reason as the kubelet's.
-pub type MountError = (String, String);
+use crate::pod::PodError;
 
-fn failed(message: String) -> MountError {
-    ("FailedMount".to_string(), message)
+fn failed(message: String) -> PodError {
+    PodError::Mount(message)
 }
 
 #[derive(Debug, Clone)]
@@ -108,9 +107,9 @@ pub fn setup(
     v: &Volume,
     pod_memory_limit: Option<i64>,
     cfg: &MountConfig,
-) -> Result<PathBuf, MountError> {
+) -> Result<PathBuf, PodError> {
     let dir = v.plugin_dir().map(|d| pod_dir.join(d));
-    let mkdir = |d: &Path, mode: u32| -> Result<(), MountError> {
+    let mkdir = |d: &Path, mode: u32| -> Result<(), PodError> {
         std::fs::create_dir_all(d)
             .and_then(|_| std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)))
             .map_err(|e| {
@@ -122,7 +121,7 @@ pub fn setup(
             })
     };
     match &v.source {
-        Source::Unavailable { reason, message } => Err((reason.clone(), message.clone())),
+        Source::Unavailable(e) => Err(e.clone()),
         Source::EmptyDir { memory, size_limit } => {
             let d = dir.expect("emptyDir has a plugin dir");
             mkdir(&d, 0o777)?;

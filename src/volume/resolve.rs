@@ -15,6 +15,7 @@ use super::bind::ClaimKey;
 use super::{File, Source, Volume};
 use crate::manifest::quantity::Quantity;
 use crate::manifest::{Object, StaticPod};
+use crate::pod::PodError;
 
 /// The objects of the directory, by namespace and name.
 #[derive(Debug, Default, Clone)]
@@ -66,8 +67,8 @@ pub struct ContainerEnv {
 pub struct Resolved {
     pub volumes: Vec<Volume>,
     pub env: BTreeMap<String, ContainerEnv>,
-    /// Why the pod cannot start yet (reason, message).
-    pub problem: Option<(String, String)>,
+    /// Why the pod cannot start yet.
+    pub problem: Option<PodError>,
 }
 
 fn config_map_data(c: &ConfigMap) -> BTreeMap<String, Vec<u8>> {
@@ -124,11 +125,8 @@ fn files(
     }
 }
 
-fn unavailable(reason: &str, message: String) -> Source {
-    Source::Unavailable {
-        reason: reason.to_string(),
-        message,
-    }
+fn unavailable(message: String) -> Source {
+    Source::Unavailable(PodError::Mount(message))
 }
 
 /// Resolves every volume and env reference of `pod`.
@@ -184,20 +182,17 @@ pub fn resolve(pod: &StaticPod, objs: &Objects) -> Resolved {
                                 files: vec![],
                             }
                         }
-                        Err(m) => unavailable("FailedMount", format!("volume {:?}: {m}", v.name)),
+                        Err(m) => unavailable(format!("volume {:?}: {m}", v.name)),
                     }
                 }
                 None if optional => Source::Files {
                     secret: false,
                     files: vec![],
                 },
-                None => unavailable(
-                    "FailedMount",
-                    format!(
-                        "MountVolume.SetUp failed for volume {:?}: configmap {:?} not found",
-                        v.name, c.name
-                    ),
-                ),
+                None => unavailable(format!(
+                    "MountVolume.SetUp failed for volume {:?}: configmap {:?} not found",
+                    v.name, c.name
+                )),
             }
         } else if let Some(s) = &v.secret {
             let name = s.secret_name.clone().unwrap_or_default();
@@ -217,19 +212,16 @@ pub fn resolve(pod: &StaticPod, objs: &Objects) -> Resolved {
                         secret: true,
                         files: vec![],
                     },
-                    Err(m) => unavailable("FailedMount", format!("volume {:?}: {m}", v.name)),
+                    Err(m) => unavailable(format!("volume {:?}: {m}", v.name)),
                 },
                 None if optional => Source::Files {
                     secret: true,
                     files: vec![],
                 },
-                None => unavailable(
-                    "FailedMount",
-                    format!(
-                        "MountVolume.SetUp failed for volume {:?}: secret {name:?} not found",
-                        v.name
-                    ),
-                ),
+                None => unavailable(format!(
+                    "MountVolume.SetUp failed for volume {:?}: secret {name:?} not found",
+                    v.name
+                )),
             }
         } else if let Some(c) = &v.persistent_volume_claim {
             read_only = c.read_only == Some(true);
@@ -238,17 +230,14 @@ pub fn resolve(pod: &StaticPod, objs: &Objects) -> Resolved {
                 objs.pvcs.get(&key),
                 objs.bindings.get(&key).and_then(|n| objs.pvs.get(n)),
             ) {
-                (None, _) => unavailable(
-                    "FailedMount",
-                    format!("persistentvolumeclaim {:?} not found", c.claim_name),
-                ),
-                (Some(_), None) => unavailable(
-                    "FailedMount",
-                    format!(
-                        "persistentvolumeclaim {:?} is not bound: no PersistentVolume matches its storage class, access modes and size",
-                        c.claim_name
-                    ),
-                ),
+                (None, _) => unavailable(format!(
+                    "persistentvolumeclaim {:?} not found",
+                    c.claim_name
+                )),
+                (Some(_), None) => unavailable(format!(
+                    "persistentvolumeclaim {:?} is not bound: no PersistentVolume matches its storage class, access modes and size",
+                    c.claim_name
+                )),
                 (Some(_), Some(pv)) => {
                     let pv_name = pv.metadata.name.clone().unwrap_or_default();
                     let spec = pv.spec.clone().unwrap_or_default();
@@ -272,23 +261,19 @@ pub fn resolve(pod: &StaticPod, objs: &Objects) -> Resolved {
                             pv: pv_name,
                         }
                     } else {
-                        unavailable(
-                            "FailedMount",
-                            format!("persistentvolume {pv_name:?} has no supported source"),
-                        )
+                        unavailable(format!(
+                            "persistentvolume {pv_name:?} has no supported source"
+                        ))
                     }
                 }
             }
         } else {
-            unavailable(
-                "FailedMount",
-                format!("volume {:?} has no supported source", v.name),
-            )
+            unavailable(format!("volume {:?} has no supported source", v.name))
         };
-        if let Source::Unavailable { reason, message } = &source
+        if let Source::Unavailable(e) = &source
             && out.problem.is_none()
         {
-            out.problem = Some((reason.clone(), message.clone()));
+            out.problem = Some(e.clone());
         }
         out.volumes.push(Volume {
             name: v.name.clone(),
@@ -306,7 +291,7 @@ pub fn resolve(pod: &StaticPod, objs: &Objects) -> Resolved {
         let mut env = ContainerEnv::default();
         let mut fail = |m: String| {
             if out.problem.is_none() {
-                out.problem = Some(("CreateContainerConfigError".to_string(), m));
+                out.problem = Some(PodError::CreateContainerConfig(m));
             }
         };
         for from in c.env_from.iter().flatten() {
@@ -442,14 +427,9 @@ mod tests {
         let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  volumes:\n  - {name: c, configMap: {name: nope}}\n  containers: [{name: a, image: busybox}]\n";
         let (pods, objs) = parse(pod);
         let r = resolve(&pods[0], &objs);
-        assert_eq!(r.problem.as_ref().unwrap().0, "FailedMount");
-        assert!(
-            r.problem
-                .as_ref()
-                .unwrap()
-                .1
-                .contains("configmap \"nope\" not found")
-        );
+        let problem = r.problem.unwrap();
+        assert_eq!(problem.reason(), "FailedMount");
+        assert!(problem.to_string().contains("configmap \"nope\" not found"));
         let (pods, objs) = parse(&pod.replace("name: nope}", "name: nope, optional: true}"));
         assert_eq!(resolve(&pods[0], &objs).problem, None);
         let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: a\n    image: busybox\n    env: [{name: X, valueFrom: {configMapKeyRef: {name: cfg, key: nokey}}}]\n";
@@ -457,8 +437,7 @@ mod tests {
         let r = resolve(&pods[0], &objs);
         assert_eq!(
             r.problem.unwrap(),
-            (
-                "CreateContainerConfigError".to_string(),
+            PodError::CreateContainerConfig(
                 "couldn't find key nokey in configmap default/cfg".to_string()
             )
         );
@@ -469,7 +448,7 @@ mod tests {
         let text = "apiVersion: v1\nkind: PersistentVolume\nmetadata: {name: nfs-pv}\nspec:\n  capacity: {storage: 10Gi}\n  accessModes: [ReadWriteMany]\n  storageClassName: nfs\n  mountOptions: [nfsvers=4.2]\n  nfs: {server: 192.168.100.10, path: /exports}\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: nfs-pvc}\nspec:\n  accessModes: [ReadWriteMany]\n  resources: {requests: {storage: 10Gi}}\n  storageClassName: nfs\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: mongo}\nspec:\n  volumes: [{name: data, persistentVolumeClaim: {claimName: nfs-pvc}}]\n  containers: [{name: m, image: busybox, volumeMounts: [{name: data, mountPath: /data/db}]}]\n";
         let (pods, mut objs) = parse(text);
         let r = resolve(&pods[0], &objs);
-        assert!(r.problem.unwrap().1.contains("is not bound"));
+        assert!(r.problem.unwrap().to_string().contains("is not bound"));
         let pvs: Vec<_> = objs.pvs.values().cloned().collect();
         let pvcs: Vec<_> = objs.pvcs.values().cloned().collect();
         objs.bindings =

@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 use super::{PodHandle, Terminated, WorkerEnv, cleanup, spawn, stop_containers};
 use crate::node::{self, Resources};
 use crate::pod::PodStatus;
+use crate::pod::error::reason;
 use crate::runtime::labels;
 use crate::source::{Desired, Pings, Reclaim};
 
@@ -89,12 +90,12 @@ pub async fn run(
                     Ok(Ok(())) => info!(volume, path = %path.display(), "volume reclaimed"),
                     Ok(Err(e)) => warn!(
                         volume,
-                        reason = "VolumeFailedDelete",
+                        reason = reason::VOLUME_FAILED_DELETE,
                         "reclaiming volume: {e}"
                     ),
                     Err(e) => warn!(
                         volume,
-                        reason = "VolumeFailedDelete",
+                        reason = reason::VOLUME_FAILED_DELETE,
                         "reclaiming volume: {e}"
                     ),
                 }

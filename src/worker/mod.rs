@@ -16,8 +16,10 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::manifest::StaticPod;
+use crate::pod::error::{event, reason};
 use crate::pod::{
-    self, Backoff, ContainerState, ContainerStatus, Phase, PodStatus, RestartPolicy, SlotView,
+    self, Backoff, ContainerState, ContainerStatus, Phase, PodError, PodStatus, RestartPolicy,
+    SlotView,
 };
 use crate::runtime::{
     ContainerRecord, Exit, NewContainer, PullPolicy, Runtime, RuntimeError, TaskState, labels,
@@ -189,9 +191,9 @@ impl Worker {
                         container_id: None,
                         state: waiting(
                             if init {
-                                "PodInitializing"
+                                reason::POD_INITIALIZING
                             } else {
-                                "ContainerCreating"
+                                reason::CONTAINER_CREATING
                             },
                             "",
                         ),
@@ -256,7 +258,7 @@ impl Worker {
     }
 
     fn event(&mut self, kind: &'static str, reason: &str, message: String) {
-        if kind == "Warning" {
+        if kind == event::WARNING {
             warn!(pod = %self.pod.key(), reason, "{message}");
         } else {
             info!(pod = %self.pod.key(), reason, "{message}");
@@ -364,9 +366,9 @@ impl Worker {
             let message = format!(
                 "Usage of EmptyDir volume {name:?} exceeds the limit {limit} bytes ({used} bytes used)."
             );
-            self.status.reason = Some("Evicted".into());
+            self.status.reason = Some(reason::EVICTED.into());
             self.status.message = Some(message.clone());
-            self.event("Warning", "Evicted", message);
+            self.event(event::WARNING, reason::EVICTED, message);
             self.over_limit.insert(name);
             self.publish();
         }
@@ -384,9 +386,9 @@ impl Worker {
                 }
                 Err(e) => e,
             };
-            self.status.reason = Some(err.0.clone());
-            self.status.message = Some(err.1.clone());
-            self.event("Warning", &err.0, err.1);
+            self.status.reason = Some(err.reason().to_string());
+            self.status.message = Some(err.to_string());
+            self.event(event::WARNING, err.reason(), err.to_string());
             self.publish();
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -402,7 +404,7 @@ impl Worker {
         }
     }
 
-    async fn try_setup(&mut self) -> Result<oci::PodContext, (String, String)> {
+    async fn try_setup(&mut self) -> Result<oci::PodContext, PodError> {
         if let Some(problem) = &self.pod.resolved.problem {
             return Err(problem.clone());
         }
@@ -426,17 +428,10 @@ impl Worker {
         self.env
             .cgroups
             .apply_pod(self.qos, &self.pod.uid, &limits)
-            .map_err(|e| {
-                (
-                    "FailedCreatePodSandBox".to_string(),
-                    format!("pod cgroup: {e}"),
-                )
-            })?;
-        let sandbox_failed = |e: String| ("FailedCreatePodSandBox".to_string(), e);
+            .map_err(|e| PodError::CreatePodSandbox(format!("pod cgroup: {e}")))?;
         let ctx = tokio::task::spawn_blocking(move || sandbox::setup(&sb))
             .await
-            .map_err(|e| sandbox_failed(e.to_string()))?
-            .map_err(|e| sandbox_failed(e.to_string()))?;
+            .map_err(|e| PodError::CreatePodSandbox(e.to_string()))??;
         // Volumes, each off the executor: an NFS mount can take its deadline.
         let pod_dir = self.env.pod_dir(&self.pod.uid);
         for v in &self.pod.resolved.volumes {
@@ -448,7 +443,7 @@ impl Worker {
             let path =
                 tokio::task::spawn_blocking(move || volume::mount::setup(&dir, &vol, memory, &cfg))
                     .await
-                    .map_err(|e| ("FailedMount".to_string(), e.to_string()))??;
+                    .map_err(|e| PodError::Mount(e.to_string()))??;
             self.volumes.insert(v.name.clone(), path);
         }
         let records = self
@@ -456,7 +451,7 @@ impl Worker {
             .rt
             .list()
             .await
-            .map_err(|e| ("FailedSync".to_string(), format!("listing containers: {e}")))?;
+            .map_err(|e| PodError::Sync(format!("listing containers: {e}")))?;
         self.adopt(records).await;
         Ok(ctx)
     }
@@ -606,7 +601,7 @@ impl Worker {
         for ((i, attempt), result) in requests.into_iter().zip(results) {
             match result {
                 Ok((id, pid)) => self.started(i, attempt, id, pid).await,
-                Err((reason, message)) => {
+                Err(e) => {
                     self.env.metrics.sync_errors.inc();
                     let slot = &mut self.slots[i];
                     slot.backoff.record_start(now);
@@ -617,12 +612,12 @@ impl Worker {
                         slot.status.last_state = Some(slot.status.state.clone());
                     }
                     slot.status.restart_count = attempt;
-                    slot.status.state = waiting(reason, message.clone());
+                    slot.status.state = waiting(e.reason(), e.to_string());
                     let name = slot.spec.name.clone();
                     self.event(
-                        "Warning",
-                        "Failed",
-                        format!("container {name}: {reason}: {message}"),
+                        event::WARNING,
+                        reason::FAILED,
+                        format!("container {name}: {}: {e}", e.reason()),
                     );
                 }
             }
@@ -637,7 +632,7 @@ impl Worker {
         i: usize,
         attempt: u32,
         ctx: &oci::PodContext,
-    ) -> Result<(String, u32), (&'static str, String)> {
+    ) -> Result<(String, u32), PodError> {
         let mut made = Made::default();
         let result = self.try_launch(i, attempt, ctx, &mut made).await;
         if result.is_err() {
@@ -654,7 +649,7 @@ impl Worker {
         attempt: u32,
         ctx: &oci::PodContext,
         made: &mut Made,
-    ) -> Result<(String, u32), (&'static str, String)> {
+    ) -> Result<(String, u32), PodError> {
         let rt = &self.env.rt;
         let c = &self.slots[i].spec;
         let image_name = c.image.clone().unwrap_or_default();
@@ -670,13 +665,7 @@ impl Worker {
         let image = rt
             .ensure_image(&image_name, policy)
             .await
-            .map_err(|e| match e {
-                RuntimeError::ImageNotFound(m) if policy == PullPolicy::Never => {
-                    ("ErrImageNeverPull", m)
-                }
-                RuntimeError::ImageNotFound(m) => ("ErrImagePull", m),
-                e => ("ErrImagePull", e.to_string()),
-            })?;
+            .map_err(|e| PodError::image(e, policy == PullPolicy::Never))?;
         let id = container_id(&self.pod.uid, &c.name, attempt);
         let log_path = logs::container_log_path(
             &self.env.pod_logs_dir,
@@ -700,19 +689,19 @@ impl Worker {
                 std::fs::create_dir_all(log_path.parent().expect("log paths have a parent"))
             });
         if let Err(e) = prepared {
-            return Err((
-                "CreateContainerError",
-                format!("preparing {}: {e}", term_dir.display()),
-            ));
+            return Err(PodError::CreateContainer(format!(
+                "preparing {}: {e}",
+                term_dir.display()
+            )));
         }
         let mut mounts = vec![];
         for (index, m) in c.volume_mounts.iter().flatten().enumerate() {
             let volume = self.pod.resolved.volumes.iter().find(|v| v.name == m.name);
             let Some(host) = self.volumes.get(&m.name) else {
-                return Err((
-                    "CreateContainerConfigError",
-                    format!("volume {:?} is not set up", m.name),
-                ));
+                return Err(PodError::CreateContainerConfig(format!(
+                    "volume {:?} is not set up",
+                    m.name
+                )));
             };
             let source = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
                 None => host.clone(),
@@ -727,13 +716,10 @@ impl Worker {
                     made.binds.push(target.clone());
                     volume::mount::bind_subpath(host, std::path::Path::new(sub), &target).map_err(
                         |e| {
-                            (
-                                "CreateContainerConfigError",
-                                format!(
-                                    "failed to prepare subPath {sub:?} of volume {:?}: {e}",
-                                    m.name
-                                ),
-                            )
+                            PodError::CreateContainerConfig(format!(
+                                "failed to prepare subPath {sub:?} of volume {:?}: {e}",
+                                m.name
+                            ))
                         },
                     )?
                 }
@@ -768,7 +754,7 @@ impl Worker {
                 .max(self.env.oom_score_floor),
             termination_log: Some(termination_log),
         })
-        .map_err(|e| ("CreateContainerConfigError", e.to_string()))?;
+        .map_err(|e| PodError::CreateContainerConfig(e.to_string()))?;
         let grace = self
             .pod
             .spec()
@@ -798,7 +784,7 @@ impl Worker {
             log_path,
         })
         .await
-        .map_err(|e| ("CreateContainerError", e.to_string()))?;
+        .map_err(|e| PodError::CreateContainer(e.to_string()))?;
         self.env
             .metrics
             .observe_containerd("create", t.elapsed().as_secs_f64());
@@ -812,7 +798,7 @@ impl Worker {
             }
             Err(e) => {
                 let _ = rt.remove(&id).await;
-                Err(("RunContainerError", e.to_string()))
+                Err(PodError::RunContainer(e.to_string()))
             }
         }
     }
@@ -844,7 +830,11 @@ impl Worker {
             started_at: slot.started_at.unwrap_or_else(SystemTime::now),
         };
         let name = slot.spec.name.clone();
-        self.event("Normal", "Started", format!("Started container {name}"));
+        self.event(
+            event::NORMAL,
+            reason::STARTED,
+            format!("Started container {name}"),
+        );
         self.watch(i, id);
         if let Some(prev) = previous
             && let Err(e) = self.env.rt.remove(&prev).await
@@ -917,7 +907,7 @@ impl Worker {
         let mut state = terminated(code, message, slot.started_at, at);
         if oom_killed && let ContainerState::Terminated { reason, .. } = &mut state {
             // Also when PID 1 survived the kill of a child and exited later.
-            *reason = "OOMKilled".to_string();
+            *reason = reason::OOM_KILLED.to_string();
         }
         let name = slot.spec.name.clone();
         // Init containers are only ever re-run after a failure.
@@ -932,7 +922,7 @@ impl Worker {
             let delay = restart_at - now;
             slot.status.last_state = Some(state);
             slot.status.state = waiting(
-                "CrashLoopBackOff",
+                reason::CRASH_LOOP_BACK_OFF,
                 format!(
                     "back-off {}s restarting failed container={} pod={}",
                     delay.as_secs(),
@@ -941,8 +931,8 @@ impl Worker {
                 ),
             );
             self.event(
-                "Warning",
-                "BackOff",
+                event::WARNING,
+                reason::BACK_OFF,
                 format!("Back-off restarting failed container {name}"),
             );
         } else {
@@ -1026,7 +1016,12 @@ fn terminated(
 ) -> ContainerState {
     ContainerState::Terminated {
         exit_code: code,
-        reason: if code == 0 { "Completed" } else { "Error" }.to_string(),
+        reason: if code == 0 {
+            reason::COMPLETED
+        } else {
+            reason::ERROR
+        }
+        .to_string(),
         message,
         started_at,
         finished_at,
@@ -1106,7 +1101,7 @@ async fn cleanup(env: &Arc<WorkerEnv>, uid: &str, names: Option<(&str, &str)>) {
     for e in &errors {
         warn!(
             uid,
-            reason = "FailedKillPod",
+            reason = reason::FAILED_KILL_POD,
             "tearing the pod down: {e}; retrying in the background"
         );
     }
@@ -1130,7 +1125,7 @@ async fn cleanup(env: &Arc<WorkerEnv>, uid: &str, names: Option<(&str, &str)>) {
             for e in &errors {
                 warn!(
                     uid,
-                    reason = "FailedKillPod",
+                    reason = reason::FAILED_KILL_POD,
                     "tearing the pod down: {e}; retrying in {delay:?}"
                 );
             }

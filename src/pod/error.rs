@@ -1,0 +1,150 @@
+//! Why a pod or one of its containers cannot go on, and every other reason
+//! string the agent reports, named as the kubelet names them
+//! (pkg/kubelet/container/sync_result.go, pkg/kubelet/images/types.go,
+//! pkg/kubelet/events/event.go). The strings live here and nowhere else.
+
+use serde::Serialize;
+
+use crate::runtime::RuntimeError;
+use crate::sandbox::SandboxError;
+
+/// A failure that keeps a pod waiting or a container from starting. The
+/// message keeps the object or path it concerns; [`PodError::reason`] is
+/// what the kubelet would put in the status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+pub enum PodError {
+    /// The pod's cgroup, namespaces or managed files could not be made.
+    #[error("{0}")]
+    CreatePodSandbox(String),
+    /// A volume cannot be set up: an object it names is missing, a claim
+    /// is unbound, a mount failed, a hostPath is not what its type says.
+    #[error("{0}")]
+    Mount(String),
+    /// containerd could not tell what exists.
+    #[error("{0}")]
+    Sync(String),
+    #[error("{0}")]
+    ImagePull(String),
+    /// `imagePullPolicy: Never` and the image is not there.
+    #[error("{0}")]
+    ImageNeverPull(String),
+    /// The container's configuration cannot be made: a missing configMap
+    /// key for its env, a subPath that escapes, an invalid spec.
+    #[error("{0}")]
+    CreateContainerConfig(String),
+    /// containerd refused to create the container.
+    #[error("{0}")]
+    CreateContainer(String),
+    /// The container was created but its task did not start.
+    #[error("{0}")]
+    RunContainer(String),
+}
+
+impl PodError {
+    /// The kubelet's reason string.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PodError::CreatePodSandbox(_) => reason::FAILED_CREATE_POD_SANDBOX,
+            PodError::Mount(_) => reason::FAILED_MOUNT,
+            PodError::Sync(_) => reason::FAILED_SYNC,
+            PodError::ImagePull(_) => "ErrImagePull",
+            PodError::ImageNeverPull(_) => "ErrImageNeverPull",
+            PodError::CreateContainerConfig(_) => "CreateContainerConfigError",
+            PodError::CreateContainer(_) => "CreateContainerError",
+            PodError::RunContainer(_) => "RunContainerError",
+        }
+    }
+
+    /// An image that could not be had, under the pull policy in force.
+    pub fn image(e: RuntimeError, never_pull: bool) -> PodError {
+        match e {
+            RuntimeError::ImageNotFound(m) if never_pull => PodError::ImageNeverPull(m),
+            RuntimeError::ImageNotFound(m) => PodError::ImagePull(m),
+            e => PodError::ImagePull(e.to_string()),
+        }
+    }
+}
+
+impl From<SandboxError> for PodError {
+    fn from(e: SandboxError) -> PodError {
+        PodError::CreatePodSandbox(e.to_string())
+    }
+}
+
+/// Reasons of states and events that are not failures.
+pub mod reason {
+    pub const FAILED_CREATE_POD_SANDBOX: &str = "FailedCreatePodSandBox";
+    pub const FAILED_MOUNT: &str = "FailedMount";
+    pub const FAILED_SYNC: &str = "FailedSync";
+    /// An init container waits for its turn.
+    pub const POD_INITIALIZING: &str = "PodInitializing";
+    /// An app container waits to be created.
+    pub const CONTAINER_CREATING: &str = "ContainerCreating";
+    pub const CRASH_LOOP_BACK_OFF: &str = "CrashLoopBackOff";
+    /// Event: a container is restarted after a back-off.
+    pub const BACK_OFF: &str = "BackOff";
+    /// Event: a container start failed.
+    pub const FAILED: &str = "Failed";
+    pub const STARTED: &str = "Started";
+    pub const OOM_KILLED: &str = "OOMKilled";
+    pub const COMPLETED: &str = "Completed";
+    pub const ERROR: &str = "Error";
+    /// A disk emptyDir over its sizeLimit (the eviction manager's reason).
+    pub const EVICTED: &str = "Evicted";
+    /// Teardown left something behind (it is retried).
+    pub const FAILED_KILL_POD: &str = "FailedKillPod";
+    /// A Delete-policy volume could not be emptied.
+    pub const VOLUME_FAILED_DELETE: &str = "VolumeFailedDelete";
+}
+
+/// Event types.
+pub mod event {
+    pub const NORMAL: &str = "Normal";
+    pub const WARNING: &str = "Warning";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_the_kubelets() {
+        let cases = [
+            (
+                PodError::CreatePodSandbox("x".into()),
+                "FailedCreatePodSandBox",
+            ),
+            (PodError::Mount("x".into()), "FailedMount"),
+            (PodError::Sync("x".into()), "FailedSync"),
+            (
+                PodError::image(RuntimeError::ImageNotFound("x".into()), false),
+                "ErrImagePull",
+            ),
+            (
+                PodError::image(RuntimeError::ImageNotFound("x".into()), true),
+                "ErrImageNeverPull",
+            ),
+            (
+                PodError::image(RuntimeError::Unavailable("x".into()), true),
+                "ErrImagePull",
+            ),
+            (
+                PodError::CreateContainerConfig("x".into()),
+                "CreateContainerConfigError",
+            ),
+            (
+                PodError::CreateContainer("x".into()),
+                "CreateContainerError",
+            ),
+            (PodError::RunContainer("x".into()), "RunContainerError"),
+        ];
+        for (e, reason) in cases {
+            assert_eq!(e.reason(), reason, "{e:?}");
+        }
+        // The message is the subsystem's, with what it concerns.
+        assert_eq!(
+            PodError::Mount("volume \"v\": /x".into()).to_string(),
+            "volume \"v\": /x"
+        );
+    }
+}
