@@ -14,7 +14,9 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::manifest::{self, ManifestError, StaticPod};
+pub mod files;
+
+use crate::manifest::{ManifestError, StaticPod};
 use crate::volume::bind::{self, ClaimKey};
 use crate::volume::resolve::{self, Objects};
 
@@ -30,6 +32,8 @@ pub struct Desired {
     pub reclaims: Vec<PathBuf>,
     /// Documents of kinds this agent does not run (file: kind).
     pub ignored: Vec<String>,
+    /// About whole files (file: warning), e.g. one that holds no object.
+    pub warnings: Vec<String>,
 }
 
 impl Desired {
@@ -110,8 +114,8 @@ pub fn scan_with(dir: &Path, node: &str, previous: &BTreeMap<ClaimKey, String>) 
 
 fn read_dir(dir: &Path, node: &str) -> Desired {
     let mut out = Desired::default();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
+    let files = match files::list(dir) {
+        Ok(f) => f,
         Err(e) => {
             if e.kind() != std::io::ErrorKind::NotFound {
                 out.errors.push(ManifestError {
@@ -124,69 +128,29 @@ fn read_dir(dir: &Path, node: &str) -> Desired {
             return out;
         }
     };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_str().is_some_and(is_manifest_name))
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    let mut seen: BTreeMap<(String, String), PathBuf> = BTreeMap::new();
+    let mut loaded = Vec::new();
     for file in files {
-        let text = match std::fs::read(&file) {
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(t) => t,
-                Err(_) => {
-                    out.errors.push(file_error(&file, "not UTF-8 text".into()));
-                    continue;
-                }
-            },
-            // Removed between listing and reading: the next look sees it gone.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                out.errors
-                    .push(file_error(&file, format!("cannot read: {e}")));
-                continue;
-            }
-        };
-        let parsed = manifest::parse_file(&file, &text, node);
-        out.errors.extend(parsed.errors);
-        for pod in parsed.pods {
-            let key = (pod.namespace.clone(), pod.name.clone());
-            if let Some(first) = seen.get(&key) {
-                out.errors.push(ManifestError {
-                    file: file.clone(),
-                    document: None,
-                    field: Some("metadata.name".into()),
-                    message: format!(
-                        "pod {}/{} is already defined in {}",
-                        key.0,
-                        key.1,
-                        first.display()
-                    ),
-                });
-                continue;
-            }
-            seen.insert(key, file.clone());
-            out.pods.push(pod);
+        match files::load(&file, node) {
+            Ok(parsed) => loaded.push((file, parsed)),
+            Err(files::ReadError::NotFound) => {}
+            Err(e) => out.errors.push(e.into_manifest_error(&file)),
         }
+    }
+    files::refuse_duplicate_pods(&mut loaded);
+    for (file, parsed) in loaded {
+        out.errors.extend(parsed.errors);
+        out.pods.extend(parsed.pods);
         for o in parsed.objects {
             out.objects.add(o);
         }
         for kind in parsed.ignored {
             out.ignored.push(format!("{}: {kind}", file.display()));
         }
+        for w in parsed.warnings {
+            out.warnings.push(format!("{}: {w}", file.display()));
+        }
     }
     out
-}
-
-fn file_error(file: &Path, message: String) -> ManifestError {
-    ManifestError {
-        file: file.to_path_buf(),
-        document: None,
-        field: None,
-        message,
-    }
 }
 
 /// Watches `dir` and publishes the desired set each time it changes.
@@ -376,6 +340,12 @@ fn report(desired: &Desired, reported: &mut BTreeSet<String>, warned: &mut BTree
         }
         now_warned.insert(key);
     }
+    for w in &desired.warnings {
+        if !warned.contains(w) {
+            warn!("{w}");
+        }
+        now_warned.insert(w.clone());
+    }
     for claim in desired.objects.pvcs.keys() {
         if !desired.objects.bindings.contains_key(claim) {
             let key = format!(
@@ -399,6 +369,7 @@ fn report(desired: &Desired, reported: &mut BTreeSet<String>, warned: &mut BTree
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest;
 
     #[test]
     fn editor_and_hidden_files_are_skipped() {
@@ -448,6 +419,36 @@ mod tests {
         assert!(
             errs.iter()
                 .any(|e| e.contains("c.yaml") && e.contains("spec"))
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn scan_refuses_special_files_and_warns_of_empty_ones() {
+        let d = tempdir("special");
+        std::fs::write(d.join("a.yaml"), POD.replace("NAME", "web")).unwrap();
+        nix::unistd::mkfifo(
+            &d.join("fifo.yaml"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/dev/zero", d.join("zero.yaml")).unwrap();
+        std::fs::write(d.join("empty.yaml"), "# nothing yet\n").unwrap();
+        let start = std::time::Instant::now();
+        let got = scan(&d, "n1");
+        assert!(start.elapsed() < Duration::from_secs(1));
+        assert_eq!(got.pods.len(), 1);
+        let errs: Vec<String> = got.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].ends_with("fifo.yaml: is a FIFO, not a regular file: refused"));
+        assert!(errs[1].contains("zero.yaml: is a character device"));
+        assert_eq!(
+            got.warnings,
+            vec![format!(
+                "{}: {}",
+                d.join("empty.yaml").display(),
+                manifest::NO_OBJECT
+            )]
         );
         std::fs::remove_dir_all(&d).unwrap();
     }
