@@ -1,8 +1,10 @@
 //! Manifest files -> typed, validated static pods. Pure: the caller reads the
 //! file, this module only looks at its text.
 
+mod container;
 pub mod quantity;
 pub mod strict;
+pub mod syntax;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -823,3 +825,6 @@ mod tests {
         assert!(p.errors[0].message.contains("UTF-16"), "{}", p.errors[0]);
     }
 }
+
+#[cfg(test)]
+mod rules_tests;

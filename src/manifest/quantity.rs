@@ -121,6 +121,16 @@ impl Quantity {
         self.nanos == 0
     }
 
+    /// A whole number of units (`2`, `1k`; not `1.5` or `500m`).
+    pub fn is_integer(&self) -> bool {
+        self.nanos % NANO == 0
+    }
+
+    /// Whether this is a whole multiple of `unit` (a hugepage size).
+    pub fn is_multiple_of(&self, unit: &Quantity) -> bool {
+        unit.nanos != 0 && self.nanos % unit.nanos == 0
+    }
+
     /// Value in thousandths, rounded up (CPU in millicores).
     pub fn milli_ceil(&self) -> i64 {
         ceil_div(self.nanos, 1_000_000) as i64
