@@ -201,19 +201,11 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-
-    fn tempdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("kl-files-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: NAME}\nspec:\n  containers: [{name: c, image: busybox}]\n";
+    use crate::source::tests::{POD, tempdir};
 
     #[test]
     fn fifo_device_and_socket_are_refused_at_once() {
-        let d = tempdir("special");
+        let d = tempdir("files-special");
         let fifo = d.join("fifo.yaml");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
         let zero = d.join("zero.yaml");
@@ -235,7 +227,7 @@ mod tests {
 
     #[test]
     fn symlinks_are_followed_once() {
-        let d = tempdir("links");
+        let d = tempdir("files-links");
         std::fs::write(d.join("real"), POD.replace("NAME", "web")).unwrap();
         std::os::unix::fs::symlink("real", d.join("one.yaml")).unwrap();
         std::os::unix::fs::symlink("one.yaml", d.join("two.yaml")).unwrap();
@@ -252,7 +244,7 @@ mod tests {
 
     #[test]
     fn size_cap() {
-        let d = tempdir("size");
+        let d = tempdir("files-size");
         let at = d.join("at.yaml");
         let mut text = POD.replace("NAME", "web").into_bytes();
         text.resize(usize::try_from(MAX_MANIFEST_BYTES).unwrap(), b'\n');

@@ -389,14 +389,14 @@ mod tests {
         }
     }
 
-    fn tempdir(tag: &str) -> PathBuf {
+    pub(super) fn tempdir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("kl-source-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
     }
 
-    const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: NAME}\nspec:\n  containers: [{name: c, image: busybox}]\n";
+    pub(super) const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: NAME}\nspec:\n  containers: [{name: c, image: busybox}]\n";
 
     #[test]
     fn scan_reads_files_skips_subdirs_and_reports_duplicates() {
