@@ -34,6 +34,8 @@ pub enum ReadError {
     NotRegular(&'static str),
     #[error("is a symlink to a symlink ({0}): only one level of symlink is followed")]
     SymlinkChain(PathBuf),
+    #[error("is a symlink to {0}, which does not exist")]
+    Dangling(PathBuf),
     #[error("is {0} bytes, above the {MAX_MANIFEST_BYTES}-byte (1 MiB) limit of a manifest file")]
     TooLarge(u64),
     #[error("cannot read: {0}")]
@@ -96,7 +98,10 @@ fn target(path: &Path) -> Result<PathBuf, ReadError> {
         Some(dir) => dir.join(&link),
         None => link,
     };
-    let meta = std::fs::symlink_metadata(&target).map_err(io)?;
+    let meta = std::fs::symlink_metadata(&target).map_err(|e| match io(e) {
+        ReadError::NotFound => ReadError::Dangling(target.clone()),
+        other => other,
+    })?;
     if meta.file_type().is_symlink() {
         return Err(ReadError::SymlinkChain(target));
     }
@@ -235,8 +240,11 @@ mod tests {
         let err = read_manifest(&d.join("two.yaml")).unwrap_err();
         assert!(matches!(err, ReadError::SymlinkChain(_)), "{err}");
         std::os::unix::fs::symlink("missing", d.join("dangling.yaml")).unwrap();
+        // A dangling link is an error (a vanished file is not).
+        let err = read_manifest(&d.join("dangling.yaml")).unwrap_err();
+        assert!(matches!(err, ReadError::Dangling(_)), "{err}");
         assert!(matches!(
-            read_manifest(&d.join("dangling.yaml")),
+            read_manifest(&d.join("gone.yaml")),
             Err(ReadError::NotFound)
         ));
         std::fs::remove_dir_all(&d).unwrap();
