@@ -8,6 +8,7 @@
 //! ([`cgroup`]) and logs ([`logs`]) -> status served over HTTP ([`http`]).
 
 pub mod cgroup;
+pub mod check;
 pub mod config;
 pub mod hostfs;
 pub mod http;

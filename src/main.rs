@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use tracing::{error, info, warn};
 
 use kubelet_lite::config::Config;
@@ -21,13 +21,26 @@ struct Cli {
     command: Option<Command>,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent (the default).
     Run,
     /// Check the manifests of the static pod directory (or the given
-    /// files) and print what would run, without running anything.
-    Check { files: Vec<PathBuf> },
+    /// files) and print what each defines, without running anything. Exits
+    /// 1 when any file has an error or defines no object.
+    Check {
+        files: Vec<PathBuf>,
+        /// `json`: one document listing per file its objects, errors and
+        /// warnings (for editors and CI).
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// Print the effective configuration.
     Config,
     /// Container log writer started by containerd's shim (internal).
@@ -66,7 +79,7 @@ fn real_main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             print!("{}", serde_norway::to_string(&config)?);
             Ok(std::process::ExitCode::SUCCESS)
         }
-        Command::Check { files } => Ok(check(&config, &files)),
+        Command::Check { files, output } => Ok(check(&config, &files, output)),
         Command::Run => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -81,39 +94,20 @@ fn real_main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     }
 }
 
-fn check(config: &Config, files: &[PathBuf]) -> std::process::ExitCode {
-    let node = config.node_name();
-    let desired = if files.is_empty() {
-        source::scan(&config.static_pod_path, &node)
+fn check(config: &Config, files: &[PathBuf], output: Output) -> std::process::ExitCode {
+    let report = if files.is_empty() {
+        kubelet_lite::check::check_dir(&config.static_pod_path, &config.node_name())
     } else {
-        let mut d = source::Desired::default();
-        for f in files {
-            match std::fs::read_to_string(f) {
-                Ok(text) => {
-                    let p = kubelet_lite::manifest::parse_file(f, &text, &node);
-                    d.pods.extend(p.pods);
-                    d.errors.extend(p.errors);
-                }
-                Err(e) => eprintln!("{}: {e}", f.display()),
-            }
-        }
-        d
+        kubelet_lite::check::check_files(files, &config.node_name())
     };
-    for pod in &desired.pods {
-        println!(
-            "ok: {} (uid {}) from {}",
-            pod.key(),
-            pod.uid,
-            pod.source.display()
-        );
-        for w in &pod.warnings {
-            println!("  warning: {w}");
-        }
+    match output {
+        Output::Text => print!("{}", report.text()),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("a check report serializes")
+        ),
     }
-    for e in &desired.errors {
-        println!("error: {e}");
-    }
-    if desired.errors.is_empty() {
+    if report.ok {
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::FAILURE

@@ -443,14 +443,51 @@ fn bad_manifests_are_reported_and_do_not_stop_good_ones() {
     env.write_manifest("noimage.yaml", &pod_yaml("noimage", "  containers:\n  - name: a\n    image: example.invalid/nothing:1\n    imagePullPolicy: IfNotPresent\n"));
     env.write_manifest("web.yaml~", "editor backup: ignored");
     env.write_manifest(".hidden.yaml", "hidden: ignored");
+    // Not regular files: refused at once, never read or waited on.
+    nix::unistd::mkfifo(
+        &env.manifests.join("fifo.yaml"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("/dev/zero", env.manifests.join("zero.yaml")).unwrap();
+    env.write_manifest(
+        "dupkey.yaml",
+        &pod_yaml(
+            "dupkey",
+            "  containers:\n  - name: a\n    image: busybox\n    image: nginx\n",
+        ),
+    );
+    // The same pod in three files. a-shadow.yaml is invalid (its second
+    // document), so it defines nothing, not even its valid `ghost`;
+    // b-shadow.yaml is the first valid definition and runs; c-shadow.yaml
+    // is refused naming b-shadow.yaml.
+    env.write_manifest(
+        "a-shadow.yaml",
+        &format!(
+            "{}---\n{}",
+            pod_yaml("ghost", SLEEPER),
+            pod_yaml("shadow", "  containers:\n  - name: main\n    image: ''\n")
+        ),
+    );
+    env.write_manifest("b-shadow.yaml", &pod_yaml("shadow", SLEEPER));
+    env.write_manifest(
+        "c-shadow.yaml",
+        &pod_yaml("shadow", &SLEEPER.replace("3600", "3601")),
+    );
 
     env.wait_running("good-node1");
+    env.wait_running("shadow-node1");
     let wants = [
         "web.yaml: spec.containers[1].resources.limits.memory: \"-1Mi\" is negative",
         "typo.yaml: spec.containers[0].comand: unknown field",
         "dup.yaml: spec.containers[1].name: Duplicate value: \"a\"",
         "policy.yaml: spec.restartPolicy: Unsupported value: \"Sometimes\"",
         "broken.yaml: invalid YAML",
+        "fifo.yaml: is a FIFO, not a regular file: refused",
+        "zero.yaml: is a character device, not a regular file: refused",
+        "dupkey.yaml: spec.containers[0].image: duplicate key",
+        "a-shadow.yaml (document 2): spec.containers[0].image: Required value",
+        "c-shadow.yaml: metadata.name: pod default/shadow-node1 is already defined in",
     ];
     // (On a timeout, the agent's log is printed.)
     let log = env.wait_for("every error logged", Duration::from_secs(20), || {
@@ -460,6 +497,12 @@ fn bad_manifests_are_reported_and_do_not_stop_good_ones() {
     assert!(!log.contains("web.yaml~") && !log.contains(".hidden.yaml"));
     // Nothing was created for the refused pods.
     assert!(env.pod("web-node1").is_none() && env.pod("typo-node1").is_none());
+    assert!(env.pod("ghost-node1").is_none() && env.pod("dupkey-node1").is_none());
+    assert!(
+        log.lines()
+            .any(|l| l.contains("c-shadow.yaml: metadata.name") && l.contains("b-shadow.yaml")),
+        "{log}"
+    );
     // An image nobody can provide is said plainly, and the pod waits.
     let waiting = env.wait_for("ErrImagePull", Duration::from_secs(20), || {
         let p = env.pod("noimage-node1")?;
@@ -474,7 +517,8 @@ fn bad_manifests_are_reported_and_do_not_stop_good_ones() {
         "{waiting}"
     );
     assert!(env.agent_is_alive());
-    assert_eq!(env.tasks().len(), 1);
+    // good and shadow (once): nothing from a refused file.
+    assert_eq!(env.tasks().len(), 2, "{:?}", env.tasks());
 }
 
 #[test]

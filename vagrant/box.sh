@@ -11,7 +11,9 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 out=$(realpath -m "${1:-kubelet-lite-bookworm.box}")
 cache=${KL_LAB_CACHE:-/var/cache/kubelet-lite-lab}
 
-"$repo/scripts/deps.sh" debootstrap qemu-utils grub-pc-bin fdisk >/dev/null
+"$repo/scripts/deps.sh" debootstrap qemu-utils grub-pc-bin fdisk --need-cmd qemu-img \
+    --need-cmd debootstrap --need-cmd ssh-keygen --need-cmd grub-mkimage --need-cmd sfdisk \
+    --need-cmd mkfs.ext4 >/dev/null
 "$repo/tests/lab/image.sh" "$cache"
 
 dir=$(mktemp -d /tmp/kl-box.XXXXXX)

@@ -1,13 +1,16 @@
 //! Manifest files -> typed, validated static pods. Pure: the caller reads the
 //! file, this module only looks at its text.
 
+mod container;
 pub mod quantity;
+pub mod strict;
+pub mod syntax;
 pub mod validate;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret};
-use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -102,37 +105,147 @@ pub enum Object {
     PersistentVolumeClaim(Box<PersistentVolumeClaim>),
 }
 
-/// What one file yields: the pods it defines, and what was wrong with it. A
-/// document with an error yields no pod; the other documents still do.
+/// What one file yields: the pods and objects it defines, and what was
+/// wrong with it. A file with any error defines nothing (not even its valid
+/// documents): the kubelet validates a manifest as a whole before it runs
+/// anything, and half a file taking effect would surprise whoever wrote it.
 #[derive(Debug, Default)]
 pub struct Parsed {
     pub pods: Vec<StaticPod>,
     pub objects: Vec<Object>,
     pub errors: Vec<ManifestError>,
-    /// Documents of kinds this agent does not act on.
+    /// Documents of kinds this agent does not act on (`apiVersion kind`).
     pub ignored: Vec<String>,
+    /// About the file as a whole (e.g. it holds no object at all).
+    pub warnings: Vec<String>,
+}
+
+/// The warning of a file that holds no document: empty, only comments or
+/// only `---` separators.
+pub const NO_OBJECT: &str = "no Kubernetes object in this file (empty, or only comments)";
+
+/// Decodes a manifest file's bytes to text. YAML streams are UTF-8, or
+/// UTF-16/UTF-32 announced by a byte order mark (YAML 1.2, 5.2); a UTF-8
+/// BOM is dropped.
+pub fn decode_text(bytes: &[u8]) -> Result<std::borrow::Cow<'_, str>, String> {
+    use std::borrow::Cow;
+    let units = |width: usize, big: bool| {
+        bytes[width..].chunks(width).map(move |c| {
+            if c.len() < width {
+                return None;
+            }
+            Some(match (width, big) {
+                (2, true) => u32::from(u16::from_be_bytes([c[0], c[1]])),
+                (2, false) => u32::from(u16::from_le_bytes([c[0], c[1]])),
+                (_, true) => u32::from_be_bytes([c[0], c[1], c[2], c[3]]),
+                (_, false) => u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+            })
+        })
+    };
+    let utf16 = |big: bool| -> Result<Cow<'_, str>, String> {
+        let u: Option<Vec<u16>> = units(2, big)
+            .map(|u| u.and_then(|v| u16::try_from(v).ok()))
+            .collect();
+        let u = u.ok_or("invalid UTF-16: odd number of bytes")?;
+        char::decode_utf16(u)
+            .collect::<Result<String, _>>()
+            .map(Cow::Owned)
+            .map_err(|e| format!("invalid UTF-16: {e}"))
+    };
+    let utf32 = |big: bool| -> Result<Cow<'_, str>, String> {
+        units(4, big)
+            .map(|u| {
+                u.and_then(char::from_u32)
+                    .ok_or_else(|| "invalid UTF-32".to_string())
+            })
+            .collect::<Result<String, _>>()
+            .map(Cow::Owned)
+    };
+    // UTF-32LE's BOM begins like UTF-16LE's: test it first.
+    match bytes {
+        [0xEF, 0xBB, 0xBF, rest @ ..] => std::str::from_utf8(rest)
+            .map(Cow::Borrowed)
+            .map_err(|e| format!("invalid UTF-8: {e}")),
+        [0x00, 0x00, 0xFE, 0xFF, ..] => utf32(true),
+        [0xFF, 0xFE, 0x00, 0x00, ..] => utf32(false),
+        [0xFE, 0xFF, ..] => utf16(true),
+        [0xFF, 0xFE, ..] => utf16(false),
+        // A NUL among the first two bytes is how YAML recognizes UTF-16/32
+        // without a mark (5.2): valid UTF-8 bytes, but not YAML text.
+        [0, ..] | [_, 0, ..] => {
+            Err("not UTF-8 text (UTF-16 and UTF-32 need a byte order mark)".to_string())
+        }
+        _ => std::str::from_utf8(bytes)
+            .map(Cow::Borrowed)
+            .map_err(|e| format!("invalid UTF-8: {e}")),
+    }
+}
+
+/// Parses a manifest file's content: what the directory watcher and `check`
+/// both call with the bytes they read.
+pub fn parse_bytes(file: &Path, bytes: &[u8], node: &str) -> Parsed {
+    match decode_text(bytes) {
+        Ok(text) => parse_file(file, &text, node),
+        Err(message) => Parsed {
+            errors: vec![ManifestError {
+                file: file.to_path_buf(),
+                document: None,
+                field: None,
+                message,
+            }],
+            ..Default::default()
+        },
+    }
 }
 
 /// Parses every YAML document of `text` (the content of `file`).
 pub fn parse_file(file: &Path, text: &str, node: &str) -> Parsed {
+    let mut out = parse_documents(file, text, node);
+    if !out.errors.is_empty() {
+        out.pods.clear();
+        out.objects.clear();
+    }
+    out
+}
+
+fn parse_documents(file: &Path, text: &str, node: &str) -> Parsed {
+    use serde::de::DeserializeSeed;
     let mut out = Parsed::default();
     let mut docs = Vec::new();
     for de in serde_norway::Deserializer::from_str(text) {
-        match Value::deserialize(de) {
+        let duplicates = strict::Duplicates::default();
+        let seed = strict::Strict {
+            path: String::new(),
+            duplicates: &duplicates,
+        };
+        match seed.deserialize(de) {
             Ok(Value::Null) => {} // empty document, e.g. a trailing `---`
             Ok(v) => docs.push(v),
             Err(e) => {
+                let field = duplicates.take();
                 out.errors.push(ManifestError {
                     file: file.to_path_buf(),
+                    // The message says the line: a syntax error ends the
+                    // reading, so documents cannot be numbered.
                     document: None,
-                    field: None,
-                    message: format!("invalid YAML: {e}"),
+                    message: match &field {
+                        Some(_) => format!(
+                            "duplicate key (Kubernetes refuses a key twice in one mapping): {e}"
+                        ),
+                        None => format!("invalid YAML: {e}"),
+                    },
+                    field,
                 });
                 return out;
             }
         }
     }
+    if docs.is_empty() {
+        out.warnings.push(NO_OBJECT.to_string());
+        return out;
+    }
     let numbered = docs.len() > 1;
+    let mut names: BTreeMap<(String, String), usize> = BTreeMap::new();
     for (i, doc) in docs.into_iter().enumerate() {
         let document = numbered.then_some(i + 1);
         let err = |field: Option<String>, message: String| ManifestError {
@@ -152,7 +265,20 @@ pub fn parse_file(file: &Path, text: &str, node: &str) -> Parsed {
         let api_version = map.get("apiVersion").and_then(Value::as_str).unwrap_or("");
         match (api_version, kind) {
             ("v1", "Pod") => match parse_pod(file, doc.clone(), node) {
-                Ok(pod) => out.pods.push(pod),
+                Ok(pod) => {
+                    let key = (pod.namespace.clone(), pod.name.clone());
+                    if let Some(first) = names.insert(key, i + 1) {
+                        out.errors.push(err(
+                            Some("metadata.name".into()),
+                            format!(
+                                "Duplicate value: pod {} is already defined in document {first} of this file",
+                                pod.key()
+                            ),
+                        ));
+                    } else {
+                        out.pods.push(pod);
+                    }
+                }
                 Err(errors) => out
                     .errors
                     .extend(errors.into_iter().map(|f| err(Some(f.field), f.message))),
@@ -576,14 +702,19 @@ mod tests {
         assert_eq!(p.pods.len(), 2);
         assert_eq!(p.objects.len(), 1);
         assert_eq!(p.ignored, vec!["apps/v1 Deployment".to_string()]);
-        let bad = format!("{GOOD}---\n{}", GOOD.replace("image: busybox", "image: ''"));
+        // One bad document: the file defines nothing, not even its good pod.
+        let bad = format!(
+            "{GOOD}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\n---\n{}",
+            GOOD.replace("image: busybox", "image: ''")
+        );
         let p = parse(&bad);
-        assert_eq!(p.pods.len(), 1);
-        assert_eq!(p.errors[0].document, Some(2));
+        assert!(p.pods.is_empty() && p.objects.is_empty());
+        assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
+        assert_eq!(p.errors[0].document, Some(3));
         assert!(
             p.errors[0]
                 .to_string()
-                .starts_with("/m/web.yaml (document 2): spec.containers[0].image")
+                .starts_with("/m/web.yaml (document 3): spec.containers[0].image")
         );
     }
 
@@ -617,6 +748,83 @@ mod tests {
             assert!(p.pods.is_empty());
             assert!(!p.errors.is_empty(), "{text:?}");
         }
-        assert!(parse("").errors.is_empty());
+        for empty in ["", "# only a comment\n", "---\n---\n"] {
+            let p = parse(empty);
+            assert!(p.errors.is_empty() && p.pods.is_empty(), "{empty:?}");
+            assert_eq!(p.warnings, vec![NO_OBJECT.to_string()], "{empty:?}");
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_are_errors_naming_the_field() {
+        let p = parse(&GOOD.replace(
+            "    image: busybox\n",
+            "    image: busybox\n    image: nginx\n",
+        ));
+        assert!(p.pods.is_empty());
+        assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
+        assert_eq!(
+            p.errors[0].field.as_deref(),
+            Some("spec.containers[0].image")
+        );
+        assert!(
+            p.errors[0].message.contains("duplicate key"),
+            "{}",
+            p.errors[0]
+        );
+    }
+
+    #[test]
+    fn the_same_pod_twice_in_one_file_is_an_error() {
+        let p = parse(&format!("{GOOD}---\n{GOOD}"));
+        assert!(p.pods.is_empty());
+        assert_eq!(p.errors[0].document, Some(2));
+        assert!(
+            p.errors[0]
+                .message
+                .contains("already defined in document 1"),
+            "{}",
+            p.errors[0]
+        );
+    }
+
+    #[test]
+    fn encodings() {
+        let f = Path::new("/m/web.yaml");
+        let utf16le: Vec<u8> = [0xFF, 0xFE]
+            .into_iter()
+            .chain(GOOD.encode_utf16().flat_map(u16::to_le_bytes))
+            .collect();
+        let utf16be: Vec<u8> = [0xFE, 0xFF]
+            .into_iter()
+            .chain(GOOD.encode_utf16().flat_map(u16::to_be_bytes))
+            .collect();
+        let utf32le: Vec<u8> = [0xFF, 0xFE, 0, 0]
+            .into_iter()
+            .chain(GOOD.chars().flat_map(|c| u32::from(c).to_le_bytes()))
+            .collect();
+        let utf8bom: Vec<u8> = [0xEF, 0xBB, 0xBF].into_iter().chain(GOOD.bytes()).collect();
+        for bytes in [utf16le.clone(), utf16be, utf32le, utf8bom] {
+            let p = parse_bytes(f, &bytes, "node1");
+            assert!(p.errors.is_empty(), "{:?}", p.errors);
+            assert_eq!(p.pods.len(), 1);
+        }
+        let p = parse_bytes(f, &utf16le[2..], "node1");
+        assert!(
+            p.errors[0].message.contains("byte order mark"),
+            "{}",
+            p.errors[0]
+        );
+        let p = parse_bytes(f, b"kind: Pod\xff\n", "node1");
+        assert!(
+            p.errors[0].message.starts_with("invalid UTF-8"),
+            "{}",
+            p.errors[0]
+        );
+        let p = parse_bytes(f, &utf16le[..utf16le.len() - 1], "node1");
+        assert!(p.errors[0].message.contains("UTF-16"), "{}", p.errors[0]);
     }
 }
+
+#[cfg(test)]
+mod rules_tests;

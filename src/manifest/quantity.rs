@@ -102,8 +102,10 @@ impl Quantity {
                 .checked_mul(10i128.checked_pow(scale as u32).ok_or_else(overflow)?)
                 .ok_or_else(overflow)?;
         } else {
+            // A divisor beyond i128 (many fraction digits, `0.000…1`) leaves
+            // less than one nano-unit: it rounds up to one.
             let div = 10i128.checked_pow((-scale) as u32).unwrap_or(i128::MAX);
-            value = (value + div - 1) / div;
+            value = value / div + i128::from(value % div != 0);
         }
         if value > 8 * (1i128 << 60) * NANO {
             return Err(overflow());
@@ -119,6 +121,16 @@ impl Quantity {
 
     pub fn is_zero(&self) -> bool {
         self.nanos == 0
+    }
+
+    /// A whole number of units (`2`, `1k`; not `1.5` or `500m`).
+    pub fn is_integer(&self) -> bool {
+        self.nanos % NANO == 0
+    }
+
+    /// Whether this is a whole multiple of `unit` (a hugepage size).
+    pub fn is_multiple_of(&self, unit: &Quantity) -> bool {
+        unit.nanos != 0 && self.nanos % unit.nanos == 0
     }
 
     /// Value in thousandths, rounded up (CPU in millicores).
@@ -186,6 +198,10 @@ mod tests {
         ] {
             assert!(Quantity::parse(bad).is_err(), "{bad:?} should be refused");
         }
+        // Long fractions round up instead of overflowing.
+        let tiny = format!("0.{}1", "0".repeat(100));
+        assert_eq!(Quantity::parse(&tiny).unwrap().milli_ceil(), 1);
+        assert!(Quantity::parse(&format!("{tiny}Ei")).is_ok());
         let msg = Quantity::parse("12XB").unwrap_err().to_string();
         assert!(msg.contains("12XB") && msg.contains("suffix"), "{msg}");
     }

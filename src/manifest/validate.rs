@@ -3,9 +3,11 @@
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, ResourceRequirements};
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::quantity::Quantity;
+use super::{container, syntax};
 
 /// One problem with one field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,10 +23,10 @@ impl std::fmt::Display for FieldError {
 }
 
 #[derive(Default)]
-struct Errors(Vec<FieldError>);
+pub(super) struct Errors(Vec<FieldError>);
 
 impl Errors {
-    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError {
             field: field.into(),
             message: message.into(),
@@ -72,8 +74,40 @@ pub fn check_subdomain(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-const PULL_POLICIES: [&str; 3] = ["Always", "IfNotPresent", "Never"];
 const RESTART_POLICIES: [&str; 3] = ["Always", "OnFailure", "Never"];
+const DNS_POLICIES: [&str; 4] = ["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"];
+
+/// The API server's limit on all of an object's annotations together
+/// (keys and values), 256 KiB.
+pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
+
+/// Labels and annotations, as ValidateObjectMeta checks them.
+fn validate_meta(meta: &ObjectMeta, e: &mut Errors) {
+    for (k, v) in meta.labels.iter().flatten() {
+        if let Err(m) = syntax::qualified_name(k) {
+            e.add("metadata.labels", m);
+        }
+        if let Err(m) = syntax::label_value(v) {
+            e.add(format!("metadata.labels[{k}]"), m);
+        }
+    }
+    let mut total = 0usize;
+    for (k, v) in meta.annotations.iter().flatten() {
+        // Annotation keys are compared case-insensitively by the API server.
+        if let Err(m) = syntax::qualified_name(&k.to_ascii_lowercase()) {
+            e.add("metadata.annotations", m);
+        }
+        total = total.saturating_add(k.len()).saturating_add(v.len());
+    }
+    if total > MAX_ANNOTATIONS_BYTES {
+        e.add(
+            "metadata.annotations",
+            format!(
+                "Too long: may not be more than {MAX_ANNOTATIONS_BYTES} bytes (they hold {total})"
+            ),
+        );
+    }
+}
 
 /// Validates a pod as it will run on `node` (the static pod name is
 /// `<name>-<node>`).
@@ -97,6 +131,7 @@ pub fn validate_pod(pod: &Pod, node: &str) -> Vec<FieldError> {
     {
         e.add("metadata.namespace", m);
     }
+    validate_meta(&pod.metadata, &mut e);
     match &pod.spec {
         None => e.add("spec", "required"),
         Some(spec) => validate_spec(spec, &mut e),
@@ -119,15 +154,25 @@ fn validate_spec(spec: &PodSpec, e: &mut Errors) {
     if spec.containers.is_empty() {
         e.add("spec.containers", "Required value: at least one container");
     }
+    let grace = spec.termination_grace_period_seconds;
+    let pod = container::PodContext {
+        volumes: &volume_names,
+        host_network: spec.host_network == Some(true),
+        grace_period: grace.unwrap_or(30),
+    };
+    let init = spec.init_containers.as_deref().unwrap_or(&[]);
+    // Names are unique across app and init containers; as in the API
+    // server, a clash is reported on the init container.
     let mut names = BTreeSet::new();
     let groups = [
         (
-            "spec.initContainers",
-            spec.init_containers.as_deref().unwrap_or(&[]),
+            "spec.containers",
+            spec.containers.as_slice(),
+            container::Kind::App,
         ),
-        ("spec.containers", spec.containers.as_slice()),
+        ("spec.initContainers", init, container::Kind::Init),
     ];
-    for (group, containers) in groups {
+    for (group, containers, kind) in groups {
         for (i, c) in containers.iter().enumerate() {
             let base = format!("{group}[{i}]");
             if !names.insert(c.name.as_str()) {
@@ -136,7 +181,31 @@ fn validate_spec(spec: &PodSpec, e: &mut Errors) {
                     format!("Duplicate value: {:?}", c.name),
                 );
             }
-            validate_container(c, &base, &volume_names, spec.host_network == Some(true), e);
+            container::validate_container(c, &base, kind, &pod, e);
+        }
+    }
+    // Two app containers cannot bind the same host port (init containers
+    // run one at a time).
+    let mut host_ports = BTreeSet::new();
+    for (i, c) in spec.containers.iter().enumerate() {
+        for (j, p) in c.ports.iter().flatten().enumerate() {
+            let Some(hp) = p.host_port.filter(|hp| *hp != 0) else {
+                continue;
+            };
+            let key = format!(
+                "{}/{}/{hp}",
+                p.protocol
+                    .as_deref()
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or("TCP"),
+                p.host_ip.as_deref().unwrap_or("")
+            );
+            if !host_ports.insert(key.clone()) {
+                e.add(
+                    format!("spec.containers[{i}].ports[{j}].hostPort"),
+                    format!("Duplicate value: {key:?}"),
+                );
+            }
         }
     }
     if let Some(p) = spec.restart_policy.as_deref()
@@ -149,7 +218,28 @@ fn validate_spec(spec: &PodSpec, e: &mut Errors) {
             ),
         );
     }
-    if let Some(g) = spec.termination_grace_period_seconds
+    match spec.dns_policy.as_deref().filter(|p| !p.is_empty()) {
+        Some(p) if !DNS_POLICIES.contains(&p) => e.add(
+            "spec.dnsPolicy",
+            format!(
+                "Unsupported value: {p:?}: supported values: \"ClusterFirstWithHostNet\", \"ClusterFirst\", \"Default\", \"None\""
+            ),
+        ),
+        Some("None")
+            if spec
+                .dns_config
+                .as_ref()
+                .and_then(|c| c.nameservers.as_ref())
+                .is_none_or(Vec::is_empty) =>
+        {
+            e.add(
+                "spec.dnsConfig.nameservers",
+                "Required value: must provide at least one DNS nameserver when `dnsPolicy` is None",
+            )
+        }
+        _ => {}
+    }
+    if let Some(g) = grace
         && g < 0
     {
         e.add(
@@ -157,210 +247,37 @@ fn validate_spec(spec: &PodSpec, e: &mut Errors) {
             format!("{g} must be >= 0"),
         );
     }
-    if let Some(h) = spec.hostname.as_deref()
-        && let Err(m) = check_label(h)
-    {
-        e.add("spec.hostname", m);
-    }
-}
-
-fn validate_container(
-    c: &Container,
-    base: &str,
-    volumes: &BTreeSet<&str>,
-    host_network: bool,
-    e: &mut Errors,
-) {
-    if let Err(m) = check_label(&c.name) {
-        e.add(format!("{base}.name"), m);
-    }
-    match c.image.as_deref() {
-        None | Some("") => e.add(format!("{base}.image"), "Required value"),
-        Some(img) if img.trim() != img || img.contains(char::is_whitespace) => e.add(
-            format!("{base}.image"),
-            format!("{img:?} must not contain spaces"),
-        ),
-        Some(img) => {
-            if let Err(m) = crate::runtime::image_ref::normalize(img) {
-                e.add(format!("{base}.image"), m);
-            }
-        }
-    }
-    if let Some(p) = c.image_pull_policy.as_deref()
-        && !PULL_POLICIES.contains(&p)
+    if let Some(d) = spec.active_deadline_seconds
+        && !(1..=i64::from(i32::MAX)).contains(&d)
     {
         e.add(
-            format!("{base}.imagePullPolicy"),
-            format!("Unsupported value: {p:?}: supported values: \"Always\", \"IfNotPresent\", \"Never\""),
+            "spec.activeDeadlineSeconds",
+            format!("Invalid value: {d}: must be between 1 and 2147483647, inclusive"),
         );
     }
-    let mut env_names = BTreeSet::new();
-    for (i, var) in c.env.iter().flatten().enumerate() {
-        let field = format!("{base}.env[{i}]");
-        if var.name.is_empty() || var.name.contains('=') {
-            e.add(
-                format!("{field}.name"),
-                format!("{:?} is not a valid environment variable name", var.name),
-            );
-        }
-        env_names.insert(var.name.as_str());
-        if let Some(from) = &var.value_from {
-            if var.value.is_some() {
-                e.add(&field, "value and valueFrom may not both be set");
-            }
-            let sources = [
-                from.field_ref.is_some(),
-                from.config_map_key_ref.is_some(),
-                from.secret_key_ref.is_some(),
-                from.resource_field_ref.is_some(),
-            ];
-            if sources.iter().filter(|s| **s).count() != 1 {
-                e.add(
-                    format!("{field}.valueFrom"),
-                    "exactly one source must be set",
-                );
-            }
-            if let Some(r) = &from.field_ref
-                && !super::FIELD_REFS.contains(&r.field_path.as_str())
-            {
-                e.add(
-                    format!("{field}.valueFrom.fieldRef.fieldPath"),
-                    format!(
-                        "Unsupported value: {:?}: supported values: {}",
-                        r.field_path,
-                        super::FIELD_REFS.join(", ")
-                    ),
-                );
-            }
-            if from.resource_field_ref.is_some() {
-                e.add(
-                    format!("{field}.valueFrom.resourceFieldRef"),
-                    "not supported by kubelet-lite",
-                );
-            }
-            for (kind, name) in [
-                (
-                    "configMapKeyRef",
-                    from.config_map_key_ref.as_ref().map(|r| &r.name),
-                ),
-                (
-                    "secretKeyRef",
-                    from.secret_key_ref.as_ref().map(|r| &r.name),
-                ),
-            ] {
-                if let Some(n) = name
-                    && check_subdomain(n).is_err()
-                {
-                    e.add(
-                        format!("{field}.valueFrom.{kind}.name"),
-                        format!("{n:?} is not a valid name"),
-                    );
-                }
-            }
+    for (field, value) in [
+        ("spec.hostname", spec.hostname.as_deref()),
+        ("spec.subdomain", spec.subdomain.as_deref()),
+    ] {
+        if let Some(v) = value.filter(|v| !v.is_empty())
+            && let Err(m) = syntax::dns_label(v)
+        {
+            e.add(field, m);
         }
     }
-    for (i, from) in c.env_from.iter().flatten().enumerate() {
-        if from.config_map_ref.is_some() == from.secret_ref.is_some() {
-            e.add(
-                format!("{base}.envFrom[{i}]"),
-                "exactly one of configMapRef and secretRef must be set",
-            );
-        }
+    if let Some(n) = spec.node_name.as_deref().filter(|n| !n.is_empty())
+        && let Err(m) = check_subdomain(n)
+    {
+        e.add("spec.nodeName", m);
     }
-    let mut port_names = BTreeSet::new();
-    for (i, p) in c.ports.iter().flatten().enumerate() {
-        let field = format!("{base}.ports[{i}]");
-        if !(1..=65535).contains(&p.container_port) {
-            e.add(
-                format!("{field}.containerPort"),
-                format!("{} must be between 1 and 65535", p.container_port),
-            );
-        }
-        if let Some(hp) = p.host_port
-            && (!(1..=65535).contains(&hp) || (host_network && hp != p.container_port))
-        {
-            e.add(
-                format!("{field}.hostPort"),
-                format!(
-                    "{hp} must be between 1 and 65535 and equal containerPort with hostNetwork"
-                ),
-            );
-        }
-        if let Some(proto) = p.protocol.as_deref()
-            && !["TCP", "UDP", "SCTP"].contains(&proto)
-        {
-            e.add(
-                format!("{field}.protocol"),
-                format!("Unsupported value: {proto:?}"),
-            );
-        }
-        if let Some(n) = p.name.as_deref()
-            && (n.len() > 15 || check_label(n).is_err() || !port_names.insert(n))
-        {
-            e.add(
-                format!("{field}.name"),
-                format!("{n:?} must be a unique label of at most 15 characters"),
-            );
-        }
-    }
-    for (i, m) in c.volume_mounts.iter().flatten().enumerate() {
-        let field = format!("{base}.volumeMounts[{i}]");
-        if !volumes.contains(m.name.as_str()) {
-            e.add(format!("{field}.name"), format!("Not found: {:?}", m.name));
-        }
-        if let Some(sp) = m.sub_path.as_deref().filter(|s| !s.is_empty())
-            && (sp.starts_with('/') || sp.split('/').any(|c| c == ".."))
-        {
-            e.add(
-                format!("{field}.subPath"),
-                format!("{sp:?} must be a relative path without '..'"),
-            );
-        }
-        if m.sub_path_expr.is_some() {
-            e.add(
-                format!("{field}.subPathExpr"),
-                "not supported by kubelet-lite",
-            );
-        }
-        if !m.mount_path.starts_with('/') {
-            e.add(
-                format!("{field}.mountPath"),
-                format!("{:?} must be an absolute path", m.mount_path),
-            );
-        }
-    }
-    if let Some(r) = &c.resources {
-        validate_resources(r, &format!("{base}.resources"), e);
-    }
-}
-
-fn validate_resources(r: &ResourceRequirements, base: &str, e: &mut Errors) {
-    let mut parsed = |kind: &str,
-                      map: &Option<
-        std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
-    >| {
-        let mut out = std::collections::BTreeMap::new();
-        for (name, q) in map.iter().flatten() {
-            let field = format!("{base}.{kind}.{name}");
-            match Quantity::parse(&q.0) {
-                Err(m) => e.add(field, m.to_string()),
-                Ok(v) if v.is_negative() => e.add(field, format!("{:?} is negative", q.0)),
-                Ok(v) => {
-                    out.insert(name.clone(), v);
-                }
-            }
-        }
-        out
-    };
-    let limits = parsed("limits", &r.limits);
-    let requests = parsed("requests", &r.requests);
-    for (name, req) in &requests {
-        if let Some(lim) = limits.get(name)
-            && req > lim
-        {
-            e.add(
-                format!("{base}.requests.{name}"),
-                format!("must be less than or equal to {name} limit"),
+    if let Some(sc) = &spec.security_context {
+        container::check_id(sc.run_as_user, "spec.securityContext.runAsUser", e);
+        container::check_id(sc.run_as_group, "spec.securityContext.runAsGroup", e);
+        for (i, g) in sc.supplemental_groups.iter().flatten().enumerate() {
+            container::check_id(
+                Some(*g),
+                &format!("spec.securityContext.supplementalGroups[{i}]"),
+                e,
             );
         }
     }
@@ -444,15 +361,17 @@ fn validate_volume_source(v: &k8s_openapi::api::core::v1::Volume, base: &str, e:
         }
     }
     if let Some(n) = &v.nfs {
-        if n.server.is_empty() {
-            e.add(format!("{base}.nfs.server"), "Required value");
-        }
-        if !n.path.starts_with('/') {
-            e.add(
-                format!("{base}.nfs.path"),
-                format!("{:?} must be an absolute path", n.path),
-            );
-        }
+        check_nfs(&n.server, &n.path, &format!("{base}.nfs"), e);
+    }
+    if let Some(c) = &v.config_map
+        && c.name.is_empty()
+    {
+        e.add(format!("{base}.configMap.name"), "Required value");
+    }
+    if let Some(s) = &v.secret
+        && s.secret_name.as_deref().is_none_or(str::is_empty)
+    {
+        e.add(format!("{base}.secret.secretName"), "Required value");
     }
     for (field, mode) in [
         (
@@ -479,6 +398,17 @@ fn validate_volume_source(v: &k8s_openapi::api::core::v1::Volume, base: &str, e:
         .and_then(|c| c.items.as_ref())
         .or(v.secret.as_ref().and_then(|s| s.items.as_ref()));
     for (i, item) in items.into_iter().flatten().enumerate() {
+        if item.key.is_empty() {
+            e.add(format!("{base}.items[{i}].key"), "Required value");
+        }
+        if let Some(m) = item.mode
+            && !(0..=0o777).contains(&m)
+        {
+            e.add(
+                format!("{base}.items[{i}].mode"),
+                format!("{m} must be a file mode between 0 and 0777 (511)"),
+            );
+        }
         if item.path.starts_with('/')
             || item.path.split('/').any(|c| c == "..")
             || item.path.is_empty()
@@ -495,6 +425,21 @@ fn validate_volume_source(v: &k8s_openapi::api::core::v1::Volume, base: &str, e:
         e.add(
             format!("{base}.persistentVolumeClaim.claimName"),
             format!("{:?} is not a valid name", c.claim_name),
+        );
+    }
+}
+
+/// NFS `server` and `path`, for inline volumes and PersistentVolumes.
+fn check_nfs(server: &str, path: &str, base: &str, e: &mut Errors) {
+    if let Err(m) = syntax::nfs_server(server) {
+        e.add(format!("{base}.server"), m);
+    }
+    if path.is_empty() {
+        e.add(format!("{base}.path"), "Required value");
+    } else if !path.starts_with('/') {
+        e.add(
+            format!("{base}.path"),
+            format!("{path:?} must be an absolute path"),
         );
     }
 }
@@ -563,12 +508,7 @@ pub fn validate_object(o: &super::Object) -> Vec<FieldError> {
     {
         e.add("metadata.namespace", m);
     }
-    let key_ok = |k: &str| {
-        !k.is_empty()
-            && k.len() <= 253
-            && k.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
-    };
+    validate_meta(meta, &mut e);
     match o {
         Object::ConfigMap(c) => {
             let keys = c
@@ -578,8 +518,8 @@ pub fn validate_object(o: &super::Object) -> Vec<FieldError> {
                 .map(|(k, _)| k)
                 .chain(c.binary_data.iter().flatten().map(|(k, _)| k));
             for k in keys {
-                if !key_ok(k) {
-                    e.add(format!("data[{k}]"), "a valid config key must consist of alphanumeric characters, '-', '_' or '.'");
+                if let Err(m) = syntax::config_map_key(k) {
+                    e.add(format!("data[{k}]"), m);
                 }
             }
         }
@@ -591,8 +531,8 @@ pub fn validate_object(o: &super::Object) -> Vec<FieldError> {
                 .map(|(k, _)| k)
                 .chain(s.string_data.iter().flatten().map(|(k, _)| k));
             for k in keys {
-                if !key_ok(k) {
-                    e.add(format!("data[{k}]"), "a valid secret key must consist of alphanumeric characters, '-', '_' or '.'");
+                if let Err(m) = syntax::config_map_key(k) {
+                    e.add(format!("data[{k}]"), m);
                 }
             }
         }
@@ -651,6 +591,9 @@ pub fn validate_object(o: &super::Object) -> Vec<FieldError> {
                     && let Err(m) = check_host_path(&l.path)
                 {
                     e.add("spec.local.path", m);
+                }
+                if let Some(n) = &spec.nfs {
+                    check_nfs(&n.server, &n.path, "spec.nfs", &mut e);
                 }
                 if let Some(p) = spec.persistent_volume_reclaim_policy.as_deref()
                     && p != "Retain"

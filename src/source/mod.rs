@@ -14,7 +14,9 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::manifest::{self, ManifestError, StaticPod};
+pub mod files;
+
+use crate::manifest::{ManifestError, StaticPod};
 use crate::volume::bind::{self, ClaimKey};
 use crate::volume::resolve::{self, Objects};
 
@@ -30,6 +32,8 @@ pub struct Desired {
     pub released: Vec<(ClaimKey, String)>,
     /// Documents of kinds this agent does not run (file: kind).
     pub ignored: Vec<String>,
+    /// About whole files (file: warning), e.g. one that holds no object.
+    pub warnings: Vec<String>,
 }
 
 impl Desired {
@@ -65,7 +69,7 @@ pub fn is_manifest_name(name: &str) -> bool {
 
 /// Reads every manifest file in `dir` (not its subdirectories), binding
 /// claims from scratch.
-pub fn scan(dir: &Path, node: &str) -> Desired {
+pub fn scan(dir: &Path, node: &str) -> std::io::Result<Desired> {
     scan_with(dir, node, &BTreeMap::new(), &BTreeSet::new())
 }
 
@@ -77,8 +81,8 @@ pub fn scan_with(
     node: &str,
     previous: &BTreeMap<ClaimKey, String>,
     reserved: &BTreeSet<String>,
-) -> Desired {
-    let mut out = read_dir(dir, node);
+) -> std::io::Result<Desired> {
+    let mut out = read_dir(dir, node)?;
     let pvs: Vec<_> = out.objects.pvs.values().cloned().collect();
     let pvcs: Vec<_> = out.objects.pvcs.values().cloned().collect();
     out.objects.bindings = bind::bind(&pvs, &pvcs, previous, reserved);
@@ -97,88 +101,42 @@ pub fn scan_with(
             p.with_resolved(r)
         })
         .collect();
-    out
+    Ok(out)
 }
 
-fn read_dir(dir: &Path, node: &str) -> Desired {
+/// Reads the directory's files. A directory that is not there holds no
+/// pods; one that cannot be read is an error (its pods are not known to
+/// be gone).
+fn read_dir(dir: &Path, node: &str) -> std::io::Result<Desired> {
     let mut out = Desired::default();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) => {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                out.errors.push(ManifestError {
-                    file: dir.to_path_buf(),
-                    document: None,
-                    field: None,
-                    message: format!("cannot read directory: {e}"),
-                });
-            }
-            return out;
-        }
+    let files = match files::list(dir) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
     };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_str().is_some_and(is_manifest_name))
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    let mut seen: BTreeMap<(String, String), PathBuf> = BTreeMap::new();
+    let mut loaded = Vec::new();
     for file in files {
-        let text = match std::fs::read(&file) {
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(t) => t,
-                Err(_) => {
-                    out.errors.push(file_error(&file, "not UTF-8 text".into()));
-                    continue;
-                }
-            },
-            // Removed between listing and reading: the next look sees it gone.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                out.errors
-                    .push(file_error(&file, format!("cannot read: {e}")));
-                continue;
-            }
-        };
-        let parsed = manifest::parse_file(&file, &text, node);
-        out.errors.extend(parsed.errors);
-        for pod in parsed.pods {
-            let key = (pod.namespace.clone(), pod.name.clone());
-            if let Some(first) = seen.get(&key) {
-                out.errors.push(ManifestError {
-                    file: file.clone(),
-                    document: None,
-                    field: Some("metadata.name".into()),
-                    message: format!(
-                        "pod {}/{} is already defined in {}",
-                        key.0,
-                        key.1,
-                        first.display()
-                    ),
-                });
-                continue;
-            }
-            seen.insert(key, file.clone());
-            out.pods.push(pod);
+        match files::load(&file, node) {
+            Ok(parsed) => loaded.push((file, parsed)),
+            Err(files::ReadError::NotFound) => {}
+            Err(e) => out.errors.push(e.into_manifest_error(&file)),
         }
+    }
+    files::refuse_duplicate_pods(&mut loaded);
+    for (file, parsed) in loaded {
+        out.errors.extend(parsed.errors);
+        out.pods.extend(parsed.pods);
         for o in parsed.objects {
             out.objects.add(o);
         }
         for kind in parsed.ignored {
             out.ignored.push(format!("{}: {kind}", file.display()));
         }
+        for w in parsed.warnings {
+            out.warnings.push(format!("{}: {w}", file.display()));
+        }
     }
-    out
-}
-
-fn file_error(file: &Path, message: String) -> ManifestError {
-    ManifestError {
-        file: file.to_path_buf(),
-        document: None,
-        field: None,
-        message,
-    }
+    Ok(out)
 }
 
 /// A hostPath or local PersistentVolume to empty: its claim was deleted
@@ -385,13 +343,16 @@ impl Source {
                 scan_with(&dir, &node, &previous, &reserved)
             })
             .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
             {
                 Ok(d) => d,
                 Err(e) => {
-                    // Fail closed: the pods of the last good scan stay.
-                    error!(
-                        "reading the static pod directory failed: {e}; keeping the last desired set"
-                    );
+                    // Fail closed: an unreadable directory (or a scan
+                    // that panicked) says nothing about which pods are
+                    // gone; the pods of the last good scan stay.
+                    error!(dir = %self.dir.display(),
+                        "reading the static pod directory failed: {e}; keeping the last desired set");
                     tokio::time::sleep(self.resync.min(Duration::from_secs(5))).await;
                     continue;
                 }
@@ -525,6 +486,12 @@ fn report(desired: &Desired, reported: &mut BTreeSet<String>, warned: &mut BTree
         }
         now_warned.insert(key);
     }
+    for w in &desired.warnings {
+        if !warned.contains(w) {
+            warn!("{w}");
+        }
+        now_warned.insert(w.clone());
+    }
     for claim in desired.objects.pvcs.keys() {
         if !desired.objects.bindings.contains_key(claim) {
             let key = format!(
@@ -548,6 +515,7 @@ fn report(desired: &Desired, reported: &mut BTreeSet<String>, warned: &mut BTree
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest;
 
     #[test]
     fn editor_and_hidden_files_are_skipped() {
@@ -567,14 +535,14 @@ mod tests {
         }
     }
 
-    fn tempdir(tag: &str) -> PathBuf {
+    pub(super) fn tempdir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("kl-source-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
     }
 
-    const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: NAME}\nspec:\n  containers: [{name: c, image: busybox}]\n";
+    pub(super) const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: NAME}\nspec:\n  containers: [{name: c, image: busybox}]\n";
 
     #[test]
     fn scan_reads_files_skips_subdirs_and_reports_duplicates() {
@@ -585,7 +553,7 @@ mod tests {
         std::fs::write(d.join(".hidden.yaml"), POD.replace("NAME", "hidden")).unwrap();
         std::fs::create_dir(d.join("sub")).unwrap();
         std::fs::write(d.join("sub/x.yaml"), POD.replace("NAME", "sub")).unwrap();
-        let got = scan(&d, "n1");
+        let got = scan(&d, "n1").unwrap();
         assert_eq!(got.pods.len(), 1);
         assert_eq!(got.pods[0].name, "web-n1");
         let errs: Vec<String> = got.errors.iter().map(|e| e.to_string()).collect();
@@ -627,9 +595,12 @@ mod tests {
         assert!(r.update(&gone, grace, t0 + grace / 2).is_empty());
         // Due, but a file of the directory fails to parse: deferred.
         let mut broken = gone.clone();
-        broken
-            .errors
-            .push(file_error(Path::new("/m/claim.yaml"), "bad".into()));
+        broken.errors.push(ManifestError {
+            file: PathBuf::from("/m/claim.yaml"),
+            document: None,
+            field: None,
+            message: "bad".into(),
+        });
         assert!(r.update(&broken, grace, t0 + grace).is_empty());
         assert_eq!(
             r.update(&gone, grace, t0 + grace),
@@ -660,6 +631,56 @@ mod tests {
         retained.objects.pvs.insert("pv".into(), volume("Retain"));
         assert!(r.update(&retained, grace, t0).is_empty());
         assert!(r.pending.is_empty());
+    }
+
+    #[test]
+    fn scan_refuses_special_files_and_warns_of_empty_ones() {
+        let d = tempdir("special");
+        std::fs::write(d.join("a.yaml"), POD.replace("NAME", "web")).unwrap();
+        nix::unistd::mkfifo(
+            &d.join("fifo.yaml"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/dev/zero", d.join("zero.yaml")).unwrap();
+        std::fs::write(d.join("empty.yaml"), "# nothing yet\n").unwrap();
+        let start = std::time::Instant::now();
+        let got = scan(&d, "n1").unwrap();
+        assert!(start.elapsed() < Duration::from_secs(1));
+        assert_eq!(got.pods.len(), 1);
+        let errs: Vec<String> = got.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].ends_with("fifo.yaml: is a FIFO, not a regular file: refused"));
+        assert!(errs[1].contains("zero.yaml: is a character device"));
+        assert_eq!(
+            got.warnings,
+            vec![format!(
+                "{}: {}",
+                d.join("empty.yaml").display(),
+                manifest::NO_OBJECT
+            )]
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_directory_keeps_the_pods_it_had() {
+        let d = tempdir("unreadable");
+        std::fs::write(d.join("a.yaml"), POD.replace("NAME", "web")).unwrap();
+        assert!(scan(&d.join("missing"), "n1").unwrap().pods.is_empty());
+        let (tx, mut rx) = watch::channel(Arc::new(Desired::default()));
+        let src = Source::new(d.clone(), "n1".into(), Duration::from_millis(100));
+        let task = tokio::spawn(src.run(tx));
+        rx.changed().await.unwrap();
+        assert_eq!(rx.borrow_and_update().pods.len(), 1);
+        // The directory is replaced by a file: it cannot be listed.
+        std::fs::remove_dir_all(&d).unwrap();
+        std::fs::write(&d, b"not a directory").unwrap();
+        assert!(scan(&d, "n1").is_err());
+        let changed = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
+        assert!(changed.is_err(), "published {:?}", rx.borrow().pods.len());
+        task.abort();
+        std::fs::remove_file(&d).unwrap();
     }
 
     #[tokio::test]

@@ -47,7 +47,12 @@ trap cleanup EXIT
 
 
 step "dependencies"
-"$repo/scripts/deps.sh" qemu-system-x86 debootstrap openssh-client qemu-utils python3 grub-pc-bin fdisk >/dev/null
+# One apt call for all of them, then every tool this lab (and image.sh) runs
+# must be there: see scripts/deps.sh.
+"$repo/scripts/deps.sh" qemu-system-x86 debootstrap openssh-client qemu-utils python3 grub-pc-bin fdisk \
+    --need-cmd qemu-system-x86_64 --need-cmd qemu-img --need-cmd debootstrap --need-cmd ssh \
+    --need-cmd scp --need-cmd ssh-keygen --need-cmd python3 --need-cmd grub-mkimage \
+    --need-cmd sfdisk --need-cmd mkfs.ext4 >/dev/null
 export PATH="$HOME/.cargo/bin:$PATH"
 step "building the agent (release)"
 (cd "$repo" && cargo build --locked --release -q)

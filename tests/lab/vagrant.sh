@@ -98,7 +98,11 @@ trap cleanup EXIT
 step "dependencies"
 "$repo/scripts/deps.sh" vagrant vagrant-libvirt libvirt-daemon-system libvirt-daemon-driver-qemu \
     libvirt-clients dnsmasq-base qemu-system-x86 qemu-utils debootstrap grub-pc-bin fdisk rsync \
-    openssh-client python3 iptables >/dev/null
+    openssh-client python3 iptables \
+    --need-cmd vagrant --need-cmd virsh --need-cmd libvirtd --need-cmd virtlogd \
+    --need-cmd qemu-system-x86_64 --need-cmd qemu-img --need-cmd debootstrap --need-cmd rsync \
+    --need-cmd ssh --need-cmd ssh-keygen --need-cmd python3 --need-cmd iptables \
+    --need-cmd grub-mkimage --need-cmd sfdisk --need-cmd mkfs.ext4 >/dev/null
 export PATH="$HOME/.cargo/bin:$PATH"
 step "building the agent (release)"
 (cd "$repo" && cargo build --locked --release -q)
