@@ -38,7 +38,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Some(Command::CriLog { path }) = &cli.command {
-        return std::process::ExitCode::from(logs::run_logger(path) as u8);
+        return std::process::ExitCode::from(u8::try_from(logs::run_logger(path)).unwrap_or(1));
     }
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -80,10 +80,11 @@ fn encode(families: &[Family]) -> String {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
+    let ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
-        .as_millis() as i64
+        .as_millis();
+    i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
 fn secs(t: SystemTime) -> f64 {
@@ -592,13 +593,18 @@ impl RateState {
         let prev = last.insert(key.to_string(), (now, usage_ns));
         let (t, u) = prev?;
         let dt = now.duration_since(t).as_nanos() as f64;
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a non-negative rate; a float-to-int `as` saturates, it cannot wrap"
+        )]
         (dt > 0.0).then(|| (usage_ns.saturating_sub(u) as f64 * 1e9 / dt) as u64)
     }
 }
 
 fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    jiff::Timestamp::new(d.as_secs() as i64, 0)
+    jiff::Timestamp::new(i64::try_from(d.as_secs()).unwrap_or(i64::MAX), 0)
         .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
         .to_string()
 }
@@ -638,6 +644,11 @@ pub fn summary(
     let now = rfc3339(SystemTime::now());
     let pods = collect(store, cgroups, specs);
     let (node_cpu, node_ws, node_used) = node_usage(cgroups);
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "CPU seconds are non-negative; a float-to-int `as` saturates, it cannot wrap"
+    )]
     let node_cpu_ns = (node_cpu * 1e9) as u64;
     let capacity = crate::node::capacity();
     let mut node_cpu_json = json!({"time": now, "usageCoreNanoSeconds": node_cpu_ns});
@@ -652,7 +663,7 @@ pub fn summary(
             "time": now,
             "usageBytes": node_used,
             "workingSetBytes": node_ws,
-            "availableBytes": (capacity.memory as u64).saturating_sub(node_ws),
+            "availableBytes": u64::try_from(capacity.memory).unwrap_or(0).saturating_sub(node_ws),
         },
     });
     let pods: Vec<Value> = pods

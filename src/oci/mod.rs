@@ -251,11 +251,23 @@ fn user(input: &ContainerInput) -> Result<User, SpecError> {
             gid = g.and_then(parse);
         }
     }
+    // IDs are 32-bit in the kernel: one outside that range is refused
+    // rather than truncated into somebody else's ID.
+    let id = |field: &str, v: i64| {
+        u32::try_from(v).map_err(|_| SpecError::Field {
+            field: field.into(),
+            message: format!("{v} is not a valid user or group ID"),
+        })
+    };
     let mut user = User::default();
-    user.set_uid(uid.unwrap_or(0) as u32);
-    user.set_gid(gid.unwrap_or(0) as u32);
+    user.set_uid(id("runAsUser", uid.unwrap_or(0))?);
+    user.set_gid(id("runAsGroup", gid.unwrap_or(0))?);
     if let Some(groups) = psc.and_then(|s| s.supplemental_groups.as_ref()) {
-        user.set_additional_gids(Some(groups.iter().map(|g| *g as u32).collect()));
+        let gids = groups
+            .iter()
+            .map(|g| id("securityContext.supplementalGroups", *g))
+            .collect::<Result<_, _>>()?;
+        user.set_additional_gids(Some(gids));
     }
     Ok(user)
 }
