@@ -200,6 +200,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         options: cgroup::qos::Options {
             memory_qos: config.memory_qos,
             pids_limit: Some(config.pod_pids_limit).filter(|p| *p > 0),
+            single_process_oom_kill: config.single_process_oom_kill,
         },
         mounts: cgroup::hierarchies(&mountinfo),
     };

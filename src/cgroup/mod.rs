@@ -362,6 +362,7 @@ mod tests {
             memory_max: Some(64 << 20),
             memory_min: None,
             pids_max: None,
+            oom_group: false,
         };
         assert_eq!(
             systemd_properties(&l, WeightFormula::Linear),

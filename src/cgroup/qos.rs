@@ -152,6 +152,9 @@ pub struct CgroupLimits {
     /// cgroup v2 `memory.min`, from memory requests when MemoryQoS is on.
     pub memory_min: Option<i64>,
     pub pids_max: Option<i64>,
+    /// cgroup v2 `memory.oom.group`: an OOM kill takes every process of the
+    /// cgroup, not only the largest. Containers only; never sent on v1.
+    pub oom_group: bool,
 }
 
 pub const CPU_PERIOD_US: u64 = 100_000;
@@ -217,6 +220,9 @@ pub fn cpu_weight(shares: u64, formula: WeightFormula) -> u64 {
 pub struct Options {
     pub memory_qos: bool,
     pub pids_limit: Option<i64>,
+    /// The kubelet's `singleProcessOOMKill` (1.32): leave `memory.oom.group`
+    /// at 0, so that the OOM killer takes one process, not the container.
+    pub single_process_oom_kill: bool,
 }
 
 /// The pod cgroup (`pod<uid>`), as the kubelet's ResourceConfigForPod sets
@@ -258,7 +264,9 @@ pub fn pod_limits(spec: &PodSpec, qos: QosClass, opts: Options) -> CgroupLimits 
     out
 }
 
-/// One container's cgroup values.
+/// One container's cgroup values. Since 1.28 the kubelet asks for
+/// `memory.oom.group = 1` on every container (cgroup v2), so that a shell
+/// whose child was OOM-killed does not run on as if nothing happened.
 pub fn container_limits(c: &Container, opts: Options) -> CgroupLimits {
     let r = ContainerResources::of(c);
     CgroupLimits {
@@ -267,6 +275,7 @@ pub fn container_limits(c: &Container, opts: Options) -> CgroupLimits {
         memory_max: r.memory_limit.and_then(memory_limit),
         memory_min: r.memory_request.filter(|m| opts.memory_qos && *m > 0),
         pids_max: None,
+        oom_group: !opts.single_process_oom_kill,
     }
 }
 
@@ -415,6 +424,7 @@ mod tests {
         let opts = Options {
             memory_qos: true,
             pids_limit: Some(1024),
+            single_process_oom_kill: false,
         };
         let s = spec(
             0,
@@ -470,6 +480,13 @@ mod tests {
             &["{limits: {cpu: '1.5', memory: 129M}, requests: {cpu: 1m}}"],
         );
         let l = container_limits(&s.containers[0], Options::default());
+        assert!(l.oom_group);
+        let single = Options {
+            single_process_oom_kill: true,
+            ..Options::default()
+        };
+        assert!(!container_limits(&s.containers[0], single).oom_group);
+        assert!(!pod_limits(&s, qos_class(&s), Options::default()).oom_group);
         assert_eq!(l.cpu_shares, Some(2));
         assert_eq!(l.cpu_quota_us, Some(150_000));
         assert_eq!(l.memory_max, Some(129_000_000));

@@ -98,6 +98,12 @@ pub fn resources(limits: &CgroupLimits, v2: Option<WeightFormula>) -> LinuxResou
     if let (Some(_), Some(min)) = (v2, limits.memory_min) {
         unified.insert("memory.min".to_string(), min.to_string());
     }
+    // As containerd's CRI does with the kubelet's request: the v2-only key
+    // goes through `unified`. On v1 it must stay out: runc refuses unified
+    // keys on a v1 host and the container would not start.
+    if v2.is_some() && limits.oom_group {
+        unified.insert("memory.oom.group".to_string(), "1".to_string());
+    }
     if !unified.is_empty() {
         res.set_unified(Some(unified));
     }
@@ -581,5 +587,41 @@ mod tests {
         img.user = "nobody".into();
         let e = build_for(&pod(""), &img).unwrap_err();
         assert!(e.to_string().contains("runAsUser"), "{e}");
+        // IDs beyond 32 bits are refused, not truncated to another user.
+        img.user = "4294967296".into();
+        let e = build_for(&pod(""), &img).unwrap_err();
+        assert!(e.to_string().contains("4294967296"), "{e}");
+        let e = build_for(&pod("    securityContext: {runAsGroup: -1}\n"), &image()).unwrap_err();
+        assert!(e.to_string().contains("runAsGroup"), "{e}");
+    }
+
+    #[test]
+    fn oom_group_only_on_cgroup_v2() {
+        let p = pod("    resources:\n      limits: {memory: 64Mi}\n");
+        let c = &p.spec().containers[0];
+        let limits = qos::container_limits(c, Default::default());
+        let v2 = resources(&limits, Some(WeightFormula::Linear));
+        assert_eq!(v2.unified().as_ref().unwrap()["memory.oom.group"], "1");
+        // runc refuses unified keys on a v1 host.
+        let v1 = resources(&limits, None);
+        assert!(
+            v1.unified()
+                .as_ref()
+                .is_none_or(|u| !u.contains_key("memory.oom.group")),
+            "{v1:?}"
+        );
+        let single = qos::Options {
+            single_process_oom_kill: true,
+            ..Default::default()
+        };
+        let r = resources(
+            &qos::container_limits(c, single),
+            Some(WeightFormula::Linear),
+        );
+        assert!(
+            r.unified()
+                .as_ref()
+                .is_none_or(|u| !u.contains_key("memory.oom.group"))
+        );
     }
 }
