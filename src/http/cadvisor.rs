@@ -449,7 +449,56 @@ pub fn cadvisor(
     families.push(start);
     families.extend(net_families);
     families.push(fs);
+    families.extend(machine_families(&stats::machine::MachineInfo::read(
+        std::path::Path::new("/"),
+    )));
     encode(&families)
+}
+
+/// cAdvisor's machine collector: one sample per family, labelled with the
+/// machine's IDs (empty where unreadable, as cAdvisor leaves them).
+fn machine_families(m: &stats::machine::MachineInfo) -> Vec<Family> {
+    let labels = render(&[
+        ("boot_id", m.boot_id.clone()),
+        ("machine_id", m.machine_id.clone()),
+        ("system_uuid", m.system_uuid.clone()),
+    ]);
+    let families = [
+        (
+            "machine_cpu_cores",
+            "Number of logical CPU cores.",
+            m.cpu_cores as f64,
+        ),
+        (
+            "machine_cpu_physical_cores",
+            "Number of physical CPU cores.",
+            m.cpu_physical_cores as f64,
+        ),
+        (
+            "machine_cpu_sockets",
+            "Number of CPU sockets.",
+            m.cpu_sockets as f64,
+        ),
+        (
+            "machine_memory_bytes",
+            "Amount of memory installed on the machine.",
+            m.memory_bytes as f64,
+        ),
+        (
+            "machine_swap_bytes",
+            "Amount of swap memory available on the machine.",
+            m.swap_bytes as f64,
+        ),
+    ];
+    families
+        .into_iter()
+        .map(|(name, help, value)| Family {
+            name,
+            help,
+            kind: "gauge",
+            samples: vec![(labels.clone(), value, None)],
+        })
+        .collect()
 }
 
 /// Node CPU time and memory working set, as the kubelet takes them from
@@ -739,5 +788,32 @@ mod tests {
             encode(&[f]),
             "# HELP x_total An x.\n# TYPE x_total counter\nx_total{a=\"q\\\"uo\\\\te\\n\"} 1.5 7\nx_total NaN\n"
         );
+    }
+
+    #[test]
+    fn machine_series() {
+        let m = stats::machine::MachineInfo {
+            cpu_cores: 2,
+            cpu_physical_cores: 2,
+            cpu_sockets: 1,
+            memory_bytes: 1 << 30,
+            swap_bytes: 0,
+            boot_id: "b".into(),
+            machine_id: "m".into(),
+            system_uuid: String::new(),
+        };
+        let text = encode(&machine_families(&m));
+        for line in [
+            "# TYPE machine_cpu_cores gauge",
+            "machine_cpu_cores{boot_id=\"b\",machine_id=\"m\",system_uuid=\"\"} 2",
+            "machine_cpu_sockets{boot_id=\"b\",machine_id=\"m\",system_uuid=\"\"} 1",
+            "machine_memory_bytes{boot_id=\"b\",machine_id=\"m\",system_uuid=\"\"} 1073741824",
+            "machine_swap_bytes{boot_id=\"b\",machine_id=\"m\",system_uuid=\"\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
     }
 }
