@@ -345,10 +345,21 @@ mod tests {
                 if !q.is_negative() {
                     proptest::prop_assert!(milli >= 0 && units >= 0, "{text}: {milli} {units}");
                     proptest::prop_assert!(milli >= units.min(i64::MAX / 1000), "{text}");
-                    let shares = crate::cgroup::qos::cpu_shares(milli);
+                    use crate::cgroup::qos::{self, WeightFormula};
+                    let shares = qos::cpu_shares(milli);
                     proptest::prop_assert!((2..=262_144).contains(&shares));
-                    if let Some(quota) = crate::cgroup::qos::cpu_quota(milli) {
-                        proptest::prop_assert!(quota >= 1000, "{text}: quota {quota}");
+                    for formula in [WeightFormula::Linear, WeightFormula::Quadratic] {
+                        let weight = qos::cpu_weight(shares, formula);
+                        proptest::prop_assert!((1..=10_000).contains(&weight));
+                    }
+                    if let Some(quota) = qos::cpu_quota(milli) {
+                        proptest::prop_assert!(
+                            (1000..=qos::MAX_CFS_QUOTA_US).contains(&quota),
+                            "{text}: quota {quota}"
+                        );
+                    }
+                    if let Some(bytes) = qos::memory_limit(units) {
+                        proptest::prop_assert!(bytes > 0, "{text}: memory {bytes}");
                     }
                 } else {
                     proptest::prop_assert!(milli <= 0 && units <= 0, "{text}");
