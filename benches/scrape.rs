@@ -26,7 +26,7 @@ fn usage(pid: u32) -> (f64, u64) {
     let (hz, page) = unsafe {
         (
             libc::sysconf(libc::_SC_CLK_TCK) as f64,
-            libc::sysconf(libc::_SC_PAGESIZE) as u64,
+            u64::try_from(libc::sysconf(libc::_SC_PAGESIZE)).unwrap_or(4096),
         )
     };
     let cpu = (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / hz;
@@ -91,6 +91,11 @@ fn main() {
     }
     let (c1, _) = usage(pid);
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "q is in 0..=1: the index is within the sample"
+    )]
     let p = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
     println!(
         "/metrics/cadvisor with {pods} pods ({bytes} bytes): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms, agent CPU {:.2} ms per scrape",

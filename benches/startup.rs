@@ -42,6 +42,11 @@ fn two(name: &str) -> String {
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "p is in 0..=1: the index is within the sample"
+    )]
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
     v[i]
 }
@@ -53,7 +58,7 @@ fn running_at(log: &str, pod: &str) -> Option<SystemTime> {
         .lines()
         .find(|l| l.contains(&needle) && l.contains("pod phase"))?;
     let ts: jiff::Timestamp = line.split_whitespace().next()?.parse().ok()?;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(ts.as_nanosecond() as u64))
+    Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(u64::try_from(ts.as_nanosecond()).ok()?))
 }
 
 fn agent_rounds(env: &mut Env, rounds: usize, containers: usize) -> Vec<f64> {

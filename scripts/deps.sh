@@ -6,13 +6,11 @@
 # --need-cmd exists.
 #   scripts/deps.sh [PACKAGE...] [--need-cmd COMMAND...]
 #
-# When anything is missing, every package (the base ones and the
-# arguments) goes to ONE `apt-get install`, which is idempotent for those
-# already there. Installing the missing ones alone is not enough: apt may
-# remove an installed package to satisfy them (on some images Debian's
-# qemu-system-x86 removes a newer qemu-utils, taking qemu-img away), while a
-# single call has to keep every package named. The --need-cmd check then
-# catches what package states cannot show.
+# The missing packages are installed, then whatever is missing after that
+# again: apt may remove an installed package to satisfy others (on some
+# images Debian's qemu-system-x86 removes a newer backported qemu-utils,
+# taking qemu-img away). The --need-cmd check then catches what package
+# states cannot show.
 set -eu
 pkgs="containerd runc protobuf-compiler busybox-static ca-certificates curl"
 cmds=""
@@ -29,18 +27,26 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-missing=""
-for p in $pkgs; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-done
-for c in $cmds; do
-    command -v "$c" >/dev/null 2>&1 || missing="$missing (command $c)"
-done
-if [ -n "$missing" ]; then
-    echo "missing:$missing; installing: $pkgs"
+missing() {
+    for p in $pkgs; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || printf ' %s' "$p"
+    done
+}
+need=$(missing)
+if [ -n "$need" ]; then
+    echo "installing:$need"
     apt-get update -qq
     # shellcheck disable=SC2086 # one word per package
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null
+    # Installing one package can remove another that was there: Debian's
+    # qemu-system-x86 takes away a newer backported qemu-utils (and with it
+    # qemu-img). Install again whatever is missing now.
+    again=$(missing)
+    if [ -n "$again" ]; then
+        echo "installing again:$again"
+        # shellcheck disable=SC2086
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $again >/dev/null
+    fi
 fi
 absent=""
 for c in $cmds; do

@@ -57,6 +57,11 @@ pub struct Config {
     /// MemoryQoS feature).
     #[serde(rename = "memoryQoS")]
     pub memory_qos: bool,
+    /// cgroup v2: leave `memory.oom.group` at 0 on container cgroups, so that
+    /// the OOM killer takes one process rather than the whole container (the
+    /// kubelet's `singleProcessOOMKill`, 1.32; ignored on cgroup v1).
+    #[serde(rename = "singleProcessOOMKill")]
+    pub single_process_oom_kill: bool,
     /// `pids.max` of every pod cgroup; -1 for no limit.
     pub pod_pids_limit: i64,
     /// CPU and memory kept back from pods: allocatable = capacity - this.
@@ -141,6 +146,7 @@ impl Default for Config {
             cgroup_root: "/".to_string(),
             cpu_weight_formula: Default::default(),
             memory_qos: false,
+            single_process_oom_kill: false,
             pod_pids_limit: -1,
             system_reserved: Reserved::default(),
             listen_address: SocketAddr::from(([127, 0, 0, 1], 10255)),
@@ -232,6 +238,9 @@ impl Config {
                 format!("{:?} must be an absolute path without ..", self.cgroup_root),
             ));
         }
+        if let Err(m) = check_containerd_namespace(&self.containerd.namespace) {
+            return Err(invalid("containerd.namespace", m));
+        }
         for (field, value) in [
             ("systemReserved.cpu", &self.system_reserved.cpu),
             ("systemReserved.memory", &self.system_reserved.memory),
@@ -286,6 +295,33 @@ impl Config {
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "localhost".to_string())
     }
+}
+
+/// containerd's identifier rule (pkg/identifiers), which its namespaces
+/// service enforces: at most 76 characters, alphanumeric components joined
+/// by single `.`, `_` or `-` (`^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$`).
+/// Checked at load so that a bad name stops the agent at start, not at its
+/// first request.
+pub fn check_containerd_namespace(name: &str) -> Result<(), String> {
+    const MAX_LEN: usize = 76;
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > MAX_LEN {
+        return Err(format!(
+            "{name:?} is longer than {MAX_LEN} characters (containerd's limit)"
+        ));
+    }
+    let separator = |c: char| matches!(c, '.' | '_' | '-');
+    let components_ok = name
+        .split(separator)
+        .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric()));
+    if !components_ok {
+        return Err(format!(
+            "{name:?} is not a valid containerd namespace: letters and digits, in parts joined by single '.', '_' or '-'"
+        ));
+    }
+    Ok(())
 }
 
 /// Turns a serde error with its path into `field.path: message`.
@@ -355,5 +391,42 @@ mod tests {
         let c = parse("cgroupDriver: systemd\ncpuWeightFormula: quadratic\nmemoryQoS: true\nsystemReserved: {cpu: 500m, memory: 1Gi}\n").unwrap();
         assert_eq!(c.system_reserved.values(), (500, 1 << 30));
         assert!(c.memory_qos);
+        assert!(!c.single_process_oom_kill);
+        assert!(
+            parse("singleProcessOOMKill: true\n")
+                .unwrap()
+                .single_process_oom_kill
+        );
+    }
+
+    #[test]
+    fn containerd_namespace_follows_containerd_rule() {
+        for good in ["kubelet-lite", "k8s.io", "a", "A_1.b-2", &"x".repeat(76)] {
+            assert_eq!(check_containerd_namespace(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "a..b",
+            "a-.b",
+            ".a",
+            "a b",
+            "a/b",
+            "näme",
+            "a:b",
+            &"x".repeat(77),
+        ] {
+            assert!(check_containerd_namespace(bad).is_err(), "{bad:?}");
+        }
+        let e = parse("containerd:\n  namespace: 'my ns'\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("agent.yaml")
+                && msg.contains("containerd.namespace")
+                && msg.contains("my ns"),
+            "{msg}"
+        );
+        assert!(parse("containerd:\n  namespace: k8s.io\n").is_ok());
     }
 }

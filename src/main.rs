@@ -51,7 +51,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Some(Command::CriLog { path }) = &cli.command {
-        return std::process::ExitCode::from(logs::run_logger(path) as u8);
+        return std::process::ExitCode::from(u8::try_from(logs::run_logger(path)).unwrap_or(1));
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -208,6 +208,7 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
         options: cgroup::qos::Options {
             memory_qos: config.memory_qos,
             pids_limit: Some(config.pod_pids_limit).filter(|p| *p > 0),
+            single_process_oom_kill: config.single_process_oom_kill,
         },
         mounts: cgroup::hierarchies(&mountinfo),
     };

@@ -118,14 +118,14 @@ impl Collector for ProcessCollector {
         let (ticks, page) = unsafe {
             (
                 libc::sysconf(libc::_SC_CLK_TCK).max(1) as f64,
-                libc::sysconf(libc::_SC_PAGESIZE).max(1) as u64,
+                u64::try_from(libc::sysconf(libc::_SC_PAGESIZE)).unwrap_or(4096),
             )
         };
         // utime and stime are fields 14 and 15 of stat, 11 and 12 here.
         let cpu = (field(11) + field(12)) as f64 / ticks;
         let rss = field(21) * page;
         let fds = std::fs::read_dir("/proc/self/fd")
-            .map(|d| d.count() as i64)
+            .map(|d| i64::try_from(d.count()).unwrap_or(i64::MAX))
             .unwrap_or(0);
         let counter = ConstCounter::new(cpu);
         counter.encode(encoder.encode_descriptor(
@@ -134,7 +134,7 @@ impl Collector for ProcessCollector {
             None,
             counter.metric_type(),
         )?)?;
-        let rss_gauge = ConstGauge::new(rss as i64);
+        let rss_gauge = ConstGauge::new(i64::try_from(rss).unwrap_or(i64::MAX));
         rss_gauge.encode(encoder.encode_descriptor(
             "process_resident_memory_bytes",
             "Resident memory size in bytes",

@@ -11,9 +11,11 @@ pub struct Resources {
 impl std::ops::Add for Resources {
     type Output = Resources;
     fn add(self, o: Resources) -> Resources {
+        // Saturating: requests are capped at i64::MAX each, and a sum of
+        // them must stay "too much", never wrap to a small number.
         Resources {
-            cpu_milli: self.cpu_milli + o.cpu_milli,
-            memory: self.memory + o.memory,
+            cpu_milli: self.cpu_milli.saturating_add(o.cpu_milli),
+            memory: self.memory.saturating_add(o.memory),
         }
     }
 }
@@ -30,7 +32,7 @@ pub fn capacity() -> Resources {
     let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1);
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     Resources {
-        cpu_milli: cpus * 1000,
+        cpu_milli: cpus.saturating_mul(1000),
         memory: mem_total(&meminfo),
     }
 }
@@ -41,7 +43,7 @@ pub fn mem_total(meminfo: &str) -> i64 {
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
-        .map_or(0, |kb| kb * 1024)
+        .map_or(0, |kb| kb.saturating_mul(1024))
 }
 
 /// Lowest OOM score adjustment this host lets us give a process. The agent
@@ -62,8 +64,8 @@ pub fn oom_score_floor() -> i32 {
 /// Capacity minus what is reserved for the system, never negative.
 pub fn allocatable(capacity: Resources, reserved: Resources) -> Resources {
     Resources {
-        cpu_milli: (capacity.cpu_milli - reserved.cpu_milli).max(0),
-        memory: (capacity.memory - reserved.memory).max(0),
+        cpu_milli: capacity.cpu_milli.saturating_sub(reserved.cpu_milli).max(0),
+        memory: capacity.memory.saturating_sub(reserved.memory).max(0),
     }
 }
 
@@ -83,7 +85,9 @@ pub fn admit(
         ),
         ("memory", requested.memory, used.memory, allocatable.memory),
     ] {
-        if req > 0 && req + use_ > cap {
+        // In i128: a request of i64::MAX (a capped 8Ei or 8E) plus what is
+        // in use must compare as larger than the node, not wrap below it.
+        if req > 0 && i128::from(req) + i128::from(use_) > i128::from(cap) {
             return Err((
                 format!("OutOf{name}"),
                 format!(
@@ -150,6 +154,36 @@ mod tests {
             memory: 5 << 30,
         };
         assert!(admit(Resources::default(), full, alloc).is_ok());
+        // Capped huge requests are refused, with and without pods running.
+        let huge = Resources {
+            cpu_milli: i64::MAX,
+            memory: i64::MAX,
+        };
+        assert_eq!(admit(huge, used, alloc).unwrap_err().0, "OutOfcpu");
+        let (reason, msg) = admit(
+            Resources {
+                cpu_milli: 1,
+                memory: i64::MAX,
+            },
+            huge,
+            alloc,
+        )
+        .unwrap_err();
+        assert_eq!(reason, "OutOfcpu", "{msg}");
+        assert_eq!(
+            admit(
+                Resources {
+                    cpu_milli: 0,
+                    memory: i64::MAX
+                },
+                Resources::default(),
+                alloc
+            )
+            .unwrap_err()
+            .0,
+            "OutOfmemory"
+        );
+        assert_eq!([huge, huge].into_iter().sum::<Resources>(), huge);
     }
 
     #[test]

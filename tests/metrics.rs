@@ -92,6 +92,39 @@ fn endpoints_pass_promtool_and_match_the_cgroup_files() {
     // the real Prometheus of the next test scrapes it.
     assert!(own.trim_end().ends_with("# EOF"));
 
+    // cAdvisor's machine series, against what the kernel says.
+    // SAFETY: sysconf only reads a system value.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } as f64;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kb = |key: &str| {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap()
+    };
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let ids = [("boot_id", boot_id.trim())];
+    let machine = |name: &str| {
+        sample(&cadvisor, name, &ids).unwrap_or_else(|| panic!("{name} missing:\n{cadvisor}"))
+    };
+    assert_eq!(machine("machine_cpu_cores"), online);
+    let physical = machine("machine_cpu_physical_cores");
+    let sockets = machine("machine_cpu_sockets");
+    assert!(
+        (1.0..=online).contains(&physical) && (1.0..=physical).contains(&sockets),
+        "physical cores {physical}, sockets {sockets}, online {online}"
+    );
+    let mem = machine("machine_memory_bytes");
+    assert!(
+        (mem - kb("MemTotal:") * 1024.0).abs() <= 1024.0 * 1024.0,
+        "machine_memory_bytes {mem}"
+    );
+    assert_eq!(machine("machine_swap_bytes"), kb("SwapTotal:") * 1024.0);
+    if let Ok(id) = std::fs::read_to_string("/etc/machine-id") {
+        assert!(cadvisor.contains(&format!("machine_id=\"{}\"", id.trim())));
+    }
+
     for name in [
         "container_cpu_usage_seconds_total",
         "container_cpu_user_seconds_total",
@@ -192,13 +225,21 @@ fn endpoints_pass_promtool_and_match_the_cgroup_files() {
         .find(|l| l.starts_with("container_memory_working_set_bytes{container=\"hold\""))
         .unwrap();
     assert_eq!(line.split(' ').count(), 3, "no timestamp: {line}");
-    let ws = sample(
-        &resource,
-        "container_memory_working_set_bytes",
-        &[("container", "hold")],
-    )
-    .unwrap();
-    assert!((45.0..80.0).contains(&(ws / 1048576.0)), "working set {ws}");
+    // dd may still be filling its 50 MiB on a loaded machine: wait for it.
+    let ws = env.wait_for(
+        "hold's working set at 45 MiB",
+        Duration::from_secs(30),
+        || {
+            let text = env.get("/metrics/resource").ok()?;
+            sample(
+                &text,
+                "container_memory_working_set_bytes",
+                &[("container", "hold")],
+            )
+            .filter(|ws| *ws >= 45.0 * 1048576.0)
+        },
+    );
+    assert!(ws < 80.0 * 1048576.0, "working set {ws}");
     // The agent's own metrics.
     for name in [
         "kubelet_pod_start_duration_seconds_bucket",
@@ -208,6 +249,40 @@ fn endpoints_pass_promtool_and_match_the_cgroup_files() {
     ] {
         assert!(own.contains(name), "{name} missing from /metrics:\n{own}");
     }
+
+    // container_oom_events_total is the cgroup's oom_kill counter. On this
+    // cgroup v1 host an OOM kill takes the child alone (no memory.oom.group
+    // before v2): the shell sleeps on, its container keeps its series.
+    if v2 {
+        return;
+    }
+    env.write_manifest(
+        "oomer.yaml",
+        &pod_yaml(
+            "oomer",
+            "  terminationGracePeriodSeconds: 0\n  containers:\n  - name: oomer\n    image: busybox\n    command: [sh, -c, 'dd if=/dev/zero of=/dev/null bs=100M count=1; sleep 3600']\n    resources:\n      limits: {memory: 32Mi}\n",
+        ),
+    );
+    let pod = env.wait_running("oomer-node1");
+    let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
+    let oomer = [("container", "oomer"), ("pod", "oomer-node1")];
+    let events = env.wait_for("an OOM event for oomer", Duration::from_secs(30), || {
+        let text = env.get("/metrics/cadvisor").ok()?;
+        sample(&text, "container_oom_events_total", &oomer).filter(|v| *v >= 1.0)
+    });
+    let pod = env.pod("oomer-node1").unwrap();
+    let id = pod["status"]["containerStatuses"][0]["containerID"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("containerd://");
+    let control = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory{}/kubepods/burstable/pod{uid}/{id}/memory.oom_control",
+        env.cgroup_root
+    ))
+    .unwrap();
+    let kills = kubelet_lite::cgroup::fs::parse_keyed(&control, "oom_kill").unwrap() as f64;
+    assert_eq!(events, kills, "{control}");
+    assert_eq!(pod["status"]["phase"], "Running");
 }
 
 #[test]

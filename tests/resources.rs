@@ -63,7 +63,8 @@ fn memory_limit_oom_kills_are_reported() {
             "  restartPolicy: Never\n  containers:\n  - name: fill\n    image: busybox\n    command: [dd, if=/dev/zero, of=/dev/shm/fill, bs=1M, count=100]\n    resources:\n      limits: {memory: 32Mi}\n",
         ),
     );
-    // The shell (PID 1) survives the kill of its child and exits 0 later.
+    // On v1 the shell (PID 1) survives the kill of its child and exits 0
+    // later; on v2 memory.oom.group=1 makes the kill take the shell too.
     env.write_manifest(
         "survive.yaml",
         &pod_yaml(
@@ -76,7 +77,7 @@ fn memory_limit_oom_kills_are_reported() {
     assert_eq!(t["exitCode"], 137, "{t}");
     let t = terminated(&env, "survive-node1");
     assert_eq!(t["reason"], "OOMKilled", "{t}");
-    assert_eq!(t["exitCode"], 0, "{t}");
+    assert_eq!(t["exitCode"], if v2() { 137 } else { 0 }, "{t}");
 
     // With restartPolicy OnFailure the container is restarted with backoff.
     env.write_manifest(
@@ -304,4 +305,81 @@ fn admission_refuses_what_does_not_fit_until_room_is_made() {
         env.pod("huge-node1").unwrap()["status"]["reason"],
         "OutOfcpu"
     );
+}
+
+/// Quantities beyond 64 bits: 8Ei of memory and 8E CPUs used to wrap to
+/// negative requests that admission let through. They are refused, and no
+/// container is ever created for them; a CPU limit beyond what the kernel
+/// can enforce means no quota, not a wrapped one.
+#[test]
+fn quantities_beyond_64_bits_never_wrap() {
+    let mut env = Env::new("huge");
+    env.start_agent();
+    let sleeper = |resources: &str| {
+        format!(
+            "  terminationGracePeriodSeconds: 0\n  containers:\n  - name: a\n    image: busybox\n    command: [sleep, '3600']\n    resources: {resources}\n"
+        )
+    };
+    env.write_manifest(
+        "exa-mem.yaml",
+        &pod_yaml("exa-mem", &sleeper("{requests: {memory: 8Ei}}")),
+    );
+    env.write_manifest(
+        "exa-cpu.yaml",
+        &pod_yaml("exa-cpu", &sleeper("{requests: {cpu: 8E}}")),
+    );
+    env.write_manifest(
+        "no-quota.yaml",
+        &pod_yaml(
+            "no-quota",
+            &sleeper("{requests: {cpu: 100m}, limits: {cpu: '100000000000'}}"),
+        ),
+    );
+    let running = env.wait_running("no-quota-node1");
+    for (name, reason, resource) in [
+        ("exa-mem-node1", "OutOfmemory", "memory"),
+        ("exa-cpu-node1", "OutOfcpu", "cpu"),
+    ] {
+        let p = env.wait_for(&format!("{name} refused"), Duration::from_secs(20), || {
+            let p = env.pod(name)?;
+            (p["status"]["reason"] == reason).then_some(p)
+        });
+        assert_eq!(p["status"]["phase"], "Pending", "{p}");
+        let msg = p["status"]["message"].as_str().unwrap();
+        assert!(
+            msg.starts_with(&format!(
+                "Node didn't have enough resource: {resource}, requested: {}",
+                i64::MAX
+            )),
+            "{msg}"
+        );
+        assert!(
+            p["status"]["containerStatuses"]
+                .as_array()
+                .is_none_or(|c| c.iter().all(|c| c["containerID"].is_null())),
+            "{p}"
+        );
+    }
+    // Only the admitted pod has a container in containerd, now and after
+    // a few more sync rounds.
+    let id = container_id(&running, 0);
+    for _ in 0..2 {
+        assert_eq!(env.containers(), std::slice::from_ref(&id));
+        assert_eq!(
+            env.tasks().into_iter().map(|t| t.0).collect::<Vec<_>>(),
+            std::slice::from_ref(&id)
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    // The limit beyond the kernel's maximum quota is no quota at all.
+    let uid = running["metadata"]["uid"].as_str().unwrap();
+    let pod_cg = format!("{}/kubepods/burstable/pod{uid}", env.cgroup_root);
+    let ctr_cg = format!("{pod_cg}/{id}");
+    for dir in [&pod_cg, &ctr_cg] {
+        if v2() {
+            assert_eq!(read(cg("cpu", dir).join("cpu.max")), "max 100000", "{dir}");
+        } else {
+            assert_eq!(read(cg("cpu", dir).join("cpu.cfs_quota_us")), "-1", "{dir}");
+        }
+    }
 }

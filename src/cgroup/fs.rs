@@ -252,6 +252,7 @@ mod tests {
             memory_max: Some(33_554_432),
             memory_min: Some(1 << 20),
             pids_max: None,
+            oom_group: false,
         };
         m.apply(
             "/kubepods/burstable/podu",
@@ -296,6 +297,7 @@ mod tests {
             memory_max: Some(64 << 20),
             memory_min: None,
             pids_max: Some(100),
+            oom_group: false,
         };
         m.apply("/kubepods/podu", &limits, WeightFormula::Linear)
             .unwrap();

@@ -111,7 +111,7 @@ pub fn systemd_properties(limits: &CgroupLimits, formula: WeightFormula) -> Vec<
     p.push(match limits.cpu_quota_us {
         Some(q) => format!(
             "CPUQuota={}%",
-            ((q.max(0) as u64) * 100).div_ceil(qos::CPU_PERIOD_US)
+            (u64::try_from(q).unwrap_or(0) * 100).div_ceil(qos::CPU_PERIOD_US)
         ),
         None => "CPUQuota=".to_string(),
     });
@@ -362,6 +362,7 @@ mod tests {
             memory_max: Some(64 << 20),
             memory_min: None,
             pids_max: None,
+            oom_group: false,
         };
         assert_eq!(
             systemd_properties(&l, WeightFormula::Linear),

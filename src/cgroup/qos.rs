@@ -1,6 +1,12 @@
 //! Requests and limits as the kubelet reads them: QoS class, the pod's
 //! effective requests (for admission), cgroup values for the pod and its
 //! containers, and OOM score adjustments. Pure functions, table-tested.
+//!
+//! Figures saturate rather than wrap: a quantity is at most 2^63-1 units, a
+//! sum of them stays at i64::MAX, and a limit the kernel cannot enforce (a CFS
+//! quota above its maximum, a memory limit at the page counter's end) is no
+//! limit. A huge request is then refused at admission (OutOfcpu,
+//! OutOfmemory), never turned into a small or negative one.
 
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use serde::{Deserialize, Serialize};
@@ -91,7 +97,7 @@ pub fn qos_class(spec: &PodSpec) -> QosClass {
         (None::<i64>, None::<i64>, None::<i64>, None::<i64>);
     let add = |acc: &mut Option<i64>, v: Option<i64>| {
         if let Some(v) = v {
-            *acc = Some(acc.unwrap_or(0) + v);
+            *acc = Some(acc.unwrap_or(0).saturating_add(v));
         }
     };
     let mut guaranteed = true;
@@ -121,10 +127,10 @@ pub fn pod_requests(spec: &PodSpec) -> (i64, i64) {
     let sum = |cs: &[Container]| {
         cs.iter()
             .map(ContainerResources::of)
-            .fold((0, 0), |(c, m), r| {
+            .fold((0i64, 0i64), |(c, m), r| {
                 (
-                    c + r.cpu_request_milli.unwrap_or(0),
-                    m + r.memory_request.unwrap_or(0),
+                    c.saturating_add(r.cpu_request_milli.unwrap_or(0)),
+                    m.saturating_add(r.memory_request.unwrap_or(0)),
                 )
             })
     };
@@ -146,22 +152,48 @@ pub struct CgroupLimits {
     /// cgroup v2 `memory.min`, from memory requests when MemoryQoS is on.
     pub memory_min: Option<i64>,
     pub pids_max: Option<i64>,
+    /// cgroup v2 `memory.oom.group`: an OOM kill takes every process of the
+    /// cgroup, not only the largest. Containers only; never sent on v1.
+    pub oom_group: bool,
 }
 
 pub const CPU_PERIOD_US: u64 = 100_000;
 pub const MIN_SHARES: u64 = 2;
 pub const MAX_SHARES: u64 = 262_144;
 
+/// The largest CFS quota the kernel takes, in µs: `max_cfs_runtime` of
+/// kernel/sched/core.c, (2^44 - 1) µs ("more than 203 days"). A larger
+/// `cpu.cfs_quota_us` or `cpu.max` is refused with EINVAL.
+pub const MAX_CFS_QUOTA_US: i64 = (1 << 44) - 1;
+
+/// The kernel's memory page counter stops at LONG_MAX / PAGE_SIZE pages: a
+/// byte limit at or above LONG_MAX rounded down to a page (64 KiB, the
+/// largest page size) reads back as unlimited, so it is no limit.
+pub const MAX_MEMORY_LIMIT: i64 = i64::MAX & !0xffff;
+
 /// CPU shares from a request (MilliCPUToShares: milli * 1024 / 1000, at
 /// least 2, at most 262144).
 pub fn cpu_shares(milli: i64) -> u64 {
-    (((milli.max(0) as u64) * 1024) / 1000).clamp(MIN_SHARES, MAX_SHARES)
+    let shares = (i128::from(milli.max(0)) * 1024) / 1000;
+    u64::try_from(shares)
+        .unwrap_or(MAX_SHARES)
+        .clamp(MIN_SHARES, MAX_SHARES)
 }
 
 /// CFS quota for a CPU limit over a 100 ms period (MilliCPUToQuota: at least
-/// 1 ms).
-pub fn cpu_quota(milli: i64) -> i64 {
-    ((milli * CPU_PERIOD_US as i64) / 1000).max(1000)
+/// 1 ms). `None` (no quota) when the limit is beyond what the kernel can
+/// enforce: the kubelet computes this in an int64 that wraps, and the kernel
+/// would refuse the quota anyway, so that the container never started.
+pub fn cpu_quota(milli: i64) -> Option<i64> {
+    let quota = (i128::from(milli) * i128::from(CPU_PERIOD_US)) / 1000;
+    i64::try_from(quota.max(1000))
+        .ok()
+        .filter(|q| *q <= MAX_CFS_QUOTA_US)
+}
+
+/// A memory limit the kernel can hold, `None` for none (see MAX_MEMORY_LIMIT).
+pub fn memory_limit(bytes: i64) -> Option<i64> {
+    Some(bytes).filter(|b| *b > 0 && *b < MAX_MEMORY_LIMIT)
 }
 
 /// cgroup v2 `cpu.weight` for v1 shares.
@@ -170,9 +202,15 @@ pub fn cpu_weight(shares: u64, formula: WeightFormula) -> u64 {
     match formula {
         WeightFormula::Linear => 1 + ((shares - 2) * 9999) / 262_142,
         WeightFormula::Quadratic => {
-            let l = (shares as f64).log2();
+            let l = f64::from(u32::try_from(shares).unwrap_or(u32::MAX)).log2();
             let exponent = (l * l + 125.0 * l) / 612.0 - 7.0 / 34.0;
-            (10f64.powf(exponent).ceil() as u64).clamp(1, 10_000)
+            #[allow(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "shares are clamped to 2..=262144, so the weight is a positive number below 10001"
+            )]
+            let weight = 10f64.powf(exponent).ceil() as u64;
+            weight.clamp(1, 10_000)
         }
     }
 }
@@ -182,6 +220,9 @@ pub fn cpu_weight(shares: u64, formula: WeightFormula) -> u64 {
 pub struct Options {
     pub memory_qos: bool,
     pub pids_limit: Option<i64>,
+    /// The kubelet's `singleProcessOOMKill` (1.32): leave `memory.oom.group`
+    /// at 0, so that the OOM killer takes one process, not the container.
+    pub single_process_oom_kill: bool,
 }
 
 /// The pod cgroup (`pod<uid>`), as the kubelet's ResourceConfigForPod sets
@@ -200,11 +241,11 @@ pub fn pod_limits(spec: &PodSpec, qos: QosClass, opts: Options) -> CgroupLimits 
     let (cpu_req, mem_req) = pod_requests(spec);
     out.cpu_shares = Some(cpu_shares(cpu_req));
     let sum_if_all = |f: fn(&ContainerResources) -> Option<i64>| -> Option<i64> {
-        let app: Option<i64> = spec
+        let app = spec
             .containers
             .iter()
             .map(|c| f(&ContainerResources::of(c)))
-            .sum();
+            .try_fold(0i64, |s, v| v.map(|v| s.saturating_add(v)));
         let init_max = spec
             .init_containers
             .iter()
@@ -215,23 +256,26 @@ pub fn pod_limits(spec: &PodSpec, qos: QosClass, opts: Options) -> CgroupLimits 
     };
     out.cpu_quota_us = sum_if_all(|r| r.cpu_limit_milli)
         .filter(|m| *m > 0)
-        .map(cpu_quota);
-    out.memory_max = sum_if_all(|r| r.memory_limit).filter(|m| *m > 0);
+        .and_then(cpu_quota);
+    out.memory_max = sum_if_all(|r| r.memory_limit).and_then(memory_limit);
     if opts.memory_qos && mem_req > 0 {
         out.memory_min = Some(mem_req);
     }
     out
 }
 
-/// One container's cgroup values.
+/// One container's cgroup values. Since 1.28 the kubelet asks for
+/// `memory.oom.group = 1` on every container (cgroup v2), so that a shell
+/// whose child was OOM-killed does not run on as if nothing happened.
 pub fn container_limits(c: &Container, opts: Options) -> CgroupLimits {
     let r = ContainerResources::of(c);
     CgroupLimits {
         cpu_shares: Some(cpu_shares(r.cpu_request_milli.unwrap_or(0))),
-        cpu_quota_us: r.cpu_limit_milli.filter(|m| *m > 0).map(cpu_quota),
-        memory_max: r.memory_limit.filter(|m| *m > 0),
+        cpu_quota_us: r.cpu_limit_milli.filter(|m| *m > 0).and_then(cpu_quota),
+        memory_max: r.memory_limit.and_then(memory_limit),
         memory_min: r.memory_request.filter(|m| opts.memory_qos && *m > 0),
         pids_max: None,
+        oom_group: !opts.single_process_oom_kill,
     }
 }
 
@@ -246,13 +290,13 @@ pub fn oom_score_adj(qos: QosClass, c: &Container, memory_capacity: i64) -> i32 
         QosClass::Guaranteed => GUARANTEED_OOM_SCORE_ADJ,
         QosClass::BestEffort => BESTEFFORT_OOM_SCORE_ADJ,
         QosClass::Burstable => {
-            let req = ContainerResources::of(c).memory_request.unwrap_or(0);
-            let adj = 1000 - (1000 * req as i128 / memory_capacity.max(1) as i128) as i64;
-            let adj = adj.max((1000 + GUARANTEED_OOM_SCORE_ADJ) as i64);
-            if adj == BESTEFFORT_OOM_SCORE_ADJ as i64 {
+            let req = i128::from(ContainerResources::of(c).memory_request.unwrap_or(0));
+            let adj = 1000 - 1000 * req / i128::from(memory_capacity.max(1));
+            let adj = adj.max(i128::from(1000 + GUARANTEED_OOM_SCORE_ADJ));
+            if adj >= i128::from(BESTEFFORT_OOM_SCORE_ADJ) {
                 999
             } else {
-                adj as i32
+                i32::try_from(adj).unwrap_or(999)
             }
         }
     }
@@ -337,9 +381,25 @@ mod tests {
         ] {
             assert_eq!(cpu_shares(milli), shares, "{milli}m");
         }
-        for (milli, quota) in [(1, 1000), (10, 1000), (200, 20_000), (1500, 150_000)] {
+        for (milli, quota) in [
+            (1, Some(1000)),
+            (10, Some(1000)),
+            (200, Some(20_000)),
+            (1500, Some(150_000)),
+            // The kernel's largest quota, and one millicore more.
+            (175_921_860_444, Some(MAX_CFS_QUOTA_US - 15)),
+            (175_921_860_445, None),
+            // limits.cpu: "100000000000" overflowed the kubelet's int64 math.
+            (100_000_000_000_000, None),
+            (i64::MAX, None),
+        ] {
             assert_eq!(cpu_quota(milli), quota, "{milli}m");
         }
+        assert_eq!(cpu_shares(i64::MAX), MAX_SHARES);
+        assert_eq!(cpu_shares(i64::MIN), MIN_SHARES);
+        assert_eq!(memory_limit(64 << 20), Some(64 << 20));
+        assert_eq!(memory_limit(0), None);
+        assert_eq!(memory_limit(i64::MAX), None);
         for (shares, linear, quadratic) in [
             (2, 1, 1),
             (1024, 39, 100),
@@ -364,6 +424,7 @@ mod tests {
         let opts = Options {
             memory_qos: true,
             pids_limit: Some(1024),
+            single_process_oom_kill: false,
         };
         let s = spec(
             0,
@@ -419,6 +480,13 @@ mod tests {
             &["{limits: {cpu: '1.5', memory: 129M}, requests: {cpu: 1m}}"],
         );
         let l = container_limits(&s.containers[0], Options::default());
+        assert!(l.oom_group);
+        let single = Options {
+            single_process_oom_kill: true,
+            ..Options::default()
+        };
+        assert!(!container_limits(&s.containers[0], single).oom_group);
+        assert!(!pod_limits(&s, qos_class(&s), Options::default()).oom_group);
         assert_eq!(l.cpu_shares, Some(2));
         assert_eq!(l.cpu_quota_us, Some(150_000));
         assert_eq!(l.memory_max, Some(129_000_000));
@@ -454,6 +522,41 @@ mod tests {
         assert_eq!(
             oom_score_adj(QosClass::BestEffort, &e.containers[0], cap),
             1000
+        );
+    }
+
+    #[test]
+    fn huge_quantities_saturate() {
+        // 8Ei of memory and 8E CPUs: requests at the top of i64, never
+        // wrapped to a negative number that admission would wave through.
+        let s = spec(
+            0,
+            &[
+                "{requests: {memory: 8Ei, cpu: 8E}}",
+                "{requests: {memory: 8Ei, cpu: 8E}}",
+            ],
+        );
+        assert_eq!(pod_requests(&s), (i64::MAX, i64::MAX));
+        assert_eq!(qos_class(&s), QosClass::Burstable);
+        let l = pod_limits(&s, qos_class(&s), Options::default());
+        assert_eq!(l.cpu_shares, Some(MAX_SHARES));
+        // Limits beyond the kernel's reach are no limits, for the pod too.
+        let s = spec(
+            0,
+            &[
+                "{limits: {cpu: '100000000000', memory: 8Ei}}",
+                "{limits: {cpu: 8E, memory: 8Ei}}",
+            ],
+        );
+        let l = pod_limits(&s, qos_class(&s), Options::default());
+        assert_eq!((l.cpu_quota_us, l.memory_max), (None, None));
+        for c in &s.containers {
+            let l = container_limits(c, Options::default());
+            assert_eq!((l.cpu_quota_us, l.memory_max), (None, None));
+        }
+        assert_eq!(
+            oom_score_adj(QosClass::Burstable, &s.containers[0], 1 << 30),
+            3
         );
     }
 }

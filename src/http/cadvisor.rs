@@ -80,10 +80,11 @@ fn encode(families: &[Family]) -> String {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
+    let ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
-        .as_millis() as i64
+        .as_millis();
+    i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
 fn secs(t: SystemTime) -> f64 {
@@ -448,7 +449,56 @@ pub fn cadvisor(
     families.push(start);
     families.extend(net_families);
     families.push(fs);
+    families.extend(machine_families(&stats::machine::MachineInfo::read(
+        std::path::Path::new("/"),
+    )));
     encode(&families)
+}
+
+/// cAdvisor's machine collector: one sample per family, labelled with the
+/// machine's IDs (empty where unreadable, as cAdvisor leaves them).
+fn machine_families(m: &stats::machine::MachineInfo) -> Vec<Family> {
+    let labels = render(&[
+        ("boot_id", m.boot_id.clone()),
+        ("machine_id", m.machine_id.clone()),
+        ("system_uuid", m.system_uuid.clone()),
+    ]);
+    let families = [
+        (
+            "machine_cpu_cores",
+            "Number of logical CPU cores.",
+            m.cpu_cores as f64,
+        ),
+        (
+            "machine_cpu_physical_cores",
+            "Number of physical CPU cores.",
+            m.cpu_physical_cores as f64,
+        ),
+        (
+            "machine_cpu_sockets",
+            "Number of CPU sockets.",
+            m.cpu_sockets as f64,
+        ),
+        (
+            "machine_memory_bytes",
+            "Amount of memory installed on the machine.",
+            m.memory_bytes as f64,
+        ),
+        (
+            "machine_swap_bytes",
+            "Amount of swap memory available on the machine.",
+            m.swap_bytes as f64,
+        ),
+    ];
+    families
+        .into_iter()
+        .map(|(name, help, value)| Family {
+            name,
+            help,
+            kind: "gauge",
+            samples: vec![(labels.clone(), value, None)],
+        })
+        .collect()
 }
 
 /// Node CPU time and memory working set, as the kubelet takes them from
@@ -592,13 +642,18 @@ impl RateState {
         let prev = last.insert(key.to_string(), (now, usage_ns));
         let (t, u) = prev?;
         let dt = now.duration_since(t).as_nanos() as f64;
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a non-negative rate; a float-to-int `as` saturates, it cannot wrap"
+        )]
         (dt > 0.0).then(|| (usage_ns.saturating_sub(u) as f64 * 1e9 / dt) as u64)
     }
 }
 
 fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    jiff::Timestamp::new(d.as_secs() as i64, 0)
+    jiff::Timestamp::new(i64::try_from(d.as_secs()).unwrap_or(i64::MAX), 0)
         .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
         .to_string()
 }
@@ -638,6 +693,11 @@ pub fn summary(
     let now = rfc3339(SystemTime::now());
     let pods = collect(store, cgroups, specs);
     let (node_cpu, node_ws, node_used) = node_usage(cgroups);
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "CPU seconds are non-negative; a float-to-int `as` saturates, it cannot wrap"
+    )]
     let node_cpu_ns = (node_cpu * 1e9) as u64;
     let capacity = crate::node::capacity();
     let mut node_cpu_json = json!({"time": now, "usageCoreNanoSeconds": node_cpu_ns});
@@ -652,7 +712,7 @@ pub fn summary(
             "time": now,
             "usageBytes": node_used,
             "workingSetBytes": node_ws,
-            "availableBytes": (capacity.memory as u64).saturating_sub(node_ws),
+            "availableBytes": u64::try_from(capacity.memory).unwrap_or(0).saturating_sub(node_ws),
         },
     });
     let pods: Vec<Value> = pods
@@ -728,5 +788,32 @@ mod tests {
             encode(&[f]),
             "# HELP x_total An x.\n# TYPE x_total counter\nx_total{a=\"q\\\"uo\\\\te\\n\"} 1.5 7\nx_total NaN\n"
         );
+    }
+
+    #[test]
+    fn machine_series() {
+        let m = stats::machine::MachineInfo {
+            cpu_cores: 2,
+            cpu_physical_cores: 2,
+            cpu_sockets: 1,
+            memory_bytes: 1 << 30,
+            swap_bytes: 0,
+            boot_id: "b".into(),
+            machine_id: "m".into(),
+            system_uuid: String::new(),
+        };
+        let text = encode(&machine_families(&m));
+        for line in [
+            "# TYPE machine_cpu_cores gauge",
+            "machine_cpu_cores{boot_id=\"b\",machine_id=\"m\",system_uuid=\"\"} 2",
+            "machine_cpu_sockets{boot_id=\"b\",machine_id=\"m\",system_uuid=\"\"} 1",
+            "machine_memory_bytes{boot_id=\"b\",machine_id=\"m\",system_uuid=\"\"} 1073741824",
+            "machine_swap_bytes{boot_id=\"b\",machine_id=\"m\",system_uuid=\"\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
     }
 }

@@ -1,9 +1,15 @@
 //! Kubernetes resource quantities (`500m`, `1.5`, `2Gi`, `129M`, `1e3`).
 //!
 //! Grammar from k8s.io/apimachinery/pkg/api/resource: an optional sign, a
-//! decimal number, then a binary suffix (Ki..Ei), a decimal suffix (n, u, m, "",
-//! k, M, G, T, P, E) or a decimal exponent (e3, E-2). Values are kept exactly as
-//! a count of nano-units in an i128, which holds 8Ei with room to spare.
+//! decimal number (`5`, `.5`, `5.`, `1.25`), then a binary suffix (Ki..Ei), a
+//! decimal suffix (n, u, m, "", k, M, G, T, P, E) or a decimal exponent (e3,
+//! E-2). Values are kept as a count of nano-units in an i128, rounded up to
+//! the next nano-unit as Kubernetes rounds (`if you want some resources, you
+//! should get some`), and capped in magnitude at 2^63-1 units: apimachinery's
+//! `maxAllowed`, which ParseQuantity applies to binary-suffixed quantities.
+//! We apply the cap to every quantity, so `8Ei`, `8E` or `1e999` all parse to
+//! the largest value rather than wrapping when they become an i64; every
+//! conversion below saturates instead of wrapping.
 
 use std::fmt;
 
@@ -14,6 +20,13 @@ pub struct Quantity {
 
 const NANO: i128 = 1_000_000_000;
 
+/// The largest magnitude, in nano-units: 2^63-1 units (apimachinery's
+/// `maxAllowed`). Below 10^28, so a value with 29 integer digits is over it.
+const MAX_NANOS: i128 = i64::MAX as i128 * NANO;
+
+/// Decimal digits of MAX_NANOS: any number with more integer digits is larger.
+const MAX_NANOS_DIGITS: usize = 28;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuantityError(pub String);
 
@@ -23,34 +36,32 @@ impl fmt::Display for QuantityError {
     }
 }
 
+/// Clamps an i128 into an i64 (the conversions saturate, never wrap).
+fn saturate(v: i128) -> i64 {
+    i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX })
+}
+
 impl Quantity {
     pub fn parse(text: &str) -> Result<Quantity, QuantityError> {
         let bad = |why: &str| QuantityError(format!("{text:?} is not a valid quantity: {why}"));
         let s = text.trim();
-        if s.is_empty() {
-            return Err(bad("empty"));
-        }
-        let (negative, rest) = match s.as_bytes()[0] {
-            b'-' => (true, &s[1..]),
-            b'+' => (false, &s[1..]),
-            _ => (false, s),
+        let (negative, rest) = match s.strip_prefix('-') {
+            Some(r) => (true, r),
+            None => (false, s.strip_prefix('+').unwrap_or(s)),
         };
         let num_end = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
         let (number, suffix) = rest.split_at(num_end);
-        let (int_part, frac_part) = match number.split_once('.') {
-            Some((i, f)) => (i, f),
-            None => (number, ""),
-        };
+        let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
         if int_part.is_empty() && frac_part.is_empty() {
-            return Err(bad("no digits"));
+            return Err(bad(if s.is_empty() { "empty" } else { "no digits" }));
         }
         if frac_part.contains('.') {
             return Err(bad("two decimal points"));
         }
         // Scale as a power of ten (decimal) or a power of two (binary).
-        let (pow10, pow2): (i32, u32) = match suffix {
+        let (pow10, pow2): (i64, u32) = match suffix {
             "" => (0, 0),
             "n" => (-9, 0),
             "u" => (-6, 0),
@@ -72,46 +83,23 @@ impl Quantity {
                     .strip_prefix('e')
                     .or_else(|| suffix.strip_prefix('E'))
                     .ok_or_else(|| bad(&format!("unknown suffix {suffix:?}")))?;
-                let e: i32 = exp
-                    .parse()
-                    .map_err(|_| bad(&format!("bad exponent {suffix:?}")))?;
-                if !(-30..=30).contains(&e) {
-                    return Err(bad("exponent out of range"));
-                }
-                (e, 0)
+                (
+                    parse_exponent(exp).ok_or_else(|| bad(&format!("bad exponent {suffix:?}")))?,
+                    0,
+                )
             }
         };
-        // mantissa = int_part.frac_part as an integer times 10^-len(frac)
-        let digits = format!("{int_part}{frac_part}");
-        let digits = digits.trim_start_matches('0');
-        if digits.len() > 30 {
-            return Err(bad("too many digits"));
-        }
-        let mantissa: i128 = if digits.is_empty() {
-            0
-        } else {
-            digits.parse().map_err(|_| bad("bad digits"))?
-        };
-        // nanos = mantissa * 10^(pow10 + 9 - len(frac)) * 2^pow2, rounded up
-        // in magnitude when the scale is negative (as Kubernetes rounds up).
-        let scale = pow10 + 9 - frac_part.len() as i32;
-        let overflow = || bad("too large");
-        let mut value = mantissa.checked_mul(1i128 << pow2).ok_or_else(overflow)?;
-        if scale >= 0 {
-            value = value
-                .checked_mul(10i128.checked_pow(scale as u32).ok_or_else(overflow)?)
-                .ok_or_else(overflow)?;
-        } else {
-            // A divisor beyond i128 (many fraction digits, `0.000…1`) leaves
-            // less than one nano-unit: it rounds up to one.
-            let div = 10i128.checked_pow((-scale) as u32).unwrap_or(i128::MAX);
-            value = value / div + i128::from(value % div != 0);
-        }
-        if value > 8 * (1i128 << 60) * NANO {
-            return Err(overflow());
-        }
+        // nanos = int_part.frac_part * 10^(pow10 + 9) * 2^pow2, i.e. the
+        // digits as an integer times 10^(pow10 + 9 - len(frac)).
+        let digits: Vec<u8> = int_part
+            .bytes()
+            .chain(frac_part.bytes())
+            .map(|b| b - b'0')
+            .collect();
+        let frac_len = i64::try_from(frac_part.len()).unwrap_or(i64::MAX);
+        let magnitude = scaled_ceil(&digits, pow2, (pow10 + 9).saturating_sub(frac_len));
         Ok(Quantity {
-            nanos: if negative { -value } else { value },
+            nanos: if negative { -magnitude } else { magnitude },
         })
     }
 
@@ -133,15 +121,75 @@ impl Quantity {
         unit.nanos != 0 && self.nanos % unit.nanos == 0
     }
 
-    /// Value in thousandths, rounded up (CPU in millicores).
+    /// Value in thousandths, rounded up (CPU in millicores), saturated at
+    /// the ends of i64 (`8E` CPUs is more millicores than an i64 holds).
     pub fn milli_ceil(&self) -> i64 {
-        ceil_div(self.nanos, 1_000_000) as i64
+        saturate(ceil_div(self.nanos, 1_000_000))
     }
 
-    /// Value in units, rounded up (memory in bytes).
+    /// Value in units, rounded up (memory in bytes); within i64 by the cap.
     pub fn value_ceil(&self) -> i64 {
-        ceil_div(self.nanos, NANO) as i64
+        saturate(ceil_div(self.nanos, NANO))
     }
+}
+
+/// A decimal exponent (`3`, `+3`, `-30`). Its size only decides between
+/// "capped" and "rounded up to one nano-unit", so a long one is clamped
+/// rather than refused.
+fn parse_exponent(text: &str) -> Option<i64> {
+    let (neg, digits) = match text.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    const CLAMP: i64 = 1_000_000;
+    let v = digits.parse::<i64>().map_or(CLAMP, |v| v.min(CLAMP));
+    Some(if neg { -v } else { v })
+}
+
+/// `ceil(D * 2^pow2 * 10^pow10)` for the decimal digits `D`, capped at
+/// MAX_NANOS. Exact for any number of digits: the product by 2^pow2 is done
+/// on the digit string, and the power of ten only moves the decimal point.
+fn scaled_ceil(digits: &[u8], pow2: u32, pow10: i64) -> i128 {
+    let start = digits.iter().position(|d| *d != 0).unwrap_or(digits.len());
+    let digits = &digits[start..];
+    if digits.is_empty() {
+        return 0;
+    }
+    // D * 2^pow2, least significant digit first. The carry stays below
+    // 2^pow2 + 1, far inside u128.
+    let factor = 1u128 << pow2;
+    let mut product = Vec::with_capacity(digits.len() + 20);
+    let mut carry = 0u128;
+    for d in digits.iter().rev() {
+        let t = u128::from(*d) * factor + carry;
+        product.push(u8::try_from(t % 10).unwrap_or(0));
+        carry = t / 10;
+    }
+    while carry > 0 {
+        product.push(u8::try_from(carry % 10).unwrap_or(0));
+        carry /= 10;
+    }
+    product.reverse();
+    // Digits left of the decimal point once scaled by 10^pow10.
+    let len = i64::try_from(product.len()).unwrap_or(i64::MAX);
+    let int_len = len.saturating_add(pow10);
+    if int_len <= 0 {
+        // Below one nano-unit and not zero: rounds up to one.
+        return 1;
+    }
+    if int_len > i64::try_from(MAX_NANOS_DIGITS).unwrap_or(i64::MAX) {
+        return MAX_NANOS;
+    }
+    let int_len = usize::try_from(int_len).unwrap_or(MAX_NANOS_DIGITS);
+    let mut value: i128 = 0;
+    for i in 0..int_len {
+        value = value * 10 + i128::from(product.get(i).copied().unwrap_or(0));
+    }
+    let remainder = product.iter().skip(int_len).any(|d| *d != 0);
+    (value + i128::from(remainder)).min(MAX_NANOS)
 }
 
 fn ceil_div(a: i128, b: i128) -> i128 {
@@ -194,7 +242,8 @@ mod tests {
         assert!(Quantity::parse("-1Mi").unwrap().is_negative());
         assert!(!Quantity::parse("+1Mi").unwrap().is_negative());
         for bad in [
-            "", "Mi", "1.2.3", "1MB", "1 Gi", "abc", "1e", "1e99", "--1", "1ki",
+            "", "Mi", "1.2.3", "1MB", "1 Gi", "abc", "1e", "--1", "1ki", "-", ".", "1e+", "1e1.5",
+            "+-1", "1Kii", "1e3Ki",
         ] {
             assert!(Quantity::parse(bad).is_err(), "{bad:?} should be refused");
         }
@@ -215,5 +264,137 @@ mod tests {
             Quantity::parse("1000m").unwrap(),
             Quantity::parse("1").unwrap()
         );
+    }
+
+    const MAX: i64 = i64::MAX;
+
+    #[test]
+    fn huge_values_cap_instead_of_wrapping() {
+        for (text, milli, units) in [
+            // 2^63 bytes: one more than an i64 holds; Kubernetes caps it.
+            ("8Ei", MAX, MAX),
+            ("8E", MAX, 8_000_000_000_000_000_000),
+            ("9223372036854775807", MAX, MAX),
+            ("9223372036854775808", MAX, MAX),
+            ("100000000000", 100_000_000_000_000, 100_000_000_000),
+            ("1e999", MAX, MAX),
+            ("1e99999999999999999999999", MAX, MAX),
+            ("99999999999999999999999999999999999999999999Ei", MAX, MAX),
+            ("-8Ei", i64::MIN, -MAX),
+        ] {
+            let q = Quantity::parse(text).unwrap();
+            assert_eq!((q.milli_ceil(), q.value_ceil()), (milli, units), "{text}");
+        }
+    }
+
+    #[test]
+    fn odd_but_valid_forms() {
+        for (text, nanos) in [
+            ("-0", 0),
+            ("+0", 0),
+            ("0.000", 0),
+            ("5.", 5_000_000_000),
+            (".5", 500_000_000),
+            ("0.0000000000000000000000000000000099e-30", 1),
+            ("1e-999", 1),
+            ("1e-99999999999999999999", 1),
+            ("1E3", 1_000_000_000_000),
+            ("1e+3", 1_000_000_000_000),
+            ("1.5e-9", 2),
+            ("0.1n", 1),
+            ("0.5Ki", 512_000_000_000),
+            ("0.0009765625Ki", 1_000_000_000),
+            ("0.00000000000000000000000000000000000000000000001Ki", 1),
+            (
+                "000000000000000000000000000000000000000000000001",
+                1_000_000_000,
+            ),
+            (
+                "1.000000000000000000000000000000000000000000000001",
+                1_000_000_001,
+            ),
+        ] {
+            let q = Quantity::parse(text).unwrap();
+            assert_eq!(q.nanos, nanos, "{text}");
+            assert!(!q.is_negative(), "{text}");
+        }
+        assert!(Quantity::parse("-0").unwrap().is_zero());
+    }
+
+    /// Quantity texts, valid or not: signs, digit runs of any length,
+    /// decimal points, suffixes and exponents in every combination.
+    fn quantity_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let sign = prop::sample::select(vec!["", "", "+", "-"]);
+        let suffix = prop::sample::select(vec![
+            "", "n", "u", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
+            "e", "E", "e-", "e+", "i", "KiB", "kk",
+        ]);
+        (
+            sign,
+            "[0-9]{0,60}",
+            prop::option::of("\\.[0-9]{0,60}"),
+            suffix,
+            prop::option::of("-?[0-9]{1,25}"),
+        )
+            .prop_map(|(s, i, f, suf, e)| {
+                format!(
+                    "{s}{i}{}{suf}{}",
+                    f.unwrap_or_default(),
+                    e.unwrap_or_default()
+                )
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+
+        /// No text makes the parser or a conversion panic (a debug build
+        /// checks every overflow), and a non-negative quantity never becomes
+        /// a negative number of millicores, bytes or cgroup units.
+        #[test]
+        fn parse_and_conversions_never_panic_or_go_negative(text in quantity_text()) {
+            if let Ok(q) = Quantity::parse(&text) {
+                let (milli, units) = (q.milli_ceil(), q.value_ceil());
+                if !q.is_negative() {
+                    proptest::prop_assert!(milli >= 0 && units >= 0, "{text}: {milli} {units}");
+                    proptest::prop_assert!(milli >= units.min(i64::MAX / 1000), "{text}");
+                    use crate::cgroup::qos::{self, WeightFormula};
+                    let shares = qos::cpu_shares(milli);
+                    proptest::prop_assert!((2..=262_144).contains(&shares));
+                    for formula in [WeightFormula::Linear, WeightFormula::Quadratic] {
+                        let weight = qos::cpu_weight(shares, formula);
+                        proptest::prop_assert!((1..=10_000).contains(&weight));
+                    }
+                    if let Some(quota) = qos::cpu_quota(milli) {
+                        proptest::prop_assert!(
+                            (1000..=qos::MAX_CFS_QUOTA_US).contains(&quota),
+                            "{text}: quota {quota}"
+                        );
+                    }
+                    if let Some(bytes) = qos::memory_limit(units) {
+                        proptest::prop_assert!(bytes > 0, "{text}: memory {bytes}");
+                    }
+                } else {
+                    proptest::prop_assert!(milli <= 0 && units <= 0, "{text}");
+                }
+            }
+        }
+
+        /// Any text at all: an error or a value, never a panic.
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,80}") {
+            if let Ok(q) = Quantity::parse(&text) {
+                let _ = (q.milli_ceil(), q.value_ceil());
+            }
+        }
+
+        /// Integers round-trip exactly with and without suffixes.
+        #[test]
+        fn integers_are_exact(v in 0i64..=i64::MAX / 1024) {
+            proptest::prop_assert_eq!(Quantity::parse(&v.to_string()).unwrap().value_ceil(), v);
+            proptest::prop_assert_eq!(Quantity::parse(&format!("{v}Ki")).unwrap().value_ceil(), v * 1024);
+            proptest::prop_assert_eq!(Quantity::parse(&format!("{v}m")).unwrap().milli_ceil(), v);
+        }
     }
 }

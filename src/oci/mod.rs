@@ -98,6 +98,12 @@ pub fn resources(limits: &CgroupLimits, v2: Option<WeightFormula>) -> LinuxResou
     if let (Some(_), Some(min)) = (v2, limits.memory_min) {
         unified.insert("memory.min".to_string(), min.to_string());
     }
+    // As containerd's CRI does with the kubelet's request: the v2-only key
+    // goes through `unified`. On v1 it must stay out: runc refuses unified
+    // keys on a v1 host and the container would not start.
+    if v2.is_some() && limits.oom_group {
+        unified.insert("memory.oom.group".to_string(), "1".to_string());
+    }
     if !unified.is_empty() {
         res.set_unified(Some(unified));
     }
@@ -251,11 +257,23 @@ fn user(input: &ContainerInput) -> Result<User, SpecError> {
             gid = g.and_then(parse);
         }
     }
+    // IDs are 32-bit in the kernel: one outside that range is refused
+    // rather than truncated into somebody else's ID.
+    let id = |field: &str, v: i64| {
+        u32::try_from(v).map_err(|_| SpecError::Field {
+            field: field.into(),
+            message: format!("{v} is not a valid user or group ID"),
+        })
+    };
     let mut user = User::default();
-    user.set_uid(uid.unwrap_or(0) as u32);
-    user.set_gid(gid.unwrap_or(0) as u32);
+    user.set_uid(id("runAsUser", uid.unwrap_or(0))?);
+    user.set_gid(id("runAsGroup", gid.unwrap_or(0))?);
     if let Some(groups) = psc.and_then(|s| s.supplemental_groups.as_ref()) {
-        user.set_additional_gids(Some(groups.iter().map(|g| *g as u32).collect()));
+        let gids = groups
+            .iter()
+            .map(|g| id("securityContext.supplementalGroups", *g))
+            .collect::<Result<_, _>>()?;
+        user.set_additional_gids(Some(gids));
     }
     Ok(user)
 }
@@ -569,5 +587,40 @@ mod tests {
         img.user = "nobody".into();
         let e = build_for(&pod(""), &img).unwrap_err();
         assert!(e.to_string().contains("runAsUser"), "{e}");
+        // IDs beyond 32 bits are refused, not truncated to another user.
+        img.user = "4294967296".into();
+        let e = build_for(&pod(""), &img).unwrap_err();
+        assert!(e.to_string().contains("4294967296"), "{e}");
+        // A negative runAsGroup never gets here: validation refuses it.
+    }
+
+    #[test]
+    fn oom_group_only_on_cgroup_v2() {
+        let p = pod("    resources:\n      limits: {memory: 64Mi}\n");
+        let c = &p.spec().containers[0];
+        let limits = qos::container_limits(c, Default::default());
+        let v2 = resources(&limits, Some(WeightFormula::Linear));
+        assert_eq!(v2.unified().as_ref().unwrap()["memory.oom.group"], "1");
+        // runc refuses unified keys on a v1 host.
+        let v1 = resources(&limits, None);
+        assert!(
+            v1.unified()
+                .as_ref()
+                .is_none_or(|u| !u.contains_key("memory.oom.group")),
+            "{v1:?}"
+        );
+        let single = qos::Options {
+            single_process_oom_kill: true,
+            ..Default::default()
+        };
+        let r = resources(
+            &qos::container_limits(c, single),
+            Some(WeightFormula::Linear),
+        );
+        assert!(
+            r.unified()
+                .as_ref()
+                .is_none_or(|u| !u.contains_key("memory.oom.group"))
+        );
     }
 }

@@ -128,8 +128,11 @@ impl Default for PodStatus {
 pub fn to_time(t: SystemTime) -> Time {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     Time(
-        k8s_openapi::jiff::Timestamp::new(d.as_secs() as i64, d.subsec_nanos() as i32)
-            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+        k8s_openapi::jiff::Timestamp::new(
+            i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            d.subsec_nanos().cast_signed(),
+        )
+        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
     )
 }
 
@@ -180,7 +183,7 @@ fn container_to_api(c: &ContainerStatus) -> api::ContainerStatus {
             .map(|id| format!("containerd://{id}")),
         state: Some(state_to_api(&c.state)),
         last_state: c.last_state.as_ref().map(state_to_api),
-        restart_count: c.restart_count as i32,
+        restart_count: i32::try_from(c.restart_count).unwrap_or(i32::MAX),
         // Without probes a running container is ready, as the kubelet says.
         ready: running,
         started: Some(running),

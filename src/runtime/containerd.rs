@@ -82,7 +82,13 @@ pub(super) fn to_system_time(t: Option<prost_types::Timestamp>) -> Option<System
     if t.seconds <= 0 {
         return None;
     }
-    Some(SystemTime::UNIX_EPOCH + Duration::new(t.seconds as u64, t.nanos.max(0) as u32))
+    Some(
+        SystemTime::UNIX_EPOCH
+            + Duration::new(
+                u64::try_from(t.seconds).ok()?,
+                u32::try_from(t.nanos).unwrap_or(0),
+            ),
+    )
 }
 
 impl Containerd {
@@ -270,7 +276,7 @@ impl Containerd {
         Ok(Descriptor {
             media_type: chosen.media_type().to_string(),
             digest: chosen.digest().to_string(),
-            size: chosen.size() as i64,
+            size: i64::try_from(chosen.size()).unwrap_or(i64::MAX),
             annotations: HashMap::new(),
         })
     }
@@ -339,7 +345,7 @@ impl Containerd {
                             diff: Some(Descriptor {
                                 media_type: layer.media_type().to_string(),
                                 digest: layer.digest().to_string(),
-                                size: layer.size() as i64,
+                                size: i64::try_from(layer.size()).unwrap_or(i64::MAX),
                                 annotations: HashMap::new(),
                             }),
                             mounts,
@@ -679,7 +685,7 @@ impl Runtime for Containerd {
             .kill(self.req(KillRequest {
                 container_id: id.to_string(),
                 exec_id: String::new(),
-                signal: signal as u32,
+                signal: signal.cast_unsigned(),
                 all,
             }))
             .await

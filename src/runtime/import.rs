@@ -151,7 +151,7 @@ fn read_archive(path: &Path) -> std::io::Result<ArchiveFiles> {
             if keep {
                 kept.extend_from_slice(&buf[..n]);
             }
-            size += n as i64;
+            size += i64::try_from(n).unwrap_or(i64::MAX);
         }
         hashes.insert(
             name.clone(),
@@ -269,7 +269,11 @@ fn plan_archive(path: &Path) -> Result<Plan, String> {
             }))
             .expect("JSON serializes");
             let digest = format!("sha256:{}", hex::encode(Sha256::digest(&manifest)));
-            let target = desc(DOCKER_MANIFEST, &digest, manifest.len() as i64);
+            let target = desc(
+                DOCKER_MANIFEST,
+                &digest,
+                i64::try_from(manifest.len()).unwrap_or(i64::MAX),
+            );
             for tag in &e.repo_tags {
                 if let Ok(name) = super::image_ref::normalize(tag) {
                     plan.images.push(ArchiveImage {
@@ -418,7 +422,7 @@ async fn import(c: &Containerd, path: &Path, plan: &Plan) -> Result<(), RuntimeE
                     Err(e) => return send(Err(e)),
                 };
                 if let Some((d, labels)) = wanted.remove(&name) {
-                    let mut data = Vec::with_capacity(d.size as usize);
+                    let mut data = Vec::with_capacity(usize::try_from(d.size).unwrap_or(0));
                     if let Err(e) = entry.read_to_end(&mut data) {
                         return send(Err(e));
                     }
@@ -462,7 +466,7 @@ async fn write_blob(
 ) -> Result<(), RuntimeError> {
     const CHUNK: usize = 1 << 20;
     let r#ref = format!("kubelet-lite-import-{}", d.digest);
-    let total = data.len() as i64;
+    let total = i64::try_from(data.len()).unwrap_or(i64::MAX);
     let mut msgs = Vec::new();
     for (i, chunk) in data.chunks(CHUNK).enumerate() {
         msgs.push(WriteContentRequest {
@@ -470,7 +474,7 @@ async fn write_blob(
             r#ref: r#ref.clone(),
             total,
             expected: d.digest.clone(),
-            offset: (i * CHUNK) as i64,
+            offset: i64::try_from(i * CHUNK).unwrap_or(i64::MAX),
             data: chunk.to_vec(),
             labels: HashMap::new(),
         });

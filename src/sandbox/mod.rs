@@ -214,15 +214,16 @@ fn loopback_up() -> io::Result<()> {
     // SAFETY: ifreq is plain old data; zeroed is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
+        *dst = src.cast_signed();
     }
     // SAFETY: SIOCGIFFLAGS reads the interface named in `req` and writes its
     // flags into the union; `req` lives across the call.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
         return Err(io::Error::last_os_error());
     }
+    let up = libc::c_short::try_from(libc::IFF_UP).unwrap_or(1);
     // SAFETY: the flags member is the one SIOCGIFFLAGS just filled.
-    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    unsafe { req.ifr_ifru.ifru_flags |= up };
     // SAFETY: as above, SIOCSIFFLAGS reads `req`.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
         return Err(io::Error::last_os_error());

@@ -11,6 +11,8 @@
 //! `memory.stat` (`anon`, `file`, `inactive_file`), `memory.swap.current`,
 //! `memory.events` (`max` as failcnt, `oom_kill`).
 
+pub mod machine;
+
 use std::path::Path;
 
 use crate::cgroup::Mode;

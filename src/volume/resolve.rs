@@ -101,7 +101,7 @@ fn files(
     default_mode: Option<i32>,
     what: &str,
 ) -> Result<Vec<File>, String> {
-    let mode = default_mode.unwrap_or(0o644) as u32;
+    let mode = default_mode.unwrap_or(0o644).cast_unsigned();
     match items {
         None => Ok(data
             .iter()
@@ -117,7 +117,7 @@ fn files(
                 Some(v) => Ok(File {
                     path: i.path.clone(),
                     data: v.clone(),
-                    mode: i.mode.map_or(mode, |m| m as u32),
+                    mode: i.mode.map_or(mode, i32::cast_unsigned),
                 }),
                 None => Err(format!("{what} has no key {:?}", i.key)),
             })

@@ -51,7 +51,9 @@ pub async fn run(
     }
     loop {
         let current = desired.borrow_and_update().clone();
-        env.metrics.manifest_errors.set(current.errors.len() as i64);
+        env.metrics
+            .manifest_errors
+            .set(i64::try_from(current.errors.len()).unwrap_or(i64::MAX));
         let wanted: HashSet<&str> = current.pods.iter().map(|p| p.uid.as_str()).collect();
         if first {
             first = false;

@@ -357,7 +357,7 @@ impl Worker {
                 && let Some(dir) = v.plugin_dir()
             {
                 let used = volume::mount::usage(&pod_dir.join(dir));
-                if used > limit as u64 && !self.over_limit.contains(&v.name) {
+                if used > limit.cast_unsigned() && !self.over_limit.contains(&v.name) {
                     over.push((v.name.clone(), used, limit));
                 }
             }
@@ -489,7 +489,7 @@ impl Worker {
             let slot = &mut self.slots[i];
             let exit = match r.task {
                 TaskState::Running { .. } => None,
-                TaskState::Exited(e) => Some((e.code as i32, e.at)),
+                TaskState::Exited(e) => Some((e.code.cast_signed(), e.at)),
                 TaskState::None => r
                     .labels
                     .get(labels::EXIT_CODE)
@@ -501,7 +501,9 @@ impl Worker {
                             .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
                             .map(|t| {
                                 SystemTime::UNIX_EPOCH
-                                    + Duration::from_nanos(t.as_nanosecond().max(0) as u64)
+                                    + Duration::from_nanos(
+                                        u64::try_from(t.as_nanosecond()).unwrap_or(0),
+                                    )
                             })
                             .unwrap_or_else(SystemTime::now);
                         (c, at)
@@ -847,9 +849,11 @@ impl Worker {
         let d = at
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
-        let finished =
-            k8s_openapi::jiff::Timestamp::new(d.as_secs() as i64, d.subsec_nanos() as i32)
-                .unwrap_or_default();
+        let finished = k8s_openapi::jiff::Timestamp::new(
+            i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            d.subsec_nanos().cast_signed(),
+        )
+        .unwrap_or_default();
         let rt = &self.env.rt;
         let labels = HashMap::from([
             (labels::EXIT_CODE.to_string(), code.to_string()),
@@ -868,7 +872,7 @@ impl Worker {
             return;
         }
         let (code, at) = match result {
-            Ok(e) => (e.code as i32, e.at),
+            Ok(e) => (e.code.cast_signed(), e.at),
             Err(e) => {
                 warn!(pod = %self.pod.key(), id, "lost track of container: {e}");
                 (137, SystemTime::now())
@@ -949,7 +953,8 @@ impl Worker {
                 .spec()
                 .termination_grace_period_seconds
                 .unwrap_or(30)
-                .max(0) as u64,
+                .max(0)
+                .cast_unsigned(),
         );
         let running: Vec<String> = self
             .slots

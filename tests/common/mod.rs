@@ -149,7 +149,7 @@ impl Env {
     pub fn stop_agent(&mut self, signal: i32) {
         if let Some(mut a) = self.agent.take() {
             // SAFETY: kill(2) on the PID of a child we spawned and not yet reaped.
-            unsafe { libc::kill(a.id() as i32, signal) };
+            unsafe { libc::kill(a.id().cast_signed(), signal) };
             let _ = a.wait();
         }
     }
@@ -377,7 +377,7 @@ impl Drop for Env {
         }
         if let Some(mut c) = self.containerd.take() {
             // SAFETY: kill(2) on our own child's PID.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            unsafe { libc::kill(c.id().cast_signed(), libc::SIGTERM) };
             let _ = c.wait();
         }
         // Deepest first, so that nested mounts go before their parents.

@@ -6,7 +6,8 @@
 #   - the service is active (Type=notify: READY=1 was sent) and
 #     `systemd-analyze verify` finds nothing to say about its unit;
 #   - cgroup v2 limits land in cpu.max, memory.max, cpu.weight; an OOM kill
-#     is reported as OOMKilled;
+#     is reported as OOMKilled; containers get memory.oom.group=1, so a
+#     child's OOM kill takes its parent shell too;
 #   - a pod on node 1 writes to an NFS PersistentVolume, a pod on node 2
 #     reads it; deleting and re-creating the writer keeps the data;
 #   - `systemctl restart kubelet-lite` leaves the containers untouched;
@@ -148,18 +149,39 @@ spec:
     command: [dd, if=/dev/zero, of=/dev/shm/fill, bs=1M, count=100]
     resources:
       limits: {memory: 32Mi}
+---
+# The shell forks dd, whose 100M buffer is past the limit. With
+# memory.oom.group=1 the OOM killer takes the shell too: "survived" is
+# never written and the container ends instead of sleeping on.
+apiVersion: v1
+kind: Pod
+metadata: {name: oomgroup}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: parent
+    image: busybox
+    command: [sh, -c, 'dd if=/dev/zero of=/dev/null bs=100M count=1; echo survived; exec sleep 3600']
+    resources:
+      limits: {memory: 32Mi}
 YAML
 running() { [ "$(pods_json "$1" | field - "$2" "p['status']['phase']")" = Running ]; }
 wait_for 300 "limits pod running" running node1 limits-node1
 uid=$(pods_json node1 | field - limits-node1 "p['metadata']['uid']")
 cg=/sys/fs/cgroup/kubepods/burstable/pod$uid
 cid=$(pods_json node1 | field - limits-node1 "p['status']['containerStatuses'][0]['containerID'].split('//')[1]")
-got=$(ssh_vm node1 "cat $cg/cpu.max $cg/memory.max $cg/cpu.weight $cg/$cid/cpu.max $cg/$cid/memory.max $cg/$cid/cpu.weight" | tr '\n' '|')
+got=$(ssh_vm node1 "cat $cg/cpu.max $cg/memory.max $cg/cpu.weight $cg/$cid/cpu.max $cg/$cid/memory.max $cg/$cid/cpu.weight $cg/$cid/memory.oom.group" | tr '\n' '|')
 echo "node1 cgroup v2: $got"
-[ "$got" = "20000 100000|67108864|4|20000 100000|67108864|4|" ] || { echo "unexpected cgroup values"; exit 1; }
+[ "$got" = "20000 100000|67108864|4|20000 100000|67108864|4|1|" ] || { echo "unexpected cgroup values"; exit 1; }
 oom_reason() { [ "$(pods_json node1 | field - oom-node1 "p['status']['containerStatuses'][0]['state'].get('terminated',{}).get('reason','')")" = OOMKilled ]; }
 wait_for 300 "OOMKilled reported" oom_reason
-step "check 2: cpu.max, memory.max, cpu.weight on v2; OOMKilled"
+group_killed() { [ "$(pods_json node1 | field - oomgroup-node1 "p['status']['containerStatuses'][0]['state'].get('terminated',{}).get('reason','')")" = OOMKilled ]; }
+wait_for 300 "the whole oomgroup container OOMKilled (parent shell included)" group_killed
+glog=$(ssh_vm node1 "cat /var/log/pods/default_oomgroup-node1_*/parent/0.log")
+grep -q survived <<<"$glog" && { echo "the parent shell outlived the OOM kill: $glog"; exit 1; }
+gid=$(pods_json node1 | field - oomgroup-node1 "p['status']['containerStatuses'][0]['containerID'].split('//')[1]")
+ssh_vm node1 "ctr -n kubelet-lite tasks ls" | grep "^$gid .*RUNNING" && { echo "oomgroup task still running"; exit 1; }
+step "check 2: cpu.max, memory.max, cpu.weight, memory.oom.group on v2; OOMKilled, whole container"
 
 # 3. NFS: writer on node1, reader on node2, through the same PV.
 ssh_vm node1 sh /root/src/vagrant/provision/pods.sh /root/src "${ip[nfs]}" writer
