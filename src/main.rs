@@ -166,8 +166,8 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
     let rt = connect(&config).await?;
     let store: worker::StatusStore = Default::default();
 
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mode = cgroup::Mode::detect(&mountinfo).context("no cgroup hierarchy is mounted")?;
+    let mounts = kubelet_lite::hostfs::mounts().context("reading the mount table")?;
+    let mode = cgroup::Mode::detect(&mounts).context("no cgroup hierarchy is mounted")?;
     let capacity = node::capacity();
     let (cpu_reserved, mem_reserved) = config.system_reserved.values();
     let allocatable = node::allocatable(
@@ -210,7 +210,7 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
             pids_limit: Some(config.pod_pids_limit).filter(|p| *p > 0),
             single_process_oom_kill: config.single_process_oom_kill,
         },
-        mounts: cgroup::hierarchies(&mountinfo),
+        mounts: cgroup::hierarchies(&mounts),
     };
     cgroups
         .setup(allocatable.cpu_milli, allocatable.memory)

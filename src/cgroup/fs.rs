@@ -13,6 +13,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::qos::{CPU_PERIOD_US, CgroupLimits, WeightFormula, cpu_weight};
+use crate::hostfs::MountEntry;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
@@ -26,28 +27,19 @@ pub enum Mode {
 const CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
 
 impl Mode {
-    /// Reads the mode from a mountinfo text: v2 when /sys/fs/cgroup itself
+    /// Reads the mode from the mount table: v2 when /sys/fs/cgroup itself
     /// is cgroup2 (a hybrid host's /sys/fs/cgroup/unified has no
     /// controllers and does not count).
-    pub fn detect(mountinfo: &str) -> Option<Mode> {
+    pub fn detect(mounts: &[MountEntry]) -> Option<Mode> {
         let mut v1 = BTreeMap::new();
-        for line in mountinfo.lines() {
-            let Some((pre, post)) = line.split_once(" - ") else {
-                continue;
-            };
-            let Some(mount_point) = pre.split(' ').nth(4) else {
-                continue;
-            };
-            let mut post = post.split(' ');
-            let fstype = post.next().unwrap_or("");
-            let super_opts = post.nth(1).unwrap_or("");
-            if fstype == "cgroup2" && mount_point == "/sys/fs/cgroup" {
-                return Some(Mode::V2(PathBuf::from(mount_point)));
+        for m in mounts {
+            if m.fs_type == "cgroup2" && m.mount_point == Path::new("/sys/fs/cgroup") {
+                return Some(Mode::V2(m.mount_point.clone()));
             }
-            if fstype == "cgroup" {
-                for opt in super_opts.split(',') {
+            if m.fs_type == "cgroup" {
+                for opt in m.super_options.split(',') {
                     if CONTROLLERS.contains(&opt) || opt == "cpuacct" {
-                        v1.insert(opt.to_string(), PathBuf::from(mount_point));
+                        v1.insert(opt.to_string(), m.mount_point.clone());
                     }
                 }
             }
@@ -204,6 +196,7 @@ fn enable_controllers(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hostfs::parse_mountinfo;
 
     const HYBRID: &str = "\
 25 1 0:23 / /sys/fs/cgroup rw - tmpfs tmpfs rw
@@ -216,7 +209,7 @@ mod tests {
 
     #[test]
     fn detects_hybrid_as_v1_and_unified_as_v2() {
-        let m = Mode::detect(HYBRID).unwrap();
+        let m = Mode::detect(&parse_mountinfo(HYBRID)).unwrap();
         assert!(!m.is_v2());
         assert_eq!(
             m.dir("memory", "/kubepods/pod1"),
@@ -224,12 +217,12 @@ mod tests {
         );
         let v2 = "30 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
         assert_eq!(
-            Mode::detect(v2),
+            Mode::detect(&parse_mountinfo(v2)),
             Some(Mode::V2(PathBuf::from("/sys/fs/cgroup")))
         );
         let comounted =
             "27 25 0:25 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n";
-        let m = Mode::detect(comounted).unwrap();
+        let m = Mode::detect(&parse_mountinfo(comounted)).unwrap();
         assert_eq!(m.dir("cpu", "x"), m.dir("cpuacct", "x"));
     }
 

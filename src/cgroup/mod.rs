@@ -149,16 +149,12 @@ fn systemctl(args: &[&str]) -> io::Result<()> {
 }
 
 /// Mount points of the cgroup hierarchies (v1 controllers and/or the v2
-/// unified tree), read from a mountinfo text.
-pub fn hierarchies(mountinfo: &str) -> Vec<PathBuf> {
-    mountinfo
-        .lines()
-        .filter_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let fstype = post.split(' ').next()?;
-            let mount_point = pre.split(' ').nth(4)?;
-            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(mount_point))
-        })
+/// unified tree), from the mount table.
+pub fn hierarchies(mounts: &[crate::hostfs::MountEntry]) -> Vec<PathBuf> {
+    mounts
+        .iter()
+        .filter(|m| m.fs_type == "cgroup" || m.fs_type == "cgroup2")
+        .map(|m| m.mount_point.clone())
         .collect()
 }
 
@@ -300,7 +296,7 @@ mod tests {
                     31 25 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
                     32 1 8:1 / / rw - ext4 /dev/vda rw\n";
         assert_eq!(
-            hierarchies(info),
+            hierarchies(&crate::hostfs::parse_mountinfo(info)),
             [
                 PathBuf::from("/sys/fs/cgroup/memory"),
                 PathBuf::from("/sys/fs/cgroup/unified")
