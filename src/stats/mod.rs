@@ -1,5 +1,6 @@
 //! Container statistics read from cgroup files at scrape time (no
-//! background loop: an idle agent costs nothing). cgroup v1 and v2 name
+//! background loop for them: an idle agent costs nothing; volume usage is
+//! the exception, see [`volumes`]). cgroup v1 and v2 name
 //! things differently; both are read into one [`CgroupStats`].
 //!
 //! v1: `cpuacct.usage` (ns), `cpuacct.stat` (user/system in USER_HZ ticks),
@@ -10,6 +11,8 @@
 //! `nr_periods`, `nr_throttled`, `throttled_usec`), `memory.current`,
 //! `memory.stat` (`anon`, `file`, `inactive_file`), `memory.swap.current`,
 //! `memory.events` (`max` as failcnt, `oom_kill`).
+
+pub mod volumes;
 
 use std::path::Path;
 
