@@ -13,6 +13,9 @@ use common::{Env, free_port, pod_yaml};
 
 /// The pods: a 200m-limited busy loop, and a container holding 50 MiB.
 fn start_workloads(env: &mut Env) {
+    // Volume usage is measured in the background, every period: a short
+    // one, so that the emptyDir has figures soon.
+    env.write_config("volumeStatsAggPeriod: 1s\n");
     env.start_agent();
     env.write_manifest(
         "spin.yaml",
@@ -274,8 +277,6 @@ fn summary_decodes_as_the_kubelet_stats_api() {
     }
 
     let mut env = Env::new("summary");
-    // Volume usage is measured in the background, every period.
-    env.write_config("crashLoopBackOff:\n  initial: 1s\n  max: 8s\nvolumeStatsAggPeriod: 1s\n");
     start_workloads(&mut env);
     let first: Summary = serde_json::from_str(&env.get("/stats/summary").unwrap()).unwrap();
     assert_eq!(first.node.node_name, "node1");
@@ -928,6 +929,21 @@ fn tls_with_a_token_or_a_client_certificate() {
         &format!("GET /healthz HTTP/1.0\r\n{bearer}\r\n\r\n"),
     );
     assert!(!plain.starts_with("HTTP/"), "{plain:?}");
+    // A client that connects and never starts the handshake is cut off by
+    // the handshake timeout (10 s), as a plain client without headers is.
+    let mut silent = TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = silent.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(
+        (Duration::from_secs(9)..Duration::from_secs(15)).contains(&t0.elapsed()),
+        "{:?}",
+        t0.elapsed()
+    );
     assert!(env.agent_is_alive());
 }
 
