@@ -72,7 +72,8 @@ pub struct Config {
     /// token (as the kubelet's read-only port did). `/pods` and
     /// `/stats/summary` always need one.
     pub metrics_anonymous: bool,
-    /// Connections one client address may hold at once (of 256 in all).
+    /// Connections one client address may hold at once (of 256 in all;
+    /// at most 128, so that one client never holds them all).
     pub max_connections_per_client: usize,
     /// How often volume usage is measured in the background (the kubelet's
     /// volumeStatsAggPeriod); `0s` turns it off.
@@ -313,10 +314,12 @@ impl Config {
                 ),
             ));
         }
-        if !(1..=256).contains(&self.max_connections_per_client) {
+        // Below the server's 256 in all, so that one client can never
+        // take every connection.
+        if !(1..=128).contains(&self.max_connections_per_client) {
             return Err(invalid(
                 "maxConnectionsPerClient",
-                "must be between 1 and 256".into(),
+                "must be between 1 and 128 (half the server's 256 connections)".into(),
             ));
         }
         if self.file_check_frequency.is_zero() {
@@ -453,8 +456,11 @@ mod tests {
         assert!(e.to_string().contains("tlsPrivateKeyFile"), "{e}");
         let e = parse("tlsClientCAFile: /etc/kl/ca.crt\n").unwrap_err();
         assert!(e.to_string().contains("tlsClientCAFile"), "{e}");
-        let e = parse("maxConnectionsPerClient: 0\n").unwrap_err();
-        assert!(e.to_string().contains("maxConnectionsPerClient"), "{e}");
+        for n in [0, 129, 256] {
+            let e = parse(&format!("maxConnectionsPerClient: {n}\n")).unwrap_err();
+            assert!(e.to_string().contains("maxConnectionsPerClient"), "{e}");
+        }
+        parse("maxConnectionsPerClient: 128\n").unwrap();
         assert_eq!(
             parse("").unwrap().token_file(),
             PathBuf::from("/var/lib/kubelet-lite/http-token")

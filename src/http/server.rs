@@ -89,7 +89,8 @@ pub struct Options {
 /// Serves until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, router: Router, options: Options) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let peers = PeerSlots::new(options.max_connections_per_client.min(MAX_CONNECTIONS));
+    // Validated in the config to at most half of MAX_CONNECTIONS.
+    let peers = PeerSlots::new(options.max_connections_per_client.min(MAX_CONNECTIONS / 2));
     let acceptor = options.tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         let (stream, peer) = match listener.accept().await {
