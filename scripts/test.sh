@@ -5,6 +5,6 @@
 set -eu
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-scripts/deps.sh prometheus
+scripts/deps.sh prometheus openssl
 cargo build --locked --all-targets
 cargo test --locked -- --test-threads="${TEST_THREADS:-4}"

@@ -68,10 +68,34 @@ pub struct Config {
     pub system_reserved: Reserved,
     /// HTTP endpoint for status and metrics.
     pub listen_address: SocketAddr,
-    /// File holding a bearer token that every HTTP request but /healthz must
-    /// carry (`Authorization: Bearer ...`). No token: open (keep the
-    /// listen address on loopback then).
+    /// File holding the bearer token that every HTTP request but /healthz
+    /// must carry (`Authorization: Bearer ...`). Unset: the agent makes one
+    /// at first start in `<rootDir>/http-token` (mode 0600) and reuses it.
+    /// Either file is refused if it is a symlink or group/other-accessible.
     pub http_token_file: Option<PathBuf>,
+    /// Serve `/metrics`, `/metrics/cadvisor`, `/metrics/resource` without a
+    /// token (as the kubelet's read-only port did). `/pods` and
+    /// `/stats/summary` always need one.
+    pub metrics_anonymous: bool,
+    /// Connections one client address may hold at once (of 256 in all;
+    /// at most 128, so that one client never holds them all).
+    pub max_connections_per_client: usize,
+    /// How often volume usage is measured in the background (the kubelet's
+    /// volumeStatsAggPeriod); `0s` turns it off.
+    #[serde(with = "humantime_serde")]
+    pub volume_stats_agg_period: Duration,
+    /// PEM certificate chain served over TLS (the kubelet's name). With
+    /// `tlsPrivateKeyFile`, the endpoint speaks HTTPS only.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tlsCertFile`.
+    pub tls_private_key_file: Option<PathBuf>,
+    /// PEM CA bundle: a client presenting a certificate signed by it is
+    /// authenticated without a token.
+    #[serde(rename = "tlsClientCAFile")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Allow a non-loopback `listenAddress` without TLS (the token then
+    /// crosses the network in clear). Off: such a config is refused.
+    pub allow_insecure_remote: bool,
     pub crash_loop_back_off: BackoffConfig,
     /// When not empty, hostPath volumes (and hostPath PersistentVolumes)
     /// must lie below one of these directories.
@@ -151,6 +175,13 @@ impl Default for Config {
             system_reserved: Reserved::default(),
             listen_address: SocketAddr::from(([127, 0, 0, 1], 10255)),
             http_token_file: None,
+            metrics_anonymous: false,
+            max_connections_per_client: 32,
+            volume_stats_agg_period: Duration::from_secs(60),
+            tls_cert_file: None,
+            tls_private_key_file: None,
+            tls_client_ca_file: None,
+            allow_insecure_remote: false,
             crash_loop_back_off: BackoffConfig::default(),
             host_path_allowed_prefixes: vec![],
             nfs_mount_timeout: Duration::from_secs(30),
@@ -263,6 +294,49 @@ impl Config {
                 ));
             }
         }
+        for (field, file) in [
+            ("httpTokenFile", &self.http_token_file),
+            ("tlsCertFile", &self.tls_cert_file),
+            ("tlsPrivateKeyFile", &self.tls_private_key_file),
+            ("tlsClientCAFile", &self.tls_client_ca_file),
+        ] {
+            if let Some(f) = file
+                && !f.is_absolute()
+            {
+                return Err(invalid(field, format!("{} is not absolute", f.display())));
+            }
+        }
+        if self.tls_cert_file.is_some() != self.tls_private_key_file.is_some() {
+            return Err(invalid(
+                "tlsPrivateKeyFile",
+                "tlsCertFile and tlsPrivateKeyFile go together".into(),
+            ));
+        }
+        if self.tls_client_ca_file.is_some() && !self.tls() {
+            return Err(invalid(
+                "tlsClientCAFile",
+                "client certificates need TLS: set tlsCertFile and tlsPrivateKeyFile".into(),
+            ));
+        }
+        // Authentication is always on (a token, made if not configured);
+        // what stays to refuse is the token crossing a network in clear.
+        if !self.listen_address.ip().is_loopback() && !self.tls() && !self.allow_insecure_remote {
+            return Err(invalid(
+                "listenAddress",
+                format!(
+                    "{} is not a loopback address: set tlsCertFile and tlsPrivateKeyFile so that the token is not sent in clear, or allowInsecureRemote: true",
+                    self.listen_address
+                ),
+            ));
+        }
+        // Below the server's 256 in all, so that one client can never
+        // take every connection.
+        if !(1..=128).contains(&self.max_connections_per_client) {
+            return Err(invalid(
+                "maxConnectionsPerClient",
+                "must be between 1 and 128 (half the server's 256 connections)".into(),
+            ));
+        }
         if self.file_check_frequency.is_zero() {
             return Err(invalid("fileCheckFrequency", "must be positive".into()));
         }
@@ -274,6 +348,18 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Whether the HTTP endpoint speaks TLS.
+    pub fn tls(&self) -> bool {
+        self.tls_cert_file.is_some() && self.tls_private_key_file.is_some()
+    }
+
+    /// The token file: configured, or the one made under the root directory.
+    pub fn token_file(&self) -> PathBuf {
+        self.http_token_file
+            .clone()
+            .unwrap_or_else(|| self.root_dir.join(crate::http::token::GENERATED_FILE))
     }
 
     pub fn images_dir(&self) -> PathBuf {
@@ -428,5 +514,35 @@ mod tests {
             "{msg}"
         );
         assert!(parse("containerd:\n  namespace: k8s.io\n").is_ok());
+    }
+
+    #[test]
+    fn remote_listening_needs_tls_or_an_explicit_yes() {
+        let e = parse("listenAddress: 0.0.0.0:10255\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("listenAddress") && msg.contains("tlsCertFile"),
+            "{msg}"
+        );
+        parse("listenAddress: 0.0.0.0:10255\nallowInsecureRemote: true\n").unwrap();
+        parse("listenAddress: '[::1]:10255'\n").unwrap();
+        let c = parse(
+            "listenAddress: 0.0.0.0:10250\ntlsCertFile: /etc/kl/tls.crt\ntlsPrivateKeyFile: /etc/kl/tls.key\ntlsClientCAFile: /etc/kl/ca.crt\n",
+        )
+        .unwrap();
+        assert!(c.tls());
+        let e = parse("tlsCertFile: /etc/kl/tls.crt\n").unwrap_err();
+        assert!(e.to_string().contains("tlsPrivateKeyFile"), "{e}");
+        let e = parse("tlsClientCAFile: /etc/kl/ca.crt\n").unwrap_err();
+        assert!(e.to_string().contains("tlsClientCAFile"), "{e}");
+        for n in [0, 129, 256] {
+            let e = parse(&format!("maxConnectionsPerClient: {n}\n")).unwrap_err();
+            assert!(e.to_string().contains("maxConnectionsPerClient"), "{e}");
+        }
+        parse("maxConnectionsPerClient: 128\n").unwrap();
+        assert_eq!(
+            parse("").unwrap().token_file(),
+            PathBuf::from("/var/lib/kubelet-lite/http-token")
+        );
     }
 }

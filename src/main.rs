@@ -163,6 +163,21 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
             )
         })
         .with_context(|| format!("creating {}", pods_dir.display()))?;
+    // Never open: the configured token, or one made at first start.
+    let token_file = config.token_file();
+    let token = if config.http_token_file.is_some() {
+        http::token::read(&token_file)?
+    } else {
+        http::token::read_or_create(&token_file)?
+    };
+    let tls = match (&config.tls_cert_file, &config.tls_private_key_file) {
+        (Some(cert), Some(key)) => Some(http::tls::server_config(&http::tls::Files {
+            cert,
+            key,
+            client_ca: config.tls_client_ca_file.as_deref(),
+        })?),
+        _ => None,
+    };
     let rt = connect(&config).await?;
     let store: worker::StatusStore = Default::default();
 
@@ -216,15 +231,7 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
         .setup(allocatable.cpu_milli, allocatable.memory)
         .context("creating the kubepods cgroups")?;
     let metrics = Arc::new(kubelet_lite::metrics::AgentMetrics::new());
-    let token = match &config.http_token_file {
-        Some(f) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("reading httpTokenFile {}", f.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => None,
-    };
+    let volume_stats = Arc::new(kubelet_lite::stats::volumes::VolumeStats::default());
     let shared = Arc::new(http::Shared {
         store: store.clone(),
         cgroups: cgroups.clone(),
@@ -232,9 +239,20 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
         node_name: node.clone(),
         root_dir: config.root_dir.clone(),
         token,
+        metrics_anonymous: config.metrics_anonymous,
         rates: Default::default(),
         specs: Default::default(),
+        scrape_slots: http::Shared::scrape_slots(),
+        volume_stats: Arc::clone(&volume_stats),
     });
+    {
+        let store = store.clone();
+        let root_dir = config.root_dir.clone();
+        let collector = kubelet_lite::stats::volumes::Collector::new(volume_stats);
+        tokio::spawn(collector.run(config.volume_stats_agg_period, move || {
+            kubelet_lite::stats::volumes::dirs_of(&store, &root_dir)
+        }));
+    }
     let env = Arc::new(worker::WorkerEnv {
         metrics,
         rt: Arc::new(rt),
@@ -261,8 +279,20 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen_address)
         .await
         .with_context(|| format!("listening on {}", config.listen_address))?;
-    info!(address = %config.listen_address, "serving /healthz, /pods, /metrics, /metrics/cadvisor, /metrics/resource, /stats/summary");
-    let server = http::serve(listener, http::router(shared));
+    info!(
+        address = %config.listen_address,
+        scheme = if tls.is_some() { "https" } else { "http" },
+        token_file = %token_file.display(),
+        "serving /healthz, /pods, /metrics, /metrics/cadvisor, /metrics/resource, /stats/summary"
+    );
+    let server = http::server::serve(
+        listener,
+        http::router(shared),
+        http::server::Options {
+            max_connections_per_client: config.max_connections_per_client,
+            tls,
+        },
+    );
 
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(source::Desired::default()));
     let (reclaim_tx, reclaim_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -17,6 +17,11 @@ if [ ! -e /etc/kubelet-lite/config.yaml ]; then
 # prints the effective values. See README.md.
 # staticPodPath: /etc/kubernetes/manifests
 # listenAddress: 127.0.0.1:10255
+# HTTP clients send the token the agent makes at first start:
+#   curl -H "Authorization: Bearer $(cat /var/lib/kubelet-lite/http-token)" ...
+# Off loopback, serve HTTPS:
+# tlsCertFile: /etc/kubelet-lite/tls.crt
+# tlsPrivateKeyFile: /etc/kubelet-lite/tls.key
 YAML
 fi
 install -m 0644 "$here/kubelet-lite.service" /etc/systemd/system/kubelet-lite.service

@@ -13,6 +13,9 @@ use common::{Env, free_port, pod_yaml};
 
 /// The pods: a 200m-limited busy loop, and a container holding 50 MiB.
 fn start_workloads(env: &mut Env) {
+    // Volume usage is measured in the background, every period: a short
+    // one, so that the emptyDir has figures soon.
+    env.write_config("volumeStatsAggPeriod: 1s\n");
     env.start_agent();
     env.write_manifest(
         "spin.yaml",
@@ -417,18 +420,14 @@ fn query(port: u16, q: &str) -> Option<f64> {
     v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
 }
 
-#[test]
-fn a_real_prometheus_sees_the_expected_figures() {
-    let mut env = Env::new("prom");
-    start_workloads(&mut env);
+/// A Prometheus on a free loopback port with the given scrape configs
+/// (YAML list items), scraping every second; returns it and its port.
+fn start_prometheus(env: &Env, scrape_configs: &str) -> (Prometheus, u16) {
     let port = free_port();
     let config = env.dir.join("prometheus.yml");
     std::fs::write(
         &config,
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n- job_name: kubelet-cadvisor\n  metrics_path: /metrics/cadvisor\n  static_configs: [{{targets: ['127.0.0.1:{p}']}}]\n- job_name: kubelet-lite\n  metrics_path: /metrics\n  static_configs: [{{targets: ['127.0.0.1:{p}']}}]\n- job_name: kubelet-resource\n  metrics_path: /metrics/resource\n  static_configs: [{{targets: ['127.0.0.1:{p}']}}]\n",
-            p = env.port
-        ),
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n{scrape_configs}"),
     )
     .unwrap();
     let prom = Prometheus(
@@ -443,6 +442,30 @@ fn a_real_prometheus_sees_the_expected_figures() {
             .stderr(std::fs::File::create(env.dir.join("prometheus.log")).unwrap())
             .spawn()
             .expect("prometheus (apt-get install prometheus)"),
+    );
+    (prom, port)
+}
+
+#[test]
+fn a_real_prometheus_sees_the_expected_figures() {
+    let mut env = Env::new("prom");
+    start_workloads(&mut env);
+    // Prometheus authenticates with the token the agent made.
+    let job = |name: &str, path: &str| {
+        format!(
+            "- job_name: {name}\n  metrics_path: {path}\n  authorization: {{credentials_file: {t}}}\n  static_configs: [{{targets: ['127.0.0.1:{p}']}}]\n",
+            t = env.token_file().display(),
+            p = env.port
+        )
+    };
+    let (prom, port) = start_prometheus(
+        &env,
+        &[
+            job("kubelet-cadvisor", "/metrics/cadvisor"),
+            job("kubelet-lite", "/metrics"),
+            job("kubelet-resource", "/metrics/resource"),
+        ]
+        .concat(),
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     let cpu = loop {
@@ -484,21 +507,62 @@ fn a_real_prometheus_sees_the_expected_figures() {
     drop(prom);
 }
 
+/// Sends `req` on a new connection and reads the whole answer.
+fn raw(port: u16, req: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let _ = s.write_all(req.as_bytes());
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn get_status(port: u16, path: &str, token: Option<&str>) -> String {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let out = raw(port, &format!("GET {path} HTTP/1.0\r\n{auth}\r\n"));
+    out.lines().next().unwrap_or("").to_string()
+}
+
+/// A TCP connection to `port` on 127.0.0.1 from the loopback address
+/// `source` (127/8 is all loopback: each source is a distinct client).
+fn connect_from(source: [u8; 4], port: u16) -> std::io::Result<TcpStream> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let [a, b, c, d] = source;
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::new(a, b, c, d, 0),
+    )?;
+    connect(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::new(127, 0, 0, 1, port),
+    )?;
+    Ok(TcpStream::from(fd))
+}
+
 #[test]
 fn hostile_clients_do_not_stall_the_agent() {
     let mut env = Env::new("hostile");
     let token = env.dir.join("token");
     std::fs::write(&token, "s3cret\n").unwrap();
     env.write_config(&format!("httpTokenFile: {}\n", token.display()));
+    // A token file others may read is refused, with its name.
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let log = env.agent_refuses_to_start();
+    assert!(
+        log.contains(&token.display().to_string()) && log.contains("chmod 600"),
+        "{log}"
+    );
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     env.start_agent();
-    let raw = |req: &str| -> String {
-        let mut s = TcpStream::connect(("127.0.0.1", env.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-        let _ = s.write_all(req.as_bytes());
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out
-    };
+    let raw = |req: &str| raw(env.port, req);
     // The token is required everywhere but /healthz.
     assert!(raw("GET /pods HTTP/1.0\r\n\r\n").starts_with("HTTP/1.0 401"));
     assert!(
@@ -529,17 +593,17 @@ fn hostile_clients_do_not_stall_the_agent() {
         "{}",
         &huge[..huge.len().min(80)]
     );
-    // Slow clients and many idle connections: the agent still answers.
-    let idle: Vec<TcpStream> = (0..300)
-        .filter_map(|_| {
-            let mut s = TcpStream::connect(("127.0.0.1", env.port)).ok()?;
+    // Many slow clients, each a half-sent request from its own address:
+    // past the connection limit new clients are turned away; once the slow
+    // ones are cut off (header read timeout), service resumes.
+    let idle: Vec<TcpStream> = (0..300u32)
+        .filter_map(|i| {
+            let mut s = connect_from([127, 1, (i / 8) as u8, 2 + (i % 8) as u8], env.port).ok()?;
             s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").ok()?;
             Some(s)
         })
         .collect();
     assert!(idle.len() >= 256);
-    // Past the connection limit new clients are turned away; once the slow
-    // ones are cut off (header read timeout), service resumes.
     let t0 = Instant::now();
     env.wait_for("agent answering again", Duration::from_secs(30), || {
         env.get("/healthz").ok()
@@ -547,4 +611,435 @@ fn hostile_clients_do_not_stall_the_agent() {
     assert!(t0.elapsed() < Duration::from_secs(15));
     drop(idle);
     assert!(env.agent_is_alive());
+}
+
+#[test]
+fn one_client_cannot_take_every_connection() {
+    let mut env = Env::new("perclient");
+    env.start_agent();
+    // 256 half-sent requests from 127.0.0.2, as many as the global limit.
+    let idle: Vec<TcpStream> = (0..256)
+        .filter_map(|_| {
+            let mut s = connect_from([127, 0, 0, 2], env.port).ok()?;
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").ok()?;
+            Some(s)
+        })
+        .collect();
+    assert_eq!(idle.len(), 256);
+    std::thread::sleep(Duration::from_millis(300));
+    // Another client is served at once.
+    let t0 = Instant::now();
+    let body = env.get("/healthz").unwrap();
+    assert_eq!(body, "ok");
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    // The first client holds its 32; a 33rd connection of its own is closed
+    // without an answer, even with a whole request.
+    let mut extra = connect_from([127, 0, 0, 2], env.port).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = extra.write_all(b"GET /healthz HTTP/1.0\r\n\r\n");
+    let mut out = String::new();
+    let _ = extra.read_to_string(&mut out);
+    assert!(out.is_empty(), "{out:?}");
+    // Its slots come back when its connections end.
+    drop(idle);
+    env.wait_for("127.0.0.2 served again", Duration::from_secs(5), || {
+        let mut s = connect_from([127, 0, 0, 2], env.port).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        out.starts_with("HTTP/1.0 200").then_some(())
+    });
+}
+
+#[test]
+fn the_token_is_made_at_first_start_and_required() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut env = Env::new("token");
+    env.start_agent();
+    let file = env.dir.join("root/http-token");
+    let meta = std::fs::symlink_metadata(&file).unwrap();
+    assert!(meta.is_file());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let token = env.token().unwrap();
+    assert_eq!(token.len(), 64);
+    let port = env.port;
+    // Without it: /pods, /stats/summary and the metrics are refused.
+    for path in [
+        "/pods",
+        "/stats/summary",
+        "/metrics",
+        "/metrics/cadvisor",
+        "/metrics/resource",
+    ] {
+        assert!(
+            get_status(port, path, None).starts_with("HTTP/1.0 401"),
+            "{path}"
+        );
+        assert!(
+            get_status(port, path, Some("0000")).starts_with("HTTP/1.0 401"),
+            "{path}"
+        );
+        assert!(
+            get_status(port, path, Some(&token)).starts_with("HTTP/1.0 200"),
+            "{path}"
+        );
+    }
+    assert!(get_status(port, "/healthz", None).starts_with("HTTP/1.0 200"));
+    // Reused on the next start.
+    env.stop_agent(libc::SIGKILL);
+    env.start_agent();
+    assert_eq!(env.token().unwrap(), token);
+    assert!(get_status(port, "/pods", Some(&token)).starts_with("HTTP/1.0 200"));
+    // metricsAnonymous opens the metrics paths, not /pods nor the summary.
+    env.stop_agent(libc::SIGKILL);
+    env.write_config("metricsAnonymous: true\n");
+    env.start_agent();
+    for path in ["/metrics", "/metrics/cadvisor", "/metrics/resource"] {
+        assert!(
+            get_status(port, path, None).starts_with("HTTP/1.0 200"),
+            "{path}"
+        );
+    }
+    for path in ["/pods", "/stats/summary"] {
+        assert!(
+            get_status(port, path, None).starts_with("HTTP/1.0 401"),
+            "{path}"
+        );
+    }
+    // A token file swapped for a symlink is refused.
+    env.stop_agent(libc::SIGKILL);
+    let elsewhere = env.dir.join("elsewhere");
+    std::fs::rename(&file, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &file).unwrap();
+    let log = env.agent_refuses_to_start();
+    assert!(
+        log.contains("symbolic link") && log.contains(&file.display().to_string()),
+        "{log}"
+    );
+}
+
+/// A FUSE filesystem whose server never answers: mounted through
+/// /dev/fuse directly (as root, no fusermount), it never gets its INIT
+/// reply, so every statfs or lookup on it waits, as on a dead hard NFS
+/// mount. Dropping it unmounts lazily and closes the device, which aborts
+/// the connection and releases whoever waits.
+struct HangingMount {
+    dir: std::path::PathBuf,
+    _dev: std::fs::File,
+}
+
+impl HangingMount {
+    fn over(dir: &Path) -> HangingMount {
+        let dev = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .expect("/dev/fuse");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&dev);
+        nix::mount::mount(
+            Some("kl-hang"),
+            dir,
+            Some("fuse"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some(format!("fd={fd},rootmode=40000,user_id=0,group_id=0").as_str()),
+        )
+        .expect("mounting a FUSE filesystem");
+        HangingMount {
+            dir: dir.to_path_buf(),
+            _dev: dev,
+        }
+    }
+}
+
+impl Drop for HangingMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn a_volume_that_never_answers_does_not_stall_the_summary() {
+    let mut env = Env::new("hangvol");
+    env.write_config("volumeStatsAggPeriod: 1s\n");
+    env.start_agent();
+    env.write_manifest(
+        "vol.yaml",
+        &pod_yaml(
+            "vol",
+            "  terminationGracePeriodSeconds: 0\n  volumes: [{name: scratch, emptyDir: {}}, {name: dead, emptyDir: {}}]\n  containers:\n  - name: c\n    image: busybox\n    command: [sleep, '3600']\n    volumeMounts: [{name: scratch, mountPath: /scratch}, {name: dead, mountPath: /dead}]\n",
+        ),
+    );
+    let pod = env.wait_running("vol-node1");
+    let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
+    let summary_volume = |name: &str| -> Option<serde_json::Value> {
+        let s: serde_json::Value = serde_json::from_str(&env.get("/stats/summary").ok()?).ok()?;
+        s["pods"].as_array()?.iter().find_map(|p| {
+            p["volume"]
+                .as_array()?
+                .iter()
+                .find(|v| v["name"] == name)
+                .cloned()
+        })
+    };
+    env.wait_for("volume figures", Duration::from_secs(20), || {
+        summary_volume("dead").filter(|v| v["capacityBytes"].is_u64())
+    });
+    let dead_dir = env.dir.join(format!(
+        "root/pods/{uid}/volumes/kubernetes.io~empty-dir/dead"
+    ));
+    let hang = HangingMount::over(&dead_dir);
+    // For the next 8 s (past the 5 s deadline and more rounds), every
+    // summary answers at once, with the live volume's figures.
+    let end = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < end {
+        let t0 = Instant::now();
+        let scratch = summary_volume("scratch").expect("summary answers");
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+        assert!(scratch["capacityBytes"].as_u64().unwrap() > 0);
+        assert!(env.get("/healthz").is_ok());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The dead one is listed without figures, and its stuck probe is not
+    // entered again.
+    let dead = env.wait_for("dead volume unavailable", Duration::from_secs(10), || {
+        summary_volume("dead").filter(|v| v.get("capacityBytes").is_none())
+    });
+    assert_eq!(dead["name"], "dead");
+    let log = env.agent_output();
+    assert_eq!(
+        log.matches("volume did not answer statvfs in time").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("volume probe still stuck"), "{log}");
+    drop(hang);
+}
+
+/// Runs openssl with `args` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate,
+/// both signed by the CA, and a second CA that signed nothing we trust:
+/// `ca.crt`, `server.{crt,key}`, `client.{crt,key}`, `other.{crt,key}`.
+fn make_certificates(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+    for ca in ["ca", "other"] {
+        let subj = format!("/CN=kubelet-lite test {ca}");
+        let key = format!("{ca}.key");
+        let crt = format!("{ca}.crt");
+        let mut args = vec!["req", "-x509", "-nodes", "-days", "1"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &crt, "-subj", &subj]);
+        openssl(dir, &args);
+    }
+    std::fs::write(
+        dir.join("server.ext"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    for (name, ca) in [("server", "ca"), ("client", "ca"), ("stranger", "other")] {
+        let (key, csr, crt) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+        );
+        let subj = format!("/CN={name}");
+        let mut args = vec!["req", "-nodes"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        openssl(dir, &args);
+        let ext = if name == "server" {
+            "server.ext"
+        } else {
+            "client.ext"
+        };
+        let (ca_crt, ca_key) = (format!("{ca}.crt"), format!("{ca}.key"));
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "1",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_crt,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-extfile",
+                ext,
+                "-out",
+                &crt,
+            ],
+        );
+    }
+}
+
+/// curl over https to the agent; returns (HTTP status, body). `extra` are
+/// more curl arguments (a token header, a client certificate).
+fn curl_https(env: &Env, pki: &Path, path: &str, extra: &[&str]) -> (u32, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}", "--cacert"])
+        .arg(pki.join("ca.crt"))
+        .args(extra)
+        .arg(format!("https://127.0.0.1:{}{path}", env.port))
+        .current_dir(pki)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn tls_with_a_token_or_a_client_certificate() {
+    let mut env = Env::new("tls");
+    let pki = env.dir.join("pki");
+    make_certificates(&pki);
+    env.write_config(&format!(
+        "tlsCertFile: {p}/server.crt\ntlsPrivateKeyFile: {p}/server.key\ntlsClientCAFile: {p}/ca.crt\n",
+        p = pki.display()
+    ));
+    // The harness's plain-HTTP readiness check cannot work: wait on curl.
+    let start = std::thread::spawn({
+        let pki = pki.clone();
+        let port = env.port;
+        move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                let ok = Command::new("curl")
+                    .args(["-sf", "--max-time", "2", "--cacert"])
+                    .arg(pki.join("ca.crt"))
+                    .arg(format!("https://127.0.0.1:{port}/healthz"))
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                if ok {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            false
+        }
+    });
+    env.start_agent_unchecked();
+    assert!(start.join().unwrap(), "no https:\n{}", env.agent_output());
+    env.write_manifest(
+        "sleep.yaml",
+        &pod_yaml(
+            "sleep",
+            "  terminationGracePeriodSeconds: 0\n  containers:\n  - name: sleep\n    image: busybox\n    command: [sleep, '3600']\n",
+        ),
+    );
+    let token = env.token().unwrap();
+    let bearer = format!("Authorization: Bearer {token}");
+
+    // (1) A real Prometheus scrapes over https with the token file.
+    let (_prom, prom_port) = start_prometheus(
+        &env,
+        &format!(
+            "- job_name: kubelet-cadvisor\n  scheme: https\n  metrics_path: /metrics/cadvisor\n  tls_config: {{ca_file: {ca}}}\n  authorization: {{credentials_file: {t}}}\n  static_configs: [{{targets: ['127.0.0.1:{p}']}}]\n",
+            ca = pki.join("ca.crt").display(),
+            t = env.token_file().display(),
+            p = env.port
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let up = query(prom_port, "up{job=\"kubelet-cadvisor\"}");
+        let seen = query(
+            prom_port,
+            "count(container_start_time_seconds{container=\"sleep\"})",
+        );
+        if up == Some(1.0) && seen == Some(1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus did not scrape over https (up {up:?}, series {seen:?}):\n{}",
+            std::fs::read_to_string(env.dir.join("prometheus.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // (2) Over https: the token works, nothing else but a client
+    // certificate of the CA does.
+    assert_eq!(curl_https(&env, &pki, "/pods", &[]).0, 401);
+    let (code, body) = curl_https(&env, &pki, "/pods", &["-H", &bearer]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"PodList\""));
+    let cert = ["--cert", "client.crt", "--key", "client.key"];
+    let (code, body) = curl_https(&env, &pki, "/pods", &cert);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"PodList\""));
+    assert_eq!(curl_https(&env, &pki, "/stats/summary", &cert).0, 200);
+    // A certificate of another CA fails the handshake.
+    let stranger = ["--cert", "stranger.crt", "--key", "stranger.key"];
+    assert_eq!(curl_https(&env, &pki, "/pods", &stranger).0, 0);
+
+    // (3) Plain HTTP to the TLS port gets no HTTP answer.
+    let plain = raw(
+        env.port,
+        &format!("GET /healthz HTTP/1.0\r\n{bearer}\r\n\r\n"),
+    );
+    assert!(!plain.starts_with("HTTP/"), "{plain:?}");
+    // A client that connects and never starts the handshake is cut off by
+    // the handshake timeout (10 s), as a plain client without headers is.
+    let mut silent = TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = silent.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(
+        (Duration::from_secs(9)..Duration::from_secs(15)).contains(&t0.elapsed()),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(env.agent_is_alive());
+}
+
+#[test]
+fn a_remote_listen_address_needs_tls() {
+    let env = Env::new("remote");
+    let port = free_port();
+    env.write_config(&format!("listenAddress: 0.0.0.0:{port}\n"));
+    let log = env.agent_refuses_to_start();
+    assert!(
+        log.contains("listenAddress") && log.contains("not a loopback address"),
+        "{log}"
+    );
+    // Nothing listens.
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    // An explicit yes, or TLS, lets it start.
+    let mut env = env;
+    env.port = port;
+    env.write_config(&format!(
+        "listenAddress: 0.0.0.0:{port}\nallowInsecureRemote: true\n"
+    ));
+    env.start_agent();
+    assert_eq!(env.get("/healthz").unwrap(), "ok");
 }

@@ -1,6 +1,7 @@
 //! `/metrics/cadvisor`, `/metrics/resource` and `/stats/summary`: the
 //! container statistics a kubelet serves, computed from cgroup files at
-//! scrape time. Names and labels follow cAdvisor and the kubelet, so that
+//! scrape time (volume usage: from the background collector's latest
+//! figures). Names and labels follow cAdvisor and the kubelet, so that
 //! Prometheus rules and metrics-server work unchanged.
 //!
 //! The exposition is the Prometheus text format 0.0.4, written here: these
@@ -18,6 +19,7 @@ use serde_json::{Value, json};
 
 use crate::cgroup::{Cgroups, QosClass};
 use crate::pod::ContainerState;
+use crate::stats::volumes::{self, Figure, VolumeStats};
 use crate::stats::{self, CgroupStats, NetDev};
 use crate::volume::Source;
 use crate::worker::{PodEntry, StatusStore};
@@ -199,6 +201,7 @@ pub fn cadvisor(
     cgroups: &Cgroups,
     specs: &stats::SpecCache,
     root_dir: &std::path::Path,
+    volume_stats: &VolumeStats,
 ) -> String {
     let pods = collect(store, cgroups, specs);
     type Get = fn(&CgroupStats) -> f64;
@@ -435,14 +438,19 @@ pub fn cadvisor(
             }
         }
         for v in &p.entry.pod.resolved.volumes {
-            if let (Source::EmptyDir { .. }, Some(dir)) = (&v.source, v.plugin_dir()) {
-                let path = root_dir.join("pods").join(&p.entry.pod.uid).join(dir);
+            let Source::EmptyDir { .. } = &v.source else {
+                continue;
+            };
+            let Some(path) = volumes::volume_dir(root_dir, &p.entry.pod.uid, v) else {
+                continue;
+            };
+            // The background collector's latest figure (none yet, or the
+            // volume did not answer: no sample).
+            if let Some(Figure::Ready { usage, .. }) = volume_stats.get(&path) {
                 let mut l = labels("", &p.cgroup, "", "", ns, pod);
                 l.push(("device", path.display().to_string()));
                 l.push(("volume", v.name.clone()));
-                let l = render(&l);
-                fs.samples
-                    .push((l, crate::volume::mount::usage(&path) as f64, None));
+                fs.samples.push((render(&l), usage.used_bytes as f64, None));
             }
         }
     }
@@ -689,6 +697,7 @@ pub fn summary(
     node_name: &str,
     root_dir: &std::path::Path,
     rates: &RateState,
+    volume_stats: &VolumeStats,
 ) -> Value {
     let now = rfc3339(SystemTime::now());
     let pods = collect(store, cgroups, specs);
@@ -731,23 +740,29 @@ pub fn summary(
                     })
                 })
                 .collect();
+            // Figures from the background collector: a volume not measured
+            // yet is left out; one that did not answer is listed by name
+            // without figures (every FsStats figure is optional).
             let volumes: Vec<Value> = pod
                 .resolved
                 .volumes
                 .iter()
                 .filter_map(|v| {
-                    let dir = root_dir.join("pods").join(&pod.uid).join(v.plugin_dir()?);
-                    let st = nix::sys::statvfs::statvfs(&dir).ok()?;
-                    let block = st.fragment_size();
-                    Some(json!({
-                        "time": now,
-                        "name": v.name,
-                        "usedBytes": crate::volume::mount::usage(&dir),
-                        "capacityBytes": st.blocks() * block,
-                        "availableBytes": st.blocks_available() * block,
-                        "inodes": st.files(),
-                        "inodesFree": st.files_free(),
-                    }))
+                    let dir = volumes::volume_dir(root_dir, &pod.uid, v)?;
+                    Some(match volume_stats.get(&dir)? {
+                        Figure::Ready { usage, time } => json!({
+                            "time": rfc3339(time),
+                            "name": v.name,
+                            "usedBytes": usage.used_bytes,
+                            "capacityBytes": usage.capacity_bytes,
+                            "availableBytes": usage.available_bytes,
+                            "inodes": usage.inodes,
+                            "inodesFree": usage.inodes_free,
+                        }),
+                        Figure::Unavailable { time, .. } => {
+                            json!({"time": rfc3339(time), "name": v.name})
+                        }
+                    })
                 })
                 .collect();
             let mut v = json!({

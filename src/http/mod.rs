@@ -5,11 +5,15 @@
 //!   statistics as a kubelet serves them (see [`cadvisor`]);
 //! - `/metrics`: the agent's own metrics.
 //!
-//! Served by hyper with bounds on what a client may cost: header size and
-//! read time, connection count and lifetime. With a bearer token
-//! configured, everything but `/healthz` needs it.
+//! Everything but `/healthz` needs a bearer token (see [`token`]) or a
+//! client certificate signed by `tlsClientCAFile`; the metrics paths may be
+//! opened with `metricsAnonymous`. Served by [`server`] with bounds on what
+//! a client may cost; the statistics are computed a few at a time.
 
 pub mod cadvisor;
+pub mod server;
+pub mod tls;
+pub mod token;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,13 +25,14 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
-use tracing::{debug, warn};
+use tokio::sync::Semaphore;
+use tracing::warn;
 
 use crate::cgroup::Cgroups;
 use crate::metrics::AgentMetrics;
+use crate::stats::volumes::VolumeStats;
 use crate::worker::StatusStore;
 
 /// What the handlers read.
@@ -37,18 +42,36 @@ pub struct Shared {
     pub metrics: Arc<AgentMetrics>,
     pub node_name: String,
     pub root_dir: PathBuf,
-    /// Required as `Authorization: Bearer <token>` when set.
-    pub token: Option<String>,
+    /// Required as `Authorization: Bearer <token>`.
+    pub token: String,
+    /// The metrics paths are served without authentication.
+    pub metrics_anonymous: bool,
     pub rates: cadvisor::RateState,
     pub specs: crate::stats::SpecCache,
+    /// Statistics computations running at once (see [`SCRAPE_SLOTS`]).
+    pub scrape_slots: Arc<Semaphore>,
+    /// Volume usage, measured in the background.
+    pub volume_stats: Arc<VolumeStats>,
+}
+
+impl Shared {
+    /// The scrape bound, for [`Shared::scrape_slots`].
+    pub fn scrape_slots() -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(SCRAPE_SLOTS))
+    }
 }
 
 type AppState = Arc<Shared>;
 
+/// Set by the server on requests of a TLS connection whose client presented
+/// a certificate that `tlsClientCAFile` verified.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientCertificate;
+
 /// The pods in the form `kubectl get --raw /api/v1/pods` has.
-pub fn pod_list(store: &StatusStore) -> serde_json::Value {
+pub fn pod_list(store: &StatusStore) -> Result<serde_json::Value, serde_json::Error> {
     let store = store.read().unwrap_or_else(|e| e.into_inner());
-    let items: Vec<serde_json::Value> = store
+    let items = store
         .values()
         .map(|entry| {
             let mut pod: Pod = entry.pod.pod.clone();
@@ -57,15 +80,72 @@ pub fn pod_list(store: &StatusStore) -> serde_json::Value {
                 .status
                 .terminating_since
                 .map(crate::pod::status::to_time);
-            let mut v = serde_json::to_value(&pod).expect("a Pod serializes");
+            let mut v = serde_json::to_value(&pod)?;
             v["apiVersion"] = json!("v1");
             v["kind"] = json!("Pod");
             // Not part of the Kubernetes object: what the agent saw happen.
-            v["status"]["events"] = serde_json::to_value(&entry.status.events).unwrap_or_default();
-            v
+            v["status"]["events"] = serde_json::to_value(&entry.status.events)?;
+            Ok(v)
         })
-        .collect();
-    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
+        .collect::<Result<Vec<_>, serde_json::Error>>()?;
+    Ok(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}))
+}
+
+/// Statistics computations (cgroup reads, JSON) running at once: they run
+/// on the blocking pool, which mounts, manifest scans and teardown share,
+/// so scrapes may hold only this many of its threads.
+pub const SCRAPE_SLOTS: usize = 2;
+/// How long a scrape waits for a slot before it is answered 503.
+const SCRAPE_WAIT: Duration = Duration::from_secs(2);
+/// Told to a client turned away for lack of a slot.
+const RETRY_AFTER_SECS: &str = "1";
+
+/// Why a handler did not answer 200. Never an empty 200: a scraper must
+/// see the failure, not a target that has no series.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error("{SCRAPE_SLOTS} statistics requests are being computed; retry later")]
+    Busy,
+    #[error("computing the response failed: {0}")]
+    Failed(String),
+}
+
+impl IntoResponse for HandlerError {
+    fn into_response(self) -> Response {
+        let body = format!("{self}\n");
+        match self {
+            HandlerError::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, RETRY_AFTER_SECS)],
+                body,
+            )
+                .into_response(),
+            HandlerError::Failed(e) => {
+                warn!("HTTP handler failed: {e}");
+                (StatusCode::INTERNAL_SERVER_ERROR, body).into_response()
+            }
+        }
+    }
+}
+
+/// Runs a statistics computation on the blocking pool once one of `slots`
+/// is free (waiting at most [`SCRAPE_WAIT`]). The slot is held by the
+/// computation itself, not by the request: a client that hangs up does not
+/// free it while its computation still runs.
+pub async fn scrape<T: Send + 'static>(
+    slots: &Arc<Semaphore>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, HandlerError> {
+    let permit = tokio::time::timeout(SCRAPE_WAIT, Arc::clone(slots).acquire_owned())
+        .await
+        .map_err(|_| HandlerError::Busy)?
+        .map_err(|_| HandlerError::Busy)?;
+    tokio::task::spawn_blocking(move || {
+        let _slot = permit;
+        f()
+    })
+    .await
+    .map_err(|e| HandlerError::Failed(e.to_string()))
 }
 
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -74,42 +154,48 @@ fn text(body: String) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, TEXT_FORMAT)], body).into_response()
 }
 
-fn json_response(v: &serde_json::Value) -> Response {
-    let body = serde_json::to_vec(v).expect("JSON serializes");
-    (
+fn json_response(v: &serde_json::Value) -> Result<Response, HandlerError> {
+    let body = serde_json::to_vec(v).map_err(|e| HandlerError::Failed(e.to_string()))?;
+    Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
         body,
     )
-        .into_response()
+        .into_response())
 }
 
-async fn pods(State(s): State<AppState>) -> Response {
-    json_response(&pod_list(&s.store))
+async fn pods(State(s): State<AppState>) -> Result<Response, HandlerError> {
+    let list = pod_list(&s.store).map_err(|e| HandlerError::Failed(e.to_string()))?;
+    json_response(&list)
 }
 
-async fn metrics_cadvisor(State(s): State<AppState>) -> Response {
+async fn metrics_cadvisor(State(s): State<AppState>) -> Result<Response, HandlerError> {
     let s2 = Arc::clone(&s);
-    let body = tokio::task::spawn_blocking(move || {
-        cadvisor::cadvisor(&s2.store, &s2.cgroups, &s2.specs, &s2.root_dir)
+    let body = scrape(&s.scrape_slots, move || {
+        cadvisor::cadvisor(
+            &s2.store,
+            &s2.cgroups,
+            &s2.specs,
+            &s2.root_dir,
+            &s2.volume_stats,
+        )
     })
-    .await
-    .unwrap_or_default();
-    text(body)
+    .await?;
+    Ok(text(body))
 }
 
-async fn metrics_resource(State(s): State<AppState>) -> Response {
+async fn metrics_resource(State(s): State<AppState>) -> Result<Response, HandlerError> {
     let s2 = Arc::clone(&s);
-    let body =
-        tokio::task::spawn_blocking(move || cadvisor::resource(&s2.store, &s2.cgroups, &s2.specs))
-            .await
-            .unwrap_or_default();
-    text(body)
+    let body = scrape(&s.scrape_slots, move || {
+        cadvisor::resource(&s2.store, &s2.cgroups, &s2.specs)
+    })
+    .await?;
+    Ok(text(body))
 }
 
-async fn stats_summary(State(s): State<AppState>) -> Response {
+async fn stats_summary(State(s): State<AppState>) -> Result<Response, HandlerError> {
     let s2 = Arc::clone(&s);
-    let v = tokio::task::spawn_blocking(move || {
+    let v = scrape(&s.scrape_slots, move || {
         cadvisor::summary(
             &s2.store,
             &s2.cgroups,
@@ -117,10 +203,10 @@ async fn stats_summary(State(s): State<AppState>) -> Response {
             &s2.node_name,
             &s2.root_dir,
             &s2.rates,
+            &s2.volume_stats,
         )
     })
-    .await
-    .unwrap_or_default();
+    .await?;
     json_response(&v)
 }
 
@@ -137,31 +223,29 @@ async fn agent_metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Paths served without a token when `metricsAnonymous` is set.
+const METRICS_PATHS: [&str; 3] = ["/metrics", "/metrics/cadvisor", "/metrics/resource"];
+
+/// Who may read what: `/healthz` is open; the metrics paths are open with
+/// `metricsAnonymous`; the rest (pod specs with their env values, volume
+/// and pod names) needs the token or a verified client certificate.
 async fn auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(token) = &s.token
-        && req.uri().path() != "/healthz"
-    {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        // Compare without an early exit on the first differing byte.
-        let ok = given.is_some_and(|g| {
-            g.len() == token.len()
-                && g.bytes()
-                    .zip(token.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0
-        });
-        if !ok {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                "Unauthorized\n",
-            )
-                .into_response();
-        }
+    let path = req.uri().path();
+    let open = path == "/healthz" || (s.metrics_anonymous && METRICS_PATHS.contains(&path));
+    let certified = req.extensions().get::<ClientCertificate>().is_some();
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|g| token::equal(g.trim().as_bytes(), s.token.as_bytes()));
+    if !(open || certified || bearer) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "Unauthorized\n",
+        )
+            .into_response();
     }
     next.run(req).await
 }
@@ -178,39 +262,74 @@ pub fn router(shared: AppState) -> Router {
         .with_state(shared)
 }
 
-/// Limits on what one client can hold.
-const MAX_CONNECTIONS: usize = 256;
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
-const MAX_BUF: usize = 64 * 1024;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Serves until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, router: Router) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!("accepting a connection: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
+    async fn status_of(r: Result<Response, HandlerError>) -> (StatusCode, Option<String>, String) {
+        let resp = match r {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
         };
-        // Over the limit, new connections are closed at once.
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            debug!(%peer, "too many connections; closing");
-            continue;
-        };
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_buf_size(MAX_BUF)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
-            drop(permit);
-        });
+        let status = resp.status();
+        let retry = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, retry, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_failed_computation_is_a_500_not_an_empty_200() {
+        let slots = Shared::scrape_slots();
+        let r = scrape(&slots, || -> String { panic!("cgroup reader bug") })
+            .await
+            .map(text);
+        let (status, _, body) = status_of(r).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!body.is_empty());
+        // The slot came back with the panic.
+        assert_eq!(slots.available_permits(), SCRAPE_SLOTS);
+    }
+
+    #[tokio::test]
+    async fn scrapes_past_the_bound_wait_then_get_503_with_retry_after() {
+        let slots = Shared::scrape_slots();
+        // SCRAPE_SLOTS computations that hold their slot until released.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let mut running = vec![];
+        for _ in 0..SCRAPE_SLOTS {
+            let rx = Arc::clone(&rx);
+            let slots = Arc::clone(&slots);
+            running.push(tokio::spawn(async move {
+                scrape(&slots, move || {
+                    let _ = rx.lock().unwrap().recv();
+                    "done".to_string()
+                })
+                .await
+            }));
+        }
+        while slots.available_permits() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let t0 = std::time::Instant::now();
+        let (status, retry, _) =
+            status_of(scrape(&slots, || "x".to_string()).await.map(text)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry.as_deref(), Some(RETRY_AFTER_SECS));
+        assert!(t0.elapsed() >= SCRAPE_WAIT - Duration::from_millis(50));
+        for _ in 0..SCRAPE_SLOTS {
+            tx.send(()).unwrap();
+        }
+        for r in running {
+            assert_eq!(r.await.unwrap().unwrap(), "done");
+        }
+        // Freed: the next one runs.
+        let (status, _, body) = status_of(scrape(&slots, || "x".to_string()).await.map(text)).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "x"));
     }
 }

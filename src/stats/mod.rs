@@ -1,5 +1,6 @@
 //! Container statistics read from cgroup files at scrape time (no
-//! background loop: an idle agent costs nothing). cgroup v1 and v2 name
+//! background loop for them: an idle agent costs nothing; volume usage is
+//! the exception, see [`volumes`]). cgroup v1 and v2 name
 //! things differently; both are read into one [`CgroupStats`].
 //!
 //! v1: `cpuacct.usage` (ns), `cpuacct.stat` (user/system in USER_HZ ticks),
@@ -12,6 +13,7 @@
 //! `memory.events` (`max` as failcnt, `oom_kill`).
 
 pub mod machine;
+pub mod volumes;
 
 use std::path::Path;
 

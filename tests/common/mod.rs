@@ -120,6 +120,14 @@ impl Env {
     }
 
     pub fn start_agent(&mut self) {
+        self.start_agent_unchecked();
+        self.wait_for("agent /healthz", Duration::from_secs(20), || {
+            self.get("/healthz").ok()
+        });
+    }
+
+    /// Starts the agent without waiting for its plain-HTTP /healthz.
+    pub fn start_agent_unchecked(&mut self) {
         if !self.config_path().exists() {
             self.write_config("crashLoopBackOff:\n  initial: 1s\n  max: 8s\n");
         }
@@ -129,7 +137,12 @@ impl Env {
             .append(true)
             .open(&self.agent_log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kubelet-lite"))
+        self.agent = Some(self.spawn_agent(log));
+    }
+
+    /// The agent binary with the test config, logging to `log`.
+    fn spawn_agent(&self, log: std::fs::File) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_kubelet-lite"))
             .arg("--config")
             .arg(self.config_path())
             .env("KUBELET_LITE_LOG", "info,kubelet_lite=debug")
@@ -138,11 +151,32 @@ impl Env {
             .stderr(log)
             .stdin(Stdio::null())
             .spawn()
-            .expect("starting the agent");
-        self.agent = Some(child);
-        self.wait_for("agent /healthz", Duration::from_secs(20), || {
-            self.get("/healthz").ok()
-        });
+            .expect("starting the agent")
+    }
+
+    /// Runs the agent with the current config, expecting it to refuse to
+    /// start; returns what it logged.
+    pub fn agent_refuses_to_start(&self) -> String {
+        let log_path = self.dir.join("refused.log");
+        let mut child = self.spawn_agent(std::fs::File::create(&log_path).unwrap());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "the agent did not refuse to start ({status:?}):\n{log}"
+        );
+        log
     }
 
     /// SIGKILL (or SIGTERM) the agent and reap it.
@@ -196,11 +230,34 @@ impl Env {
         std::fs::remove_file(self.manifests.join(name)).unwrap();
     }
 
-    /// GET over plain HTTP/1.0 on loopback.
+    /// The agent's bearer token: from the configured `httpTokenFile`, or
+    /// the one it made in its root directory.
+    pub fn token_file(&self) -> PathBuf {
+        std::fs::read_to_string(self.config_path())
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find_map(|l| l.strip_prefix("httpTokenFile:"))
+                    .map(|f| PathBuf::from(f.trim()))
+            })
+            .unwrap_or_else(|| self.dir.join("root/http-token"))
+    }
+
+    pub fn token(&self) -> Option<String> {
+        std::fs::read_to_string(self.token_file())
+            .ok()
+            .map(|t| t.trim().to_string())
+    }
+
+    /// GET over plain HTTP/1.0 on loopback, with the agent's token.
     pub fn get(&self, path: &str) -> std::io::Result<String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let auth = self
+            .token()
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n{auth}\r\n")?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
         match out.split_once("\r\n\r\n") {

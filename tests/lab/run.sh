@@ -117,7 +117,8 @@ verify=$(ssh_vm node1 systemd-analyze verify /etc/systemd/system/kubelet-lite.se
 step "check 1: services active and READY, unit verified, cgroup v2 in the guests"
 
 # 2. cgroup v2 limits and OOM.
-pods_json() { ssh_vm "$1" curl -sf localhost:10255/pods; }
+# /pods needs the token the agent made (root-only file on the guest).
+pods_json() { ssh_vm "$1" 'curl -sf -H "Authorization: Bearer $(cat /var/lib/kubelet-lite/http-token)" localhost:10255/pods'; }
 field() { # - POD EXPR: evaluates EXPR (Python, `p` is the pod) on /pods JSON from stdin
     NAME=$2 EXPR=$3 python3 -c 'import json, os, sys
 d = json.load(sys.stdin)
@@ -222,9 +223,10 @@ after=$(running_tasks)
 [ "$before" = "$after" ] || { echo "tasks changed across the restart:"; echo "$before"; echo "$after"; exit 1; }
 step "check 4: systemctl restart kept every container ($(echo "$after" | grep -c RUNNING) running)"
 
-# 5. Metrics from the host.
+# 5. Metrics from the host, with each node's token.
 # (Whole bodies first: with pipefail, grep -q closing the pipe fails curl.)
-cadvisor=$(curl -sf "127.0.0.1:${mport[node1]}/metrics/cadvisor")
+auth() { echo "Authorization: Bearer $(ssh_vm "$1" cat /var/lib/kubelet-lite/http-token)"; }
+cadvisor=$(curl -sf -H "$(auth node1)" "127.0.0.1:${mport[node1]}/metrics/cadvisor")
 grep -q '^container_cpu_usage_seconds_total{container="spin"' <<<"$cadvisor"
 grep -q '^container_spec_cpu_quota{container="spin".*} 20000$' <<<"$cadvisor"
 # Cross-check with the cgroup v2 file (periods tick at 10/s: small slack).
@@ -232,9 +234,9 @@ periods_metric=$(grep '^container_cpu_cfs_periods_total{container="spin"' <<<"$c
 periods_file=$(ssh_vm node1 "grep nr_periods $cg/$cid/cpu.stat" | awk '{print $2}')
 echo "cfs periods: metric $periods_metric, cpu.stat $periods_file"
 python3 -c "import sys; sys.exit(0 if 0 <= $periods_file - $periods_metric < 200 else 1)"
-resource=$(curl -sf "127.0.0.1:${mport[node2]}/metrics/resource")
+resource=$(curl -sf -H "$(auth node2)" "127.0.0.1:${mport[node2]}/metrics/resource")
 grep -q '^node_memory_working_set_bytes' <<<"$resource"
-curl -sf "127.0.0.1:${mport[node1]}/stats/summary" | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["pods"]'
+curl -sf -H "$(auth node1)" "127.0.0.1:${mport[node1]}/stats/summary" | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["pods"]'
 step "check 5: metrics reachable from the host"
 
 # 6. A dead NFS server: FailedMount, and the agent keeps answering.

@@ -148,8 +148,11 @@ vssh() { (cd "$repo/vagrant" && vagrant ssh "$1" -c "$2" -- -q 2>/dev/null); }
 # (a Job-like pod may have Succeeded), seen through the forwarded port.
 expected=$(cat "$repo"/pods/*.yaml | grep -c '^kind: Pod$')
 expected=$((expected + 1)) # and its NFS pod
-pods_ok() { # PORT: all expected pods Running/Succeeded
-    curl -sf "127.0.0.1:$1/pods" | EXPECTED=$expected python3 -c '
+# The endpoints need each node's token (a root-only file the agent made at
+# start, before it told systemd it was ready).
+declare -A auth
+pods_ok() { # NODE PORT: all expected pods Running/Succeeded
+    curl -sf -H "${auth[$1]}" "127.0.0.1:$2/pods" | EXPECTED=$expected python3 -c '
 import json, os, sys
 items = json.load(sys.stdin)["items"]
 phases = {p["metadata"]["name"]: p["status"].get("phase") for p in items}
@@ -161,8 +164,9 @@ for i in 1 2; do
     state=$(vssh "node$i" 'systemctl show -p ActiveState,SubState,Type --value kubelet-lite' | tr -d '\r' | tr '\n' ' ')
     echo "node$i: kubelet-lite $state"
     case "$state" in "notify active running"*) ;; *) echo "service not ready on node$i"; exit 1 ;; esac
-    wait_for 600 "node$i: all pods running" pods_ok $((base + i))
-    echo "node$i: $(pods_ok $((base + i)))"
+    auth[node$i]="Authorization: Bearer $(vssh "node$i" 'sudo cat /var/lib/kubelet-lite/http-token' | tr -d '\r\n')"
+    wait_for 600 "node$i: all pods running" pods_ok "node$i" $((base + i))
+    echo "node$i: $(pods_ok "node$i" $((base + i)))"
 done
 step "check 1: both nodes' services active, their pods running"
 
@@ -178,10 +182,10 @@ step "check 2: node2's reader sees node1's writes through the NFS PersistentVolu
 
 # 3. Metrics on the host's forwarded ports.
 for i in 1 2; do
-    cadvisor=$(curl -sf "127.0.0.1:$((base + i))/metrics/cadvisor")
+    cadvisor=$(curl -sf -H "${auth[node$i]}" "127.0.0.1:$((base + i))/metrics/cadvisor")
     role=$([ "$i" = 1 ] && echo writer || echo reader)
     grep -q "^container_cpu_usage_seconds_total{container=\"$role\"" <<<"$cadvisor"
-    resource=$(curl -sf "127.0.0.1:$((base + i))/metrics/resource")
+    resource=$(curl -sf -H "${auth[node$i]}" "127.0.0.1:$((base + i))/metrics/resource")
     grep -q '^node_memory_working_set_bytes' <<<"$resource"
 done
 step "check 3: metrics of both nodes on the host (127.0.0.1:$((base + 1)), :$((base + 2)))"

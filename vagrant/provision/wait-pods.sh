@@ -10,10 +10,12 @@ want=$(cat /etc/kubernetes/manifests/*.yaml | grep -c '^kind: Pod$')
 end=$(( $(date +%s) + limit ))
 while :; do
     # /pods is compact JSON; "phase" appears once per pod, in its status.
-    phases=$(curl -sf localhost:10255/pods | grep -o '"phase":"[A-Za-z]*"' | cut -d'"' -f4) || phases=""
+    # The agent makes its token at first start; root may read it.
+    token=$(cat /var/lib/kubelet-lite/http-token 2>/dev/null) || token=""
+    phases=$(curl -sf -H "Authorization: Bearer $token" localhost:10255/pods | grep -o '"phase":"[A-Za-z]*"' | cut -d'"' -f4) || phases=""
     up=$(printf '%s\n' "$phases" | grep -c -E '^(Running|Succeeded)$') || up=0
     if [ "$up" -ge "$want" ]; then
-        echo "$(hostname): $up of $want pods started (curl localhost:10255/pods)"
+        echo "$(hostname): $up of $want pods started (GET localhost:10255/pods)"
         exit 0
     fi
     if [ "$(date +%s)" -ge "$end" ]; then
