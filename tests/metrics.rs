@@ -596,9 +596,10 @@ fn hostile_clients_do_not_stall_the_agent() {
     // Many slow clients, each a half-sent request from its own address:
     // past the connection limit new clients are turned away; once the slow
     // ones are cut off (header read timeout), service resumes.
-    let idle: Vec<TcpStream> = (0..300u32)
+    let idle: Vec<TcpStream> = (0..300u16)
         .filter_map(|i| {
-            let mut s = connect_from([127, 1, (i / 8) as u8, 2 + (i % 8) as u8], env.port).ok()?;
+            let [hi, lo] = i.to_be_bytes();
+            let mut s = connect_from([127, 1, hi, lo.wrapping_add(2)], env.port).ok()?;
             s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").ok()?;
             Some(s)
         })
