@@ -109,6 +109,11 @@ pub struct Config {
     /// is emptied.
     #[serde(with = "humantime_serde")]
     pub reclaim_grace_period: Duration,
+    /// Deadline of each containerd call but task waits and data transfers
+    /// (the kubelet's `runtimeRequestTimeout`): a containerd that hangs
+    /// fails the call, which is retried, instead of freezing the agent.
+    #[serde(with = "humantime_serde")]
+    pub runtime_request_timeout: Duration,
 }
 
 /// Resources held back from pods, as Kubernetes quantities.
@@ -186,6 +191,7 @@ impl Default for Config {
             host_path_allowed_prefixes: vec![],
             nfs_mount_timeout: Duration::from_secs(30),
             reclaim_grace_period: Duration::from_secs(60),
+            runtime_request_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -336,6 +342,9 @@ impl Config {
                 "maxConnectionsPerClient",
                 "must be between 1 and 128 (half the server's 256 connections)".into(),
             ));
+        }
+        if self.runtime_request_timeout.is_zero() {
+            return Err(invalid("runtimeRequestTimeout", "must be positive".into()));
         }
         if self.file_check_frequency.is_zero() {
             return Err(invalid("fileCheckFrequency", "must be positive".into()));

@@ -125,6 +125,7 @@ async fn connect(config: &Config) -> anyhow::Result<Containerd> {
             images_dir: config.images_dir(),
             logger: std::env::current_exe().context("locating own binary for the log writer")?,
             systemd_cgroup: config.cgroup_driver == cgroup::Driver::Systemd,
+            call_timeout: config.runtime_request_timeout,
         };
         match Containerd::connect(opts).await {
             Ok(c) => return Ok(c),

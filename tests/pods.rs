@@ -268,6 +268,32 @@ fn termination_messages_are_read_bounded() {
     assert!(hwm_kib < 256 * 1024, "agent peak RSS {hwm_kib} KiB");
 }
 
+/// A containerd that stops answering fails the agent's calls at
+/// `runtimeRequestTimeout` instead of freezing it: the pod waits with the
+/// error, the agent keeps answering, and the pod starts once containerd is
+/// back.
+#[test]
+fn a_frozen_containerd_fails_calls_at_the_deadline() {
+    let mut env = Env::new("frozen");
+    env.write_config("runtimeRequestTimeout: 2s\ncrashLoopBackOff:\n  initial: 1s\n  max: 4s\n");
+    env.start_agent();
+    env.write_manifest("first.yaml", &pod_yaml("first", SLEEPER));
+    env.wait_running("first-node1");
+    env.signal_containerd(libc::SIGSTOP);
+    env.write_manifest("late.yaml", &pod_yaml("late", SLEEPER));
+    let p = env.wait_for("the call to fail", Duration::from_secs(30), || {
+        let p = env.pod("late-node1")?;
+        p["status"]["reason"].is_string().then_some(p)
+    });
+    assert_eq!(p["status"]["reason"], "FailedSync", "{p}");
+    let started = Instant::now();
+    assert!(env.get("/healthz").is_ok());
+    assert!(started.elapsed() < Duration::from_secs(1));
+    env.signal_containerd(libc::SIGCONT);
+    env.wait_running("late-node1");
+    env.wait_running("first-node1");
+}
+
 #[test]
 fn init_containers_run_in_order_before_apps() {
     let mut env = Env::new("init");

@@ -41,6 +41,7 @@ pub struct Containerd {
     /// The binary the shim runs as the container's log writer (ourselves).
     logger: PathBuf,
     systemd_cgroup: bool,
+    call_timeout: Duration,
     /// Parsed image configs by manifest digest: images are immutable.
     configs: Mutex<HashMap<String, (String, ImageConfig)>>,
     /// Serializes imports so that two pods of one image import it once.
@@ -57,12 +58,10 @@ pub struct ContainerdOptions {
     pub logger: PathBuf,
     /// Use runc's systemd cgroup driver.
     pub systemd_cgroup: bool,
+    /// Deadline of one call (but waits and data transfers): the kubelet's
+    /// `runtimeRequestTimeout`.
+    pub call_timeout: Duration,
 }
-
-/// Deadline of one containerd call (but waits and data transfers). Task
-/// creation starts a shim and runc, which take well under a second on an
-/// idle host and seconds on a loaded one.
-const CALL_DEADLINE: Duration = Duration::from_secs(60);
 
 pub(super) fn status_error(op: &'static str, s: Status) -> RuntimeError {
     match s.code() {
@@ -107,6 +106,7 @@ impl Containerd {
             images_dir: opts.images_dir,
             logger: opts.logger,
             systemd_cgroup: opts.systemd_cgroup,
+            call_timeout: opts.call_timeout,
             configs: Mutex::new(HashMap::new()),
             import_lock: tokio::sync::Mutex::new(()),
             archives: Default::default(),
@@ -134,7 +134,7 @@ impl Containerd {
     /// callers retry) instead of freezing whoever waits on it.
     pub(super) fn req<T>(&self, msg: T) -> Request<T> {
         let mut r = self.req_unbounded(msg);
-        r.set_timeout(CALL_DEADLINE);
+        r.set_timeout(self.call_timeout);
         r
     }
 

@@ -205,6 +205,15 @@ impl Env {
         );
     }
 
+    /// Sends `signal` to the test's containerd (SIGSTOP freezes it: its
+    /// socket accepts, nothing answers).
+    pub fn signal_containerd(&self, signal: i32) {
+        if let Some(c) = &self.containerd {
+            // SAFETY: kill(2) on the PID of our own child, not yet reaped.
+            unsafe { libc::kill(c.id().cast_signed(), signal) };
+        }
+    }
+
     pub fn agent_pid(&self) -> Option<u32> {
         self.agent.as_ref().map(|a| a.id())
     }
@@ -421,6 +430,8 @@ fn walk_files(dir: &Path, out: &mut Vec<PathBuf>) {
 impl Drop for Env {
     fn drop(&mut self) {
         self.stop_agent(libc::SIGKILL);
+        // A test may have frozen containerd; the cleanup below needs it.
+        self.signal_containerd(libc::SIGCONT);
         // Kill and delete every task and container of our containerd.
         for (id, _, _) in self.tasks() {
             self.ctr(&["tasks", "kill", "--all", "--signal", "SIGKILL", &id]);
