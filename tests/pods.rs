@@ -294,6 +294,34 @@ fn a_frozen_containerd_fails_calls_at_the_deadline() {
     env.wait_running("first-node1");
 }
 
+/// As systemd runs it (Type=notify, WatchdogSec): READY once serving, then
+/// WATCHDOG=1 at half the period, each sent only after the manifest
+/// watcher and the pod manager answered.
+#[test]
+fn the_watchdog_is_petted_while_the_loops_answer() {
+    let mut env = Env::new("watchdog");
+    let path = env.dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    env.set_agent_env("NOTIFY_SOCKET", path.to_str().unwrap());
+    env.set_agent_env("WATCHDOG_USEC", "1000000");
+    env.start_agent();
+    let mut messages = vec![];
+    let mut buf = [0u8; 512];
+    let listening = Instant::now();
+    while listening.elapsed() < Duration::from_secs(3) {
+        let n = sock.recv(&mut buf).expect("a notification within 5 s");
+        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(
+        messages.iter().any(|m| m.contains("READY=1")),
+        "{messages:?}"
+    );
+    let pets = messages.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    // Every 0.5 s over 3 s: about 6.
+    assert!((4..=8).contains(&pets), "{pets} pets: {messages:?}");
+}
+
 #[test]
 fn init_containers_run_in_order_before_apps() {
     let mut env = Env::new("init");

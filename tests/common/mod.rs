@@ -39,6 +39,8 @@ pub struct Env {
     agent: Option<Child>,
     pub agent_log: PathBuf,
     agent_runs: usize,
+    /// Environment variables the agent is started with, besides the log's.
+    agent_env: Vec<(String, String)>,
 }
 
 /// A port nothing listens on now.
@@ -84,6 +86,7 @@ impl Env {
             containerd: Some(containerd),
             agent: None,
             agent_runs: 0,
+            agent_env: vec![],
         };
         let sock = env.dir.join("containerd.sock");
         env.wait_for("containerd socket", Duration::from_secs(20), || {
@@ -147,11 +150,17 @@ impl Env {
             .arg(self.config_path())
             .env("KUBELET_LITE_LOG", "info,kubelet_lite=debug")
             .env("NO_COLOR", "1")
+            .envs(self.agent_env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .stdin(Stdio::null())
             .spawn()
             .expect("starting the agent")
+    }
+
+    /// Starts the agent with `key=value` in its environment from now on.
+    pub fn set_agent_env(&mut self, key: &str, value: &str) {
+        self.agent_env.push((key.to_string(), value.to_string()));
     }
 
     /// Runs the agent with the current config, expecting it to refuse to
