@@ -578,14 +578,20 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn delete_reclaims_wait_for_the_grace_period_and_a_clean_directory() {
+    /// A scan after claim default/data, bound to the Delete volume "pv",
+    /// went away.
+    fn claim_gone() -> (ClaimKey, Desired) {
         let claim: ClaimKey = ("default".into(), "data".into());
-        let grace = Duration::from_secs(60);
-        let t0 = Instant::now();
         let mut gone = Desired::default();
         gone.objects.pvs.insert("pv".into(), volume("Delete"));
         gone.released = vec![(claim.clone(), "pv".into())];
+        (claim, gone)
+    }
+
+    #[test]
+    fn delete_reclaims_wait_for_the_grace_period_and_a_clean_directory() {
+        let (_, mut gone) = claim_gone();
+        let (grace, t0) = (Duration::from_secs(60), Instant::now());
         let mut r = Releases::default();
         assert!(r.update(&gone, grace, t0).is_empty());
         assert_eq!(r.reserved(), BTreeSet::from(["pv".to_string()]));
@@ -614,12 +620,8 @@ mod tests {
 
     #[test]
     fn a_claim_that_comes_back_or_a_retained_volume_is_not_reclaimed() {
-        let claim: ClaimKey = ("default".into(), "data".into());
-        let grace = Duration::from_secs(60);
-        let t0 = Instant::now();
-        let mut gone = Desired::default();
-        gone.objects.pvs.insert("pv".into(), volume("Delete"));
-        gone.released = vec![(claim.clone(), "pv".into())];
+        let (claim, gone) = claim_gone();
+        let (grace, t0) = (Duration::from_secs(60), Instant::now());
         let mut r = Releases::default();
         r.update(&gone, grace, t0);
         let mut back = gone.clone();
