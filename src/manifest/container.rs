@@ -13,9 +13,10 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::field::Errors;
 use super::quantity::Quantity;
 use super::syntax;
-use super::validate::{Errors, check_subdomain};
+use super::syntax::check_subdomain;
 
 const PULL_POLICIES: [&str; 3] = ["Always", "IfNotPresent", "Never"];
 const MESSAGE_POLICIES: [&str; 2] = ["File", "FallbackToLogsOnError"];

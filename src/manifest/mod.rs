@@ -2,6 +2,7 @@
 //! file, this module only looks at its text.
 
 mod container;
+mod field;
 pub mod quantity;
 pub mod strict;
 pub mod syntax;

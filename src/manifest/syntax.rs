@@ -4,7 +4,45 @@
 //! IsConfigMapKey), plus the NFS server rule this agent adds. Each returns
 //! what is wrong, in words close to the API server's.
 
-use super::validate::{check_label, check_subdomain};
+/// RFC 1123 label: what Kubernetes requires of container, volume, port and
+/// namespace names.
+pub fn check_label(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.len() > 63 {
+        return Err(format!("{s:?} is longer than 63 characters"));
+    }
+    let ok_chars = s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_ends = s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric();
+    if !ok_chars || !ok_ends {
+        return Err(format!(
+            "{s:?} must consist of lower case alphanumeric characters or '-', and start and end with an alphanumeric character"
+        ));
+    }
+    Ok(())
+}
+
+/// RFC 1123 subdomain: what Kubernetes requires of pod and node names.
+pub fn check_subdomain(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.len() > 253 {
+        return Err(format!("{s:?} is longer than 253 characters"));
+    }
+    for part in s.split('.') {
+        check_label(part).map_err(|_| {
+            format!(
+                "{s:?} must consist of lower case alphanumeric characters, '-' or '.', and start and end with an alphanumeric character"
+            )
+        })?;
+    }
+    Ok(())
+}
 
 /// `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`: the name part of a label
 /// key, and a non-empty label value.

@@ -9,70 +9,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use super::quantity::Quantity;
 use super::{container, syntax};
 
-/// One problem with one field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for FieldError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
-#[derive(Default)]
-pub(super) struct Errors(Vec<FieldError>);
-
-impl Errors {
-    pub(super) fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push(FieldError {
-            field: field.into(),
-            message: message.into(),
-        });
-    }
-}
-
-/// RFC 1123 label: what Kubernetes requires of container, volume, port and
-/// namespace names.
-pub fn check_label(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if s.len() > 63 {
-        return Err(format!("{s:?} is longer than 63 characters"));
-    }
-    let ok_chars = s
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    let ok_ends = s.as_bytes()[0].is_ascii_alphanumeric()
-        && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric();
-    if !ok_chars || !ok_ends {
-        return Err(format!(
-            "{s:?} must consist of lower case alphanumeric characters or '-', and start and end with an alphanumeric character"
-        ));
-    }
-    Ok(())
-}
-
-/// RFC 1123 subdomain: what Kubernetes requires of pod and node names.
-pub fn check_subdomain(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if s.len() > 253 {
-        return Err(format!("{s:?} is longer than 253 characters"));
-    }
-    for part in s.split('.') {
-        check_label(part).map_err(|_| {
-            format!(
-                "{s:?} must consist of lower case alphanumeric characters, '-' or '.', and start and end with an alphanumeric character"
-            )
-        })?;
-    }
-    Ok(())
-}
+pub(super) use super::field::Errors;
+pub use super::field::FieldError;
+pub use super::syntax::{check_label, check_subdomain};
 
 const RESTART_POLICIES: [&str; 3] = ["Always", "OnFailure", "Never"];
 const DNS_POLICIES: [&str; 4] = ["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"];
@@ -136,7 +75,7 @@ pub fn validate_pod(pod: &Pod, node: &str) -> Vec<FieldError> {
         None => e.add("spec", "required"),
         Some(spec) => validate_spec(spec, &mut e),
     }
-    e.0
+    e.into_vec()
 }
 
 fn validate_spec(spec: &PodSpec, e: &mut Errors) {
@@ -623,7 +562,7 @@ pub fn validate_object(o: &super::Object) -> Vec<FieldError> {
             }
         },
     }
-    e.0
+    e.into_vec()
 }
 
 #[cfg(test)]
