@@ -42,14 +42,14 @@ pub struct StaticPod {
     /// Fields that are valid Kubernetes but that this agent ignores.
     pub warnings: Vec<String>,
     /// Volumes and env references looked up among the directory's objects.
-    pub resolved: crate::volume::resolve::Resolved,
+    pub resolved: crate::volume::Resolved,
 }
 
 impl StaticPod {
     /// Attaches what the pod's references resolved to. The UID then also
     /// covers it: a changed configMap, or a claim bound to a volume, makes a
     /// new pod (and replaces the old one), as an edit of the pod would.
-    pub fn with_resolved(mut self, resolved: crate::volume::resolve::Resolved) -> StaticPod {
+    pub fn with_resolved(mut self, resolved: crate::volume::Resolved) -> StaticPod {
         if resolved != Default::default() {
             let mut h = Sha256::new();
             h.update(self.uid.as_bytes());

@@ -14,7 +14,7 @@ use oci_spec::runtime::{
 use crate::cgroup::qos::{self, CgroupLimits, WeightFormula};
 use crate::manifest::StaticPod;
 use crate::runtime::ImageConfig;
-use crate::volume::resolve::ContainerEnv;
+use crate::volume::ContainerEnv;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SpecError {

@@ -5,9 +5,6 @@
 
 use serde::Serialize;
 
-use crate::runtime::RuntimeError;
-use crate::sandbox::SandboxError;
-
 /// A failure that keeps a pod waiting or a container from starting. The
 /// message keeps the object or path it concerns; [`PodError::reason`] is
 /// what the kubelet would put in the status.
@@ -53,21 +50,6 @@ impl PodError {
             PodError::CreateContainer(_) => "CreateContainerError",
             PodError::RunContainer(_) => "RunContainerError",
         }
-    }
-
-    /// An image that could not be had, under the pull policy in force.
-    pub fn image(e: RuntimeError, never_pull: bool) -> PodError {
-        match e {
-            RuntimeError::ImageNotFound(m) if never_pull => PodError::ImageNeverPull(m),
-            RuntimeError::ImageNotFound(m) => PodError::ImagePull(m),
-            e => PodError::ImagePull(e.to_string()),
-        }
-    }
-}
-
-impl From<SandboxError> for PodError {
-    fn from(e: SandboxError) -> PodError {
-        PodError::CreatePodSandbox(e.to_string())
     }
 }
 
@@ -116,18 +98,8 @@ mod tests {
             ),
             (PodError::Mount("x".into()), "FailedMount"),
             (PodError::Sync("x".into()), "FailedSync"),
-            (
-                PodError::image(RuntimeError::ImageNotFound("x".into()), false),
-                "ErrImagePull",
-            ),
-            (
-                PodError::image(RuntimeError::ImageNotFound("x".into()), true),
-                "ErrImageNeverPull",
-            ),
-            (
-                PodError::image(RuntimeError::Unavailable("x".into()), true),
-                "ErrImagePull",
-            ),
+            (PodError::ImagePull("x".into()), "ErrImagePull"),
+            (PodError::ImageNeverPull("x".into()), "ErrImageNeverPull"),
             (
                 PodError::CreateContainerConfig("x".into()),
                 "CreateContainerConfigError",

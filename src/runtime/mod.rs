@@ -139,3 +139,33 @@ pub trait Runtime: Send + Sync + 'static {
         labels: HashMap<String, String>,
     ) -> Result<(), RuntimeError>;
 }
+
+impl RuntimeError {
+    /// The pod's view of an image that could not be had, under the pull
+    /// policy in force (`Never`: ErrImageNeverPull).
+    pub fn into_image_error(self, never_pull: bool) -> crate::pod::PodError {
+        use crate::pod::PodError;
+        match self {
+            RuntimeError::ImageNotFound(m) if never_pull => PodError::ImageNeverPull(m),
+            RuntimeError::ImageNotFound(m) => PodError::ImagePull(m),
+            e => PodError::ImagePull(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RuntimeError;
+
+    #[test]
+    fn image_failures_get_the_kubelets_reasons() {
+        let missing = || RuntimeError::ImageNotFound("not in containerd".into());
+        assert_eq!(missing().into_image_error(false).reason(), "ErrImagePull");
+        assert_eq!(
+            missing().into_image_error(true).reason(),
+            "ErrImageNeverPull"
+        );
+        let down = RuntimeError::Unavailable("containerd down".into());
+        assert_eq!(down.into_image_error(true).reason(), "ErrImagePull");
+    }
+}

@@ -34,6 +34,12 @@ pub enum SandboxError {
     Teardown(Vec<SandboxError>),
 }
 
+impl From<SandboxError> for crate::pod::PodError {
+    fn from(e: SandboxError) -> crate::pod::PodError {
+        crate::pod::PodError::CreatePodSandbox(e.to_string())
+    }
+}
+
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SandboxError + 'a {
     move |source| SandboxError::Io {
         what,

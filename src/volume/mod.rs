@@ -12,6 +12,7 @@ pub mod bind;
 pub mod mount;
 pub mod resolve;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -81,4 +82,23 @@ impl Volume {
         };
         Some(PathBuf::from("volumes").join(plugin).join(name))
     }
+}
+
+/// Environment a container gets from configMaps and secrets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ContainerEnv {
+    /// `envFrom`, in order (later sources win).
+    pub from: Vec<(String, String)>,
+    /// Values of `env[].valueFrom.{configMapKeyRef,secretKeyRef}` by name.
+    pub refs: BTreeMap<String, String>,
+}
+
+/// What a pod's volume and env references resolved to, from the objects of
+/// the manifest directory (part of the desired pod and of its UID).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Resolved {
+    pub volumes: Vec<Volume>,
+    pub env: BTreeMap<String, ContainerEnv>,
+    /// Why the pod cannot start yet.
+    pub problem: Option<crate::pod::PodError>,
 }

@@ -9,10 +9,9 @@ use std::path::PathBuf;
 use k8s_openapi::api::core::v1::{
     ConfigMap, KeyToPath, PersistentVolume, PersistentVolumeClaim, Secret,
 };
-use serde::Serialize;
 
 use super::bind::ClaimKey;
-use super::{File, Source, Volume};
+use super::{ContainerEnv, File, Resolved, Source, Volume};
 use crate::manifest::quantity::Quantity;
 use crate::manifest::{Object, StaticPod};
 use crate::pod::PodError;
@@ -52,23 +51,6 @@ impl Objects {
             }
         }
     }
-}
-
-/// Environment a container gets from configMaps and secrets.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct ContainerEnv {
-    /// `envFrom`, in order (later sources win).
-    pub from: Vec<(String, String)>,
-    /// Values of `env[].valueFrom.{configMapKeyRef,secretKeyRef}` by name.
-    pub refs: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Resolved {
-    pub volumes: Vec<Volume>,
-    pub env: BTreeMap<String, ContainerEnv>,
-    /// Why the pod cannot start yet.
-    pub problem: Option<PodError>,
 }
 
 fn config_map_data(c: &ConfigMap) -> BTreeMap<String, Vec<u8>> {

@@ -667,7 +667,7 @@ impl Worker {
         let image = rt
             .ensure_image(&image_name, policy)
             .await
-            .map_err(|e| PodError::image(e, policy == PullPolicy::Never))?;
+            .map_err(|e| e.into_image_error(policy == PullPolicy::Never))?;
         let id = container_id(&self.pod.uid, &c.name, attempt);
         let log_path = logs::container_log_path(
             &self.env.pod_logs_dir,
