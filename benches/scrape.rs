@@ -8,36 +8,18 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
 use common::{Env, pod_yaml};
-
-/// utime + stime of a process, in seconds, and its RSS in bytes.
-fn usage(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let f: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    // SAFETY: sysconf only reads system values.
-    let (hz, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_CLK_TCK) as f64,
-            u64::try_from(libc::sysconf(libc::_SC_PAGESIZE)).unwrap_or(4096),
-        )
-    };
-    let cpu = (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / hz;
-    (cpu, f[21].parse::<u64>().unwrap() * page)
-}
+use support::usage;
 
 fn idle(env: &Env, secs: u64) -> (f64, u64) {
     let pid = env.agent_pid().unwrap();
-    let (c0, _) = usage(pid);
+    let (c0, _, _) = usage(pid);
     std::thread::sleep(Duration::from_secs(secs));
-    let (c1, rss) = usage(pid);
+    let (c1, rss, _) = usage(pid);
     ((c1 - c0) / secs as f64, rss)
 }
 
@@ -81,7 +63,7 @@ fn main() {
     for _ in 0..5 {
         env.get("/metrics/cadvisor").unwrap();
     }
-    let (c0, _) = usage(pid);
+    let (c0, _, _) = usage(pid);
     let mut lat = vec![];
     let mut bytes = 0;
     for _ in 0..rounds {
@@ -89,7 +71,7 @@ fn main() {
         bytes = env.get("/metrics/cadvisor").unwrap().len();
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    let (c1, _) = usage(pid);
+    let (c1, _, _) = usage(pid);
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     #[allow(
         clippy::cast_possible_truncation,

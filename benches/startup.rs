@@ -6,25 +6,24 @@
 //!   start), summed per pod;
 //! - `podman kube play` of the same manifest (when podman is installed).
 //!
+//! A third case runs the two-container pod with a CNI bridge network (its
+//! own bridge, subnet and iptables rules, removed at the end), against raw
+//! containerd plus one CNI ADD of the same configuration.
+//!
 //! Run with `cargo bench --bench startup` (as root). `BENCH_ROUNDS` sets the
 //! number of pods per kind (default 15).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
+use common::net::{Net, PLUGINS};
 use common::{Env, pod_yaml};
-use containerd_client::services::v1::container::Runtime;
-use containerd_client::services::v1::snapshots::PrepareSnapshotRequest;
-use containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteTaskRequest, GetImageRequest, KillRequest, StartRequest, WaitRequest,
-};
-use containerd_client::tonic::Request;
+use support::{Raw, percentile};
 
 fn one(name: &str) -> String {
     pod_yaml(
@@ -40,17 +39,6 @@ fn two(name: &str) -> String {
     )
 }
 
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        reason = "p is in 0..=1: the index is within the sample"
-    )]
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
-}
-
 /// The time the agent logged the pod as Running.
 fn running_at(log: &str, pod: &str) -> Option<SystemTime> {
     let needle = format!("pod={pod} phase=\"Running\"");
@@ -61,10 +49,10 @@ fn running_at(log: &str, pod: &str) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(u64::try_from(ts.as_nanosecond()).ok()?))
 }
 
-fn agent_rounds(env: &mut Env, rounds: usize, containers: usize) -> Vec<f64> {
+fn agent_rounds(env: &mut Env, prefix: &str, rounds: usize, containers: usize) -> Vec<f64> {
     let mut out = vec![];
     for i in 0..rounds {
-        let name = format!("b{containers}x{i}");
+        let name = format!("{prefix}{containers}x{i}");
         let text = if containers == 1 {
             one(&name)
         } else {
@@ -85,174 +73,79 @@ fn agent_rounds(env: &mut Env, rounds: usize, containers: usize) -> Vec<f64> {
     out
 }
 
-fn req<T>(m: T) -> Request<T> {
-    let mut r = Request::new(m);
-    r.metadata_mut()
-        .insert("containerd-namespace", common::NAMESPACE.parse().unwrap());
-    r
-}
-
 /// Bare containerd create+start of `containers` busybox containers, summed.
 async fn raw_rounds(sock: &Path, rounds: usize, containers: usize) -> Vec<f64> {
-    let channel = containerd_client::connect(sock).await.expect("connect");
-    let client = containerd_client::Client::from(channel);
-    let image = client
-        .images()
-        .get(req(GetImageRequest {
-            name: "docker.io/library/busybox:latest".into(),
-        }))
-        .await
-        .expect("busybox imported by the agent rounds")
-        .into_inner();
-    let _ = image;
-    // The top layer's snapshot: the only committed one in this containerd.
-    let parent = {
-        use containerd_client::services::v1::snapshots::ListSnapshotsRequest;
-        let mut s = client
-            .snapshots()
-            .list(req(ListSnapshotsRequest {
-                snapshotter: "overlayfs".into(),
-                filters: vec![],
-            }))
-            .await
-            .unwrap()
-            .into_inner();
-        let mut parent = String::new();
-        while let Some(m) = s.message().await.unwrap() {
-            for info in m.info {
-                if info.kind == 3 {
-                    parent = info.name;
-                }
-            }
-        }
-        parent
-    };
-    let mut spec = oci_spec::runtime::Spec::default();
-    spec.set_hostname(Some("raw".into()));
-    let mut root = spec.root().clone().unwrap();
-    root.set_readonly(Some(false));
-    spec.set_root(Some(root));
-    let mut process = spec.process().clone().unwrap();
-    process.set_args(Some(vec!["sleep".into(), "3600".into()]));
-    spec.set_process(Some(process));
-    let spec_json = serde_json::to_vec(&spec).unwrap();
-
+    let raw = Raw::connect(sock, common::NAMESPACE, &["sleep", "3600"], "kl-bench-raw").await;
     let mut out = vec![];
     for i in 0..rounds {
         let mut total = Duration::ZERO;
         let mut ids = vec![];
         for c in 0..containers {
             let id = format!("raw-{containers}-{i}-{c}");
-            let mut linux = spec.linux().clone().unwrap();
-            linux.set_cgroups_path(Some(format!("/kl-bench-raw/{id}").into()));
             let t0 = Instant::now();
-            // Container first, as the agent does: it references the snapshot
-            // before the garbage collector could see it unreferenced.
-            client
-                .containers()
-                .create(req(CreateContainerRequest {
-                    container: Some(Container {
-                        id: id.clone(),
-                        image: "docker.io/library/busybox:latest".into(),
-                        runtime: Some(Runtime {
-                            name: "io.containerd.runc.v2".into(),
-                            options: None,
-                        }),
-                        spec: Some(prost_types::Any {
-                            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec"
-                                .into(),
-                            value: spec_json.clone(),
-                        }),
-                        snapshotter: "overlayfs".into(),
-                        snapshot_key: id.clone(),
-                        ..Default::default()
-                    }),
-                }))
-                .await
-                .unwrap();
-            let mounts = client
-                .snapshots()
-                .prepare(req(PrepareSnapshotRequest {
-                    snapshotter: "overlayfs".into(),
-                    key: id.clone(),
-                    parent: parent.clone(),
-                    labels: HashMap::new(),
-                }))
-                .await
-                .unwrap()
-                .into_inner()
-                .mounts;
-            client
-                .tasks()
-                .create(req(CreateTaskRequest {
-                    container_id: id.clone(),
-                    rootfs: mounts,
-                    ..Default::default()
-                }))
-                .await
-                .unwrap();
-            client
-                .tasks()
-                .start(req(StartRequest {
-                    container_id: id.clone(),
-                    exec_id: String::new(),
-                }))
-                .await
-                .unwrap();
+            raw.create_start(&id).await;
             total += t0.elapsed();
             ids.push(id);
         }
         out.push(total.as_secs_f64() * 1000.0);
         for id in ids {
-            let _ = client
-                .tasks()
-                .kill(req(KillRequest {
-                    container_id: id.clone(),
-                    exec_id: String::new(),
-                    signal: 9,
-                    all: true,
-                }))
-                .await;
-            let _ = client
-                .tasks()
-                .wait(req(WaitRequest {
-                    container_id: id.clone(),
-                    exec_id: String::new(),
-                }))
-                .await;
-            let _ = client
-                .tasks()
-                .delete(req(DeleteTaskRequest {
-                    container_id: id.clone(),
-                }))
-                .await;
-            let _ = client
-                .containers()
-                .delete(req(DeleteContainerRequest { id: id.clone() }))
-                .await;
-            use containerd_client::services::v1::snapshots::RemoveSnapshotRequest;
-            let _ = client
-                .snapshots()
-                .remove(req(RemoveSnapshotRequest {
-                    snapshotter: "overlayfs".into(),
-                    key: id,
-                }))
-                .await;
+            raw.remove(&id).await;
         }
     }
-    for h in std::fs::read_dir("/sys/fs/cgroup")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let d = h.path().join("kl-bench-raw");
-        if d.is_dir() {
-            for c in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                let _ = std::fs::remove_dir(c.path());
-            }
-            let _ = std::fs::remove_dir(d);
+    raw.clean();
+    out
+}
+
+/// Raw containerd create+start of two containers plus one CNI ADD of the
+/// same configuration the agent uses, into a fresh network namespace (made
+/// outside the timing), by the agent's own plugin invoker.
+async fn raw_networked_rounds(env: &Env, net: &Net, rounds: usize) -> Vec<f64> {
+    let sock = env.dir.join("containerd.sock");
+    let raw = Raw::connect(
+        &sock,
+        common::NAMESPACE,
+        &["sleep", "3600"],
+        "kl-bench-rawnet",
+    )
+    .await;
+    let pods_dir = env.dir.join("rawnet");
+    let network = kubelet_lite::network::Network::new(kubelet_lite::network::NetworkConfig {
+        conf_dir: net.conf_dir.clone(),
+        bin_dirs: vec![PLUGINS.into()],
+        pod_cidr: net.subnet.clone(),
+        timeout: Duration::from_secs(60),
+        pods_dir: pods_dir.clone(),
+    });
+    let mut out = vec![];
+    for i in 0..rounds {
+        let ns = format!("klbench{}-{i}", std::process::id());
+        let uid = format!("rawnet{i}");
+        let made = Command::new("ip").args(["netns", "add", &ns]).status();
+        assert!(made.is_ok_and(|s| s.success()), "ip netns add {ns}");
+        std::fs::create_dir_all(pods_dir.join(&uid)).unwrap();
+        let netns = Path::new("/run/netns").join(&ns);
+        let ids = [format!("rawnet-{i}-a"), format!("rawnet-{i}-b")];
+        let t0 = Instant::now();
+        for id in &ids {
+            raw.create_start(id).await;
+        }
+        network
+            .attach(&kubelet_lite::network::PodRef {
+                uid: &uid,
+                namespace: "default",
+                name: &uid,
+                netns: &netns,
+                port_mappings: &[],
+            })
+            .expect("CNI ADD");
+        out.push(t0.elapsed().as_secs_f64() * 1000.0);
+        network.detach(&pods_dir.join(&uid)).expect("CNI DEL");
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        for id in &ids {
+            raw.remove(id).await;
         }
     }
+    raw.clean();
     out
 }
 
@@ -348,17 +241,36 @@ fn main() {
         env.pod("warm-node1").is_none().then_some(())
     });
 
-    let mut agent1 = agent_rounds(&mut env, rounds, 1);
-    let mut agent2 = agent_rounds(&mut env, rounds, 2);
+    let mut agent1 = agent_rounds(&mut env, "b", rounds, 1);
+    let mut agent2 = agent_rounds(&mut env, "b", rounds, 2);
     let sock = env.dir.join("containerd.sock");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut raw1 = rt.block_on(raw_rounds(&sock, rounds, 1));
     let mut raw2 = rt.block_on(raw_rounds(&sock, rounds, 2));
+
+    // Networked: the agent with a CNI bridge network of its own.
+    let mut net = Net::new(&env, 24);
+    env.stop_agent(libc::SIGTERM);
+    env.write_config(&net.config(""));
+    env.start_agent();
+    let mut agent_net = agent_rounds(&mut env, "n", rounds, 2);
+    let mut raw_net = rt.block_on(raw_networked_rounds(&env, &net, rounds));
+    env.stop_agent(libc::SIGTERM);
+    let left = net.clean();
+
     let mut pm1 = podman_rounds(&env.dir, rounds, 1);
     let mut pm2 = podman_rounds(&env.dir, rounds, 2);
     println!("pod start-up, {rounds} pods per kind, manifest written -> all containers running");
     report("1 container ", &mut agent1, &mut raw1, pm1.as_mut());
-    report("2 containers", &mut agent2, &mut raw2, pm2.as_mut());
+    report("2 containers", &mut agent2, &mut raw2, None);
+    // podman kube play always sets up a network: its figure goes here.
+    report(
+        "2 containers, CNI network (raw: + one CNI ADD)",
+        &mut agent_net,
+        &mut raw_net,
+        pm2.as_mut(),
+    );
+    assert!(left.is_empty(), "iptables rules left: {left:?}");
     if pm1.is_none() {
         println!("podman not installed (apt-get install podman): no podman figures");
     }

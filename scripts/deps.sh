@@ -1,6 +1,7 @@
 #!/bin/sh
 # Installs what building and running kubelet-lite needs on Debian 12, as
-# root: containerd and runc (the runtime), protobuf-compiler (the gRPC
+# root: containerd and runc (the runtime), containernetworking-plugins (the
+# CNI plugins of the default pod network), protobuf-compiler (the gRPC
 # client's build), busybox-static (the example and test image), plus the
 # packages given as arguments; then checks that every command named with
 # --need-cmd exists.
@@ -12,7 +13,7 @@
 # taking qemu-img away). The --need-cmd check then catches what package
 # states cannot show.
 set -eu
-pkgs="containerd runc protobuf-compiler busybox-static ca-certificates curl"
+pkgs="containerd runc containernetworking-plugins protobuf-compiler busybox-static ca-certificates curl"
 cmds=""
 while [ $# -gt 0 ]; do
     case $1 in

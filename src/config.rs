@@ -64,6 +64,9 @@ pub struct Config {
     pub single_process_oom_kill: bool,
     /// `pids.max` of every pod cgroup; -1 for no limit.
     pub pod_pids_limit: i64,
+    /// Pods admitted at most (the kubelet's `maxPods`); the others wait with
+    /// reason `OutOfpods`.
+    pub max_pods: u32,
     /// CPU and memory kept back from pods: allocatable = capacity - this.
     pub system_reserved: Reserved,
     /// HTTP endpoint for status and metrics.
@@ -114,6 +117,35 @@ pub struct Config {
     /// fails the call, which is retried, instead of freezing the agent.
     #[serde(with = "humantime_serde")]
     pub runtime_request_timeout: Duration,
+    /// `cni` (default): pods without `hostNetwork` are attached through
+    /// CNI. `loopback`: they get a network namespace with loopback only.
+    pub pod_network: PodNetwork,
+    /// CNI configuration directory: its first `.conf`/`.conflist`/`.json`
+    /// file by name is the pod network. Without any, the agent writes a
+    /// default one at start.
+    #[serde(rename = "cniConfDir")]
+    pub cni_conf_dir: PathBuf,
+    /// CNI plugin directories, searched in order.
+    #[serde(rename = "cniBinDir")]
+    pub cni_bin_dir: Vec<PathBuf>,
+    /// Subnet of the default CNI configuration (an IPv4 CIDR).
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: String,
+    /// The cluster's DNS domain, in pods' FQDNs (`<hostname>.<subdomain>.
+    /// <namespace>.svc.<clusterDomain>`).
+    pub cluster_domain: String,
+    /// The node's resolver configuration, given to pods with the
+    /// `Default` DNS policy (and, without cluster DNS, `ClusterFirst`).
+    pub resolv_conf: PathBuf,
+}
+
+/// How pods without `hostNetwork` are networked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum PodNetwork {
+    #[default]
+    Cni,
+    Loopback,
 }
 
 /// Resources held back from pods, as Kubernetes quantities.
@@ -161,6 +193,12 @@ pub struct BackoffConfig {
     pub max: Duration,
 }
 
+/// The default configuration's pod subnet: 253 pods (the kubelet's
+/// default is 110 per node), in a range no common default takes (Docker
+/// 172.17-31.x, Podman 10.88, Flannel 10.244, Calico 192.168, k3s
+/// 10.42/10.43, kubeadm's services 10.96).
+pub const DEFAULT_POD_CIDR: &str = "10.201.0.0/24";
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -177,6 +215,7 @@ impl Default for Config {
             memory_qos: false,
             single_process_oom_kill: false,
             pod_pids_limit: -1,
+            max_pods: 110,
             system_reserved: Reserved::default(),
             listen_address: SocketAddr::from(([127, 0, 0, 1], 10255)),
             http_token_file: None,
@@ -192,6 +231,13 @@ impl Default for Config {
             nfs_mount_timeout: Duration::from_secs(30),
             reclaim_grace_period: Duration::from_secs(60),
             runtime_request_timeout: Duration::from_secs(120),
+            pod_network: PodNetwork::Cni,
+            cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
+            // The kubelet's default, then where Debian's plugins are.
+            cni_bin_dir: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+            pod_cidr: DEFAULT_POD_CIDR.to_string(),
+            cluster_domain: "cluster.local".to_string(),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
         }
     }
 }
@@ -275,6 +321,9 @@ impl Config {
                 format!("{:?} must be an absolute path without ..", self.cgroup_root),
             ));
         }
+        if self.max_pods == 0 {
+            return Err(invalid("maxPods", "must be at least 1".to_string()));
+        }
         if let Err(m) = check_containerd_namespace(&self.containerd.namespace) {
             return Err(invalid("containerd.namespace", m));
         }
@@ -349,6 +398,28 @@ impl Config {
         if self.file_check_frequency.is_zero() {
             return Err(invalid("fileCheckFrequency", "must be positive".into()));
         }
+        for (field, dir) in [
+            ("cniConfDir", &self.cni_conf_dir),
+            ("resolvConf", &self.resolv_conf),
+        ] {
+            if !dir.is_absolute() {
+                return Err(invalid(field, format!("{} is not absolute", dir.display())));
+            }
+        }
+        if self.cni_bin_dir.is_empty() || self.cni_bin_dir.iter().any(|d| !d.is_absolute()) {
+            return Err(invalid(
+                "cniBinDir",
+                "must be a list of absolute directories".into(),
+            ));
+        }
+        if let Err(m) = check_ipv4_cidr(&self.pod_cidr) {
+            return Err(invalid("podCIDR", m));
+        }
+        if !self.cluster_domain.is_empty()
+            && let Err(e) = crate::manifest::validate::check_subdomain(&self.cluster_domain)
+        {
+            return Err(invalid("clusterDomain", e));
+        }
         let b = &self.crash_loop_back_off;
         if b.initial.is_zero() || b.max < b.initial {
             return Err(invalid(
@@ -390,6 +461,24 @@ impl Config {
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "localhost".to_string())
     }
+}
+
+/// An IPv4 subnet `a.b.c.d/n` with room for pods (n at most 30: a network
+/// address, a gateway, at least one pod, a broadcast address) and no host
+/// bits set.
+pub fn check_ipv4_cidr(cidr: &str) -> Result<(), String> {
+    let bad = || format!("{cidr:?} is not an IPv4 subnet such as {DEFAULT_POD_CIDR}");
+    let (addr, len) = cidr.split_once('/').ok_or_else(bad)?;
+    let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| bad())?;
+    let len: u32 = len.parse().map_err(|_| bad())?;
+    if !(1..=30).contains(&len) {
+        return Err(format!("{cidr:?}: the prefix length must be 1 to 30"));
+    }
+    let mask = u32::MAX << (32 - len);
+    if u32::from(addr) & !mask != 0 {
+        return Err(format!("{cidr:?} has host bits set"));
+    }
+    Ok(())
 }
 
 /// containerd's identifier rule (pkg/identifiers), which its namespaces
@@ -435,6 +524,41 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("agent.yaml"))
+    }
+
+    #[test]
+    fn network_keys() {
+        let c = parse("podNetwork: loopback\ncniConfDir: /c\ncniBinDir: [/b1, /b2]\npodCIDR: 10.5.0.0/16\nclusterDomain: example.internal\nresolvConf: /run/r.conf\n").unwrap();
+        assert_eq!(c.pod_network, PodNetwork::Loopback);
+        assert_eq!(c.cni_bin_dir, [PathBuf::from("/b1"), PathBuf::from("/b2")]);
+        assert_eq!(c.pod_cidr, "10.5.0.0/16");
+        let d = Config::default();
+        assert_eq!(d.pod_network, PodNetwork::Cni);
+        assert_eq!(d.cni_conf_dir, PathBuf::from("/etc/cni/net.d"));
+        assert_eq!(d.pod_cidr, "10.201.0.0/24");
+        for (text, field) in [
+            (
+                "podCIDR: 10.5.0.1/16\n",
+                "podCIDR: \"10.5.0.1/16\" has host bits set",
+            ),
+            (
+                "podCIDR: 10.5.0.0/31\n",
+                "podCIDR: \"10.5.0.0/31\": the prefix length",
+            ),
+            (
+                "podCIDR: fd00::/64\n",
+                "podCIDR: \"fd00::/64\" is not an IPv4 subnet",
+            ),
+            ("cniBinDir: []\n", "cniBinDir: must be"),
+            ("cniBinDir: [bin]\n", "cniBinDir: must be"),
+            ("cniConfDir: net.d\n", "cniConfDir: net.d is not absolute"),
+            ("clusterDomain: Bad_Domain\n", "clusterDomain: "),
+            ("podNetwork: flannel\n", "podNetwork"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.starts_with("agent.yaml: "), "{e}");
+            assert!(e.contains(field), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! The agent is a pipeline, one module per stage: manifest files
 //! ([`source`], [`manifest`]) -> desired pods -> one worker per pod
 //! ([`worker`], deciding with [`pod`]) -> side effects through containerd
-//! ([`runtime`], with specs from [`oci`]), namespaces ([`sandbox`]), cgroups
-//! ([`cgroup`]) and logs ([`logs`]) -> status served over HTTP ([`http`]).
+//! ([`runtime`], with specs from [`oci`]), namespaces ([`sandbox`]) and
+//! their CNI networks ([`network`]), cgroups ([`cgroup`]) and logs
+//! ([`logs`]) -> status served over HTTP ([`http`]).
 
 pub mod cgroup;
 pub mod check;
@@ -15,6 +16,7 @@ pub mod http;
 pub mod logs;
 pub mod manifest;
 pub mod metrics;
+pub mod network;
 pub mod node;
 pub mod oci;
 pub mod pod;

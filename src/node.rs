@@ -1,11 +1,15 @@
 //! The node's capacity and what pods may use of it (allocatable), and the
 //! kubelet's admission check of a pod's requests against it.
 
-/// CPU in millicores and memory in bytes.
+use crate::pod::PodError;
+use crate::pod::error::Resource;
+
+/// CPU in millicores, memory in bytes, and a count of pods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Resources {
     pub cpu_milli: i64,
     pub memory: i64,
+    pub pods: i64,
 }
 
 impl std::ops::Add for Resources {
@@ -16,6 +20,7 @@ impl std::ops::Add for Resources {
         Resources {
             cpu_milli: self.cpu_milli.saturating_add(o.cpu_milli),
             memory: self.memory.saturating_add(o.memory),
+            pods: self.pods.saturating_add(o.pods),
         }
     }
 }
@@ -26,14 +31,24 @@ impl std::iter::Sum for Resources {
     }
 }
 
-/// Online CPUs and MemTotal, as cAdvisor reports the machine.
-pub fn capacity() -> Resources {
+/// Online CPUs and MemTotal, as cAdvisor reports the machine (no pod
+/// count).
+pub fn machine() -> Resources {
     // SAFETY: sysconf only reads a system value.
     let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1);
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     Resources {
         cpu_milli: cpus.saturating_mul(1000),
         memory: mem_total(&meminfo),
+        pods: 0,
+    }
+}
+
+/// The machine, and room for `max_pods` pods (the kubelet's `maxPods`).
+pub fn capacity(max_pods: u32) -> Resources {
+    Resources {
+        pods: i64::from(max_pods),
+        ..machine()
     }
 }
 
@@ -66,34 +81,43 @@ pub fn allocatable(capacity: Resources, reserved: Resources) -> Resources {
     Resources {
         cpu_milli: capacity.cpu_milli.saturating_sub(reserved.cpu_milli).max(0),
         memory: capacity.memory.saturating_sub(reserved.memory).max(0),
+        pods: capacity.pods,
     }
 }
 
 /// Whether a pod requesting `requested` fits next to pods using `used`.
-/// On refusal, the kubelet's reason (`OutOfcpu`, `OutOfmemory`) and message.
+/// On refusal, the kubelet's reason (`OutOfcpu`, `OutOfmemory`,
+/// `OutOfpods`) and message.
 pub fn admit(
     requested: Resources,
     used: Resources,
     allocatable: Resources,
-) -> Result<(), (String, String)> {
-    for (name, req, use_, cap) in [
+) -> Result<(), PodError> {
+    for (resource, req, use_, cap) in [
         (
-            "cpu",
+            Resource::Cpu,
             requested.cpu_milli,
             used.cpu_milli,
             allocatable.cpu_milli,
         ),
-        ("memory", requested.memory, used.memory, allocatable.memory),
+        (
+            Resource::Memory,
+            requested.memory,
+            used.memory,
+            allocatable.memory,
+        ),
+        (Resource::Pods, requested.pods, used.pods, allocatable.pods),
     ] {
+        let name = resource.as_str();
         // In i128: a request of i64::MAX (a capped 8Ei or 8E) plus what is
         // in use must compare as larger than the node, not wrap below it.
         if req > 0 && i128::from(req) + i128::from(use_) > i128::from(cap) {
-            return Err((
-                format!("OutOf{name}"),
-                format!(
+            return Err(PodError::OutOf {
+                resource,
+                message: format!(
                     "Node didn't have enough resource: {name}, requested: {req}, used: {use_}, capacity: {cap}"
                 ),
-            ));
+            });
         }
     }
     Ok(())
@@ -103,84 +127,61 @@ pub fn admit(
 mod tests {
     use super::*;
 
+    fn r(cpu_milli: i64, memory: i64) -> Resources {
+        Resources {
+            cpu_milli,
+            memory,
+            pods: 0,
+        }
+    }
+
+    #[test]
+    fn pods_beyond_max_pods_wait() {
+        let alloc = Resources {
+            pods: 2,
+            ..r(1000, 1 << 30)
+        };
+        let one = Resources { pods: 1, ..r(0, 0) };
+        assert!(admit(one, one, alloc).is_ok());
+        let e = admit(one, one + one, alloc).unwrap_err();
+        assert_eq!(e.reason(), "OutOfpods");
+        assert_eq!(
+            e.to_string(),
+            "Node didn't have enough resource: pods, requested: 1, used: 2, capacity: 2"
+        );
+    }
+
     #[test]
     fn admission() {
-        let alloc = Resources {
-            cpu_milli: 2000,
-            memory: 1 << 30,
-        };
-        let used = Resources {
-            cpu_milli: 1500,
-            memory: 0,
-        };
-        assert!(
-            admit(
-                Resources {
-                    cpu_milli: 500,
-                    memory: 1 << 30
-                },
-                used,
-                alloc
-            )
-            .is_ok()
-        );
-        let (reason, msg) = admit(
-            Resources {
-                cpu_milli: 600,
-                memory: 0,
-            },
-            used,
-            alloc,
-        )
-        .unwrap_err();
+        let alloc = r(2000, 1 << 30);
+        let used = r(1500, 0);
+        assert!(admit(r(500, 1 << 30), used, alloc).is_ok());
+        let (reason, msg) = admit(r(600, 0), used, alloc)
+            .map_err(|e| (e.reason(), e.to_string()))
+            .unwrap_err();
         assert_eq!(reason, "OutOfcpu");
         assert_eq!(
             msg,
             "Node didn't have enough resource: cpu, requested: 600, used: 1500, capacity: 2000"
         );
-        let (reason, _) = admit(
-            Resources {
-                cpu_milli: 0,
-                memory: (1 << 30) + 1,
-            },
-            used,
-            alloc,
-        )
-        .unwrap_err();
+        let (reason, _) = admit(r(0, (1 << 30) + 1), used, alloc)
+            .map_err(|e| (e.reason(), e.to_string()))
+            .unwrap_err();
         assert_eq!(reason, "OutOfmemory");
         // A pod that asks for nothing always fits (BestEffort).
-        let full = Resources {
-            cpu_milli: 5000,
-            memory: 5 << 30,
-        };
+        let full = r(5000, 5 << 30);
         assert!(admit(Resources::default(), full, alloc).is_ok());
         // Capped huge requests are refused, with and without pods running.
-        let huge = Resources {
-            cpu_milli: i64::MAX,
-            memory: i64::MAX,
-        };
-        assert_eq!(admit(huge, used, alloc).unwrap_err().0, "OutOfcpu");
-        let (reason, msg) = admit(
-            Resources {
-                cpu_milli: 1,
-                memory: i64::MAX,
-            },
-            huge,
-            alloc,
-        )
-        .unwrap_err();
+        let huge = r(i64::MAX, i64::MAX);
+        assert_eq!(admit(huge, used, alloc).unwrap_err().reason(), "OutOfcpu");
+        let (reason, msg) = admit(r(1, i64::MAX), huge, alloc)
+            .map_err(|e| (e.reason(), e.to_string()))
+            .unwrap_err();
         assert_eq!(reason, "OutOfcpu", "{msg}");
         assert_eq!(
-            admit(
-                Resources {
-                    cpu_milli: 0,
-                    memory: i64::MAX
-                },
-                Resources::default(),
-                alloc
-            )
-            .unwrap_err()
-            .0,
+            admit(r(0, i64::MAX), Resources::default(), alloc)
+                .unwrap_err()
+                .reason(),
             "OutOfmemory"
         );
         assert_eq!([huge, huge].into_iter().sum::<Resources>(), huge);
@@ -192,22 +193,7 @@ mod tests {
             mem_total("MemTotal:       24576000 kB\nMemFree: 1 kB\n"),
             24_576_000 * 1024
         );
-        let a = allocatable(
-            Resources {
-                cpu_milli: 2000,
-                memory: 100,
-            },
-            Resources {
-                cpu_milli: 500,
-                memory: 200,
-            },
-        );
-        assert_eq!(
-            a,
-            Resources {
-                cpu_milli: 1500,
-                memory: 0
-            }
-        );
+        let a = allocatable(r(2000, 100), r(500, 200));
+        assert_eq!(a, r(1500, 0));
     }
 }

@@ -23,11 +23,13 @@ fn restart_count(pod: &serde_json::Value, container: &str) -> i64 {
 fn two_containers_share_localhost_and_log_in_cri_format() {
     let mut env = Env::new("localhost");
     env.start_agent();
+    // A port free on the host: the pod's own loopback must be what answers.
+    let port = common::free_port();
     env.write_manifest(
         "web.yaml",
         &pod_yaml(
             "web",
-            "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: server\n    image: busybox\n    command: [sh, -c, 'mkdir -p /www && echo hello-over-localhost > /www/index.html && exec httpd -f -p 8080 -h /www']\n  - name: client\n    image: busybox\n    command: [sh, -c, 'while true; do wget -qO- http://127.0.0.1:8080/ || echo fetch failed >&2; sleep 0.3; done']\n",
+            &format!("  terminationGracePeriodSeconds: 1\n  containers:\n  - name: server\n    image: busybox\n    command: [sh, -c, 'mkdir -p /www && echo hello-over-localhost > /www/index.html && exec httpd -f -p {port} -h /www']\n  - name: client\n    image: busybox\n    command: [sh, -c, 'while true; do wget -qO- http://127.0.0.1:{port}/ || echo fetch failed >&2; sleep 0.3; done']\n"),
         ),
     );
     let pod = env.wait_running("web-node1");
@@ -86,7 +88,7 @@ fn two_containers_share_localhost_and_log_in_cri_format() {
             &server_id,
             "sh",
             "-c",
-            "httpd -f -p 8080 -h / 2>&1; echo rc=$?",
+            &format!("httpd -f -p {port} -h / 2>&1; echo rc=$?"),
         ])
         .output()
         .unwrap();
@@ -97,8 +99,8 @@ fn two_containers_share_localhost_and_log_in_cri_format() {
             || text.contains("rc=1"),
         "{text}"
     );
-    // The host's port 8080 is not the pod's.
-    assert!(std::net::TcpStream::connect("127.0.0.1:8080").is_err());
+    // The host's port is not the pod's.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
 
 #[test]
@@ -148,17 +150,17 @@ fn edit_delete_and_readd_replace_the_pod() {
             && !env.dir.join("root/pods").join(&uid2).exists())
         .then_some(())
     });
-    let leftover: Vec<_> = env
-        .cgroup_dirs()
-        .into_iter()
-        .filter(|d| d.to_string_lossy().contains("/pod"))
-        .collect();
-    assert!(leftover.is_empty(), "cgroups left: {leftover:?}");
-    assert!(
-        !env.dir
+    env.wait_for("cgroups and logs removed", Duration::from_secs(10), || {
+        let cgroups_left = env
+            .cgroup_dirs()
+            .into_iter()
+            .any(|d| d.to_string_lossy().contains("/pod"));
+        let logs_left = env
+            .dir
             .join(format!("logs/default_app-node1_{uid2}"))
-            .exists()
-    );
+            .exists();
+        (!cgroups_left && !logs_left).then_some(())
+    });
 
     // Re-adding brings it back, with the second UID (same content).
     env.write_manifest(
@@ -417,7 +419,9 @@ fn termination_sends_sigterm_then_sigkill_after_grace() {
         stubborn >= Duration::from_millis(2900) && stubborn < Duration::from_secs(10),
         "grace period not honoured: {stubborn:?}"
     );
-    assert!(env.containers().is_empty());
+    env.wait_for("containers removed", Duration::from_secs(30), || {
+        env.containers().is_empty().then_some(())
+    });
 }
 
 #[test]
@@ -561,18 +565,27 @@ fn bad_manifests_are_reported_and_do_not_stop_good_ones() {
             .any(|l| l.contains("c-shadow.yaml: metadata.name") && l.contains("b-shadow.yaml")),
         "{log}"
     );
-    // An image nobody can provide is said plainly, and the pod waits.
-    let waiting = env.wait_for("ErrImagePull", Duration::from_secs(20), || {
+    // An image nobody can provide is said plainly (the failed pull's
+    // event), and the pod waits in ImagePullBackOff, as the kubelet shows it.
+    let pod = env.wait_for("ImagePullBackOff", Duration::from_secs(20), || {
         let p = env.pod("noimage-node1")?;
-        let w = p["status"]["containerStatuses"][0]["state"]["waiting"].clone();
-        (w["reason"] == "ErrImagePull").then_some(w)
+        let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
+        (w["reason"] == "ImagePullBackOff").then_some(p)
     });
-    assert!(
-        waiting["message"]
-            .as_str()
-            .unwrap()
-            .contains("pulling from registries is not supported"),
+    let waiting = &pod["status"]["containerStatuses"][0]["state"]["waiting"];
+    assert_eq!(
+        waiting["message"], "Back-off pulling image \"example.invalid/nothing:1\"",
         "{waiting}"
+    );
+    let events = pod["status"]["events"].as_array().unwrap();
+    assert!(
+        events.iter().any(|e| e["reason"] == "Failed"
+            && e["message"].as_str().unwrap().contains("ErrImagePull")
+            && e["message"]
+                .as_str()
+                .unwrap()
+                .contains("pulling from registries is not supported")),
+        "{events:?}"
     );
     assert!(env.agent_is_alive());
     // good and shadow (once): nothing from a refused file.

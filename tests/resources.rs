@@ -213,7 +213,7 @@ fn cpu_limit_throttles_and_cgroup_files_hold_the_values() {
     let guaranteed = if negative_allowed { "-997" } else { "0" };
     assert_eq!(adj(&container_id(&spin, 0)), guaranteed);
     assert_eq!(adj(&container_id(&best, 0)), "1000");
-    let capacity = kubelet_lite::node::capacity().memory;
+    let capacity = kubelet_lite::node::machine().memory;
     let want = 1000 - (1000 * (100i64 << 20)) / capacity;
     assert_eq!(adj(&container_id(&burst, 0)), want.to_string());
     assert_eq!(adj(&container_id(&burst, 1)), "999");
@@ -259,9 +259,12 @@ fn cpu_limit_throttles_and_cgroup_files_hold_the_values() {
     env.wait_for("pods gone", Duration::from_secs(30), || {
         env.pods().is_empty().then_some(())
     });
-    for p in [&spin_pod, &burst_pod, &best_pod] {
-        assert!(!cg("cpu", p).exists(), "{p} left behind");
-    }
+    env.wait_for("pod cgroups removed", Duration::from_secs(30), || {
+        [&spin_pod, &burst_pod, &best_pod]
+            .iter()
+            .all(|p| !cg("cpu", p).exists())
+            .then_some(())
+    });
     assert!(cg("cpu", &format!("{root}/burstable")).exists());
 }
 
@@ -269,7 +272,7 @@ fn cpu_limit_throttles_and_cgroup_files_hold_the_values() {
 fn admission_refuses_what_does_not_fit_until_room_is_made() {
     let mut env = Env::new("admit");
     env.start_agent();
-    let cap = kubelet_lite::node::capacity().cpu_milli;
+    let cap = kubelet_lite::node::machine().cpu_milli;
     let big = cap * 6 / 10;
     let pod = |name: &str, cpu: i64| {
         pod_yaml(
@@ -305,6 +308,35 @@ fn admission_refuses_what_does_not_fit_until_room_is_made() {
         env.pod("huge-node1").unwrap()["status"]["reason"],
         "OutOfcpu"
     );
+}
+
+#[test]
+fn pods_beyond_max_pods_wait_with_out_of_pods() {
+    let mut env = Env::new("maxpods");
+    env.write_config("maxPods: 2\n");
+    env.start_agent();
+    let pod = |name: &str| {
+        pod_yaml(
+            name,
+            "  terminationGracePeriodSeconds: 0\n  containers:\n  - name: a\n    image: busybox\n    command: [sleep, '3600']\n",
+        )
+    };
+    env.write_manifest("a.yaml", &pod("a"));
+    env.write_manifest("b.yaml", &pod("b"));
+    env.wait_running("a-node1");
+    env.wait_running("b-node1");
+    env.write_manifest("c.yaml", &pod("c"));
+    let waiting = env.wait_for("c refused", Duration::from_secs(20), || {
+        let p = env.pod("c-node1")?;
+        (p["status"]["reason"] == "OutOfpods").then_some(p)
+    });
+    assert_eq!(
+        waiting["status"]["message"],
+        "Node didn't have enough resource: pods, requested: 1, used: 2, capacity: 2"
+    );
+    assert_eq!(env.tasks().len(), 2);
+    env.remove_manifest("a.yaml");
+    env.wait_running("c-node1");
 }
 
 /// Quantities beyond 64 bits: 8Ei of memory and 8E CPUs used to wrap to

@@ -17,12 +17,12 @@ use std::time::{Instant, SystemTime};
 
 use serde_json::{Value, json};
 
-use crate::cgroup::{Cgroups, QosClass};
+use crate::cgroup::{CgroupStats, Cgroups, QosClass, SpecCache};
 use crate::pod::ContainerState;
+use crate::pod::{PodEntry, Store};
 use crate::stats::volumes::{self, Figure, VolumeStats};
-use crate::stats::{self, CgroupStats, NetDev};
+use crate::stats::{self, NetDev};
 use crate::volume::Source;
-use crate::worker::{PodEntry, StatusStore};
 
 /// One sample: its rendered label set (`{a="b",...}`, shared by the
 /// samples of one container), value, optional timestamp (ms).
@@ -115,13 +115,8 @@ struct PodRow {
 }
 
 /// Reads everything one scrape needs.
-fn collect(store: &StatusStore, cgroups: &Cgroups, specs: &stats::SpecCache) -> Vec<PodRow> {
-    let entries: Vec<PodEntry> = store
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .values()
-        .cloned()
-        .collect();
+fn collect(store: &Store, cgroups: &Cgroups, specs: &SpecCache) -> Vec<PodRow> {
+    let entries: Vec<PodEntry> = store.read().values().cloned().collect();
     // Reading cgroup files is system-call bound: spread the pods over the
     // CPUs for the latency of one scrape (the CPU spent stays the same).
     let threads = std::thread::available_parallelism()
@@ -140,16 +135,13 @@ fn collect(store: &StatusStore, cgroups: &Cgroups, specs: &stats::SpecCache) -> 
     })
 }
 
-fn collect_pods(
-    entries: Vec<PodEntry>,
-    cgroups: &Cgroups,
-    specs: &stats::SpecCache,
-) -> Vec<PodRow> {
+fn collect_pods(entries: Vec<PodEntry>, cgroups: &Cgroups, specs: &SpecCache) -> Vec<PodRow> {
+    let manager = cgroups.manager();
     let mut out = vec![];
     for entry in entries {
         let qos = entry.status.qos_class.unwrap_or(QosClass::BestEffort);
         let uid = entry.pod.uid.clone();
-        let pod_cgroup = cgroups.layout.pod(qos, &uid);
+        let pod_cgroup = manager.pod_cgroup(qos, &uid);
         let mut containers = vec![];
         let mut net = vec![];
         for c in entry
@@ -162,17 +154,20 @@ fn collect_pods(
             else {
                 continue;
             };
-            let cgroup = cgroups.layout.container_dir(qos, &uid, id);
-            let Some(stats) = stats::read_cgroup_cached(&cgroups.mode, &cgroup, specs) else {
+            let cgroup = manager.container_cgroup(qos, &uid, id);
+            let Some(stats) = manager.stats(&cgroup, Some(specs)) else {
                 continue;
             };
             if net.is_empty()
                 && let Some(pid) = c.pid
                 && entry.pod.spec().host_network != Some(true)
             {
+                // Any process of the pod sees its namespace's counters.
+                // cAdvisor leaves loopback out (its isIgnoredDevice).
                 net = std::fs::read_to_string(format!("/proc/{pid}/net/dev"))
                     .map(|t| stats::parse_net_dev(&t))
                     .unwrap_or_default();
+                net.retain(|d| d.interface != "lo");
             }
             containers.push(Row {
                 container: c.name.clone(),
@@ -183,7 +178,7 @@ fn collect_pods(
                 stats,
             });
         }
-        let stats = stats::read_cgroup_cached(&cgroups.mode, &pod_cgroup, specs);
+        let stats = manager.stats(&pod_cgroup, Some(specs));
         out.push(PodRow {
             entry,
             cgroup: pod_cgroup,
@@ -197,9 +192,9 @@ fn collect_pods(
 
 /// `/metrics/cadvisor`.
 pub fn cadvisor(
-    store: &StatusStore,
+    store: &Store,
     cgroups: &Cgroups,
-    specs: &stats::SpecCache,
+    specs: &SpecCache,
     root_dir: &std::path::Path,
     volume_stats: &VolumeStats,
 ) -> String {
@@ -524,7 +519,11 @@ fn node_usage(cgroups: &Cgroups) -> (f64, u64, u64) {
     let total = kb("MemTotal:");
     let used = total.saturating_sub(kb("MemFree:"));
     let working_set = used.saturating_sub(kb("Inactive(file):"));
-    let cpu = match stats::read_cgroup(&cgroups.mode, "/").filter(|s| s.cpu_usage_ns > 0) {
+    let cpu = match cgroups
+        .manager()
+        .stats("/", None)
+        .filter(|s| s.cpu_usage_ns > 0)
+    {
         Some(s) => s.cpu_usage_ns as f64 / 1e9,
         None => {
             // cgroup v2 root: /proc/stat busy jiffies.
@@ -552,7 +551,7 @@ fn node_usage(cgroups: &Cgroups) -> (f64, u64, u64) {
 }
 
 /// `/metrics/resource`: what metrics-server reads, with timestamps.
-pub fn resource(store: &StatusStore, cgroups: &Cgroups, specs: &stats::SpecCache) -> String {
+pub fn resource(store: &Store, cgroups: &Cgroups, specs: &SpecCache) -> String {
     let pods = collect(store, cgroups, specs);
     let ts = Some(now_ms());
     let (node_cpu, node_ws, _) = node_usage(cgroups);
@@ -691,9 +690,9 @@ fn memory_json(s: &CgroupStats, now: &str) -> Value {
 
 /// `/stats/summary`: the kubelet's Summary API (stats/v1alpha1).
 pub fn summary(
-    store: &StatusStore,
+    store: &Store,
     cgroups: &Cgroups,
-    specs: &stats::SpecCache,
+    specs: &SpecCache,
     node_name: &str,
     root_dir: &std::path::Path,
     rates: &RateState,
@@ -708,7 +707,7 @@ pub fn summary(
         reason = "CPU seconds are non-negative; a float-to-int `as` saturates, it cannot wrap"
     )]
     let node_cpu_ns = (node_cpu * 1e9) as u64;
-    let capacity = crate::node::capacity();
+    let capacity = crate::node::machine();
     let mut node_cpu_json = json!({"time": now, "usageCoreNanoSeconds": node_cpu_ns});
     if let Some(r) = rates.rate("node", node_cpu_ns) {
         node_cpu_json["usageNanoCores"] = json!(r);
@@ -775,8 +774,8 @@ pub fn summary(
                 v["cpu"] = cpu_json(&format!("pod/{}", pod.uid), s, rates, &now);
                 v["memory"] = memory_json(s, &now);
             }
-            if let Some(d) = p.net.iter().find(|d| d.interface != "lo").or(p.net.first()) {
-                v["network"] = json!({"time": now, "name": d.interface, "rxBytes": d.rx_bytes, "rxErrors": d.rx_errors, "txBytes": d.tx_bytes, "txErrors": d.tx_errors});
+            if !p.net.is_empty() {
+                v["network"] = network_json(&p.net, &now);
             }
             v
         })
@@ -784,9 +783,40 @@ pub fn summary(
     json!({"node": node, "pods": pods})
 }
 
+/// The Summary API's NetworkStats: the default interface (`eth0`, as the
+/// kubelet picks it) inline, every interface in `interfaces`.
+fn network_json(net: &[stats::NetDev], now: &str) -> Value {
+    let one = |d: &stats::NetDev| json!({"name": d.interface, "rxBytes": d.rx_bytes, "rxErrors": d.rx_errors, "txBytes": d.tx_bytes, "txErrors": d.tx_errors});
+    let default = net
+        .iter()
+        .find(|d| d.interface == crate::network::IFNAME)
+        .unwrap_or(&net[0]);
+    let mut v = one(default);
+    v["time"] = json!(now);
+    v["interfaces"] = net.iter().map(one).collect();
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summary_network_has_the_default_interface_and_all() {
+        let d = |name: &str, rx: u64| stats::NetDev {
+            interface: name.into(),
+            rx_bytes: rx,
+            tx_bytes: rx * 2,
+            ..Default::default()
+        };
+        let v = network_json(&[d("net1", 5), d("eth0", 7)], "T");
+        assert_eq!(v["name"], "eth0");
+        assert_eq!(v["rxBytes"], 7);
+        assert_eq!(v["txBytes"], 14);
+        assert_eq!(v["time"], "T");
+        assert_eq!(v["interfaces"].as_array().unwrap().len(), 2);
+        assert_eq!(v["interfaces"][0]["name"], "net1");
+    }
 
     #[test]
     fn text_format() {

@@ -32,12 +32,12 @@ use tracing::warn;
 
 use crate::cgroup::Cgroups;
 use crate::metrics::AgentMetrics;
+use crate::pod::Store;
 use crate::stats::volumes::VolumeStats;
-use crate::worker::StatusStore;
 
 /// What the handlers read.
 pub struct Shared {
-    pub store: StatusStore,
+    pub store: Store,
     pub cgroups: Cgroups,
     pub metrics: Arc<AgentMetrics>,
     pub node_name: String,
@@ -47,7 +47,7 @@ pub struct Shared {
     /// The metrics paths are served without authentication.
     pub metrics_anonymous: bool,
     pub rates: cadvisor::RateState,
-    pub specs: crate::stats::SpecCache,
+    pub specs: crate::cgroup::SpecCache,
     /// Statistics computations running at once (see [`SCRAPE_SLOTS`]).
     pub scrape_slots: Arc<Semaphore>,
     /// Volume usage, measured in the background.
@@ -69,8 +69,8 @@ type AppState = Arc<Shared>;
 pub struct ClientCertificate;
 
 /// The pods in the form `kubectl get --raw /api/v1/pods` has.
-pub fn pod_list(store: &StatusStore) -> Result<serde_json::Value, serde_json::Error> {
-    let store = store.read().unwrap_or_else(|e| e.into_inner());
+pub fn pod_list(store: &Store) -> Result<serde_json::Value, serde_json::Error> {
+    let store = store.read();
     let items = store
         .values()
         .map(|entry| {

@@ -39,6 +39,13 @@ pub struct PodContext {
     pub hostname: String,
     /// Whether to give containers their own cgroup namespace (cgroup v2).
     pub cgroupns: bool,
+    /// The pod's addresses (`status.podIPs`): from CNI, the node's with
+    /// `hostNetwork`, 127.0.0.1 when pods have loopback only.
+    pub pod_ips: Vec<std::net::IpAddr>,
+    /// The node's address (`status.hostIP`).
+    pub host_ip: std::net::IpAddr,
+    /// Warning events of making the sandbox (the kubelet's DNS fallbacks).
+    pub warnings: Vec<crate::network::dns::Warning>,
 }
 
 /// A volume bind-mounted into a container.
@@ -137,15 +144,18 @@ pub fn expand(s: &str, vars: &BTreeMap<String, String>) -> String {
     out
 }
 
-fn field_value(path: &str, pod: &StaticPod) -> String {
+fn field_value(path: &str, pod: &StaticPod, ctx: &PodContext) -> String {
     match path {
         "metadata.name" => pod.name.clone(),
         "metadata.namespace" => pod.namespace.clone(),
         "metadata.uid" => pod.uid.clone(),
         "spec.nodeName" => pod.spec().node_name.clone().unwrap_or_default(),
-        // Pods have no address of their own: they share the node's (host
-        // network) or have loopback only.
-        "status.hostIP" | "status.podIP" => "127.0.0.1".to_string(),
+        "status.hostIP" => ctx.host_ip.to_string(),
+        "status.podIP" => ctx
+            .pod_ips
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         _ => String::new(),
     }
 }
@@ -186,7 +196,7 @@ pub fn environment(input: &ContainerInput) -> Vec<(String, String)> {
             &e.value,
             e.value_from.as_ref().and_then(|f| f.field_ref.as_ref()),
         ) {
-            (_, Some(r)) => field_value(&r.field_path, input.pod),
+            (_, Some(r)) => field_value(&r.field_path, input.pod, input.ctx),
             (Some(v), None) => expand(v, &vars),
             (None, None) => String::new(),
         };
@@ -447,6 +457,9 @@ mod tests {
             shm: Some("/r/shm".into()),
             hostname: "web-n1".into(),
             cgroupns: false,
+            pod_ips: vec!["10.1.0.7".parse().unwrap()],
+            host_ip: "192.168.1.2".parse().unwrap(),
+            warnings: vec![],
         }
     }
 
@@ -518,6 +531,14 @@ mod tests {
                 "ME=web-n1"
             ]
         );
+        // The downward API gives the addresses of the pod's context.
+        let p = pod(
+            "    env:\n    - name: IP\n      valueFrom: {fieldRef: {fieldPath: status.podIP}}\n    - name: HOST\n      valueFrom: {fieldRef: {fieldPath: status.hostIP}}\n",
+        );
+        let s = build_for(&p, &image()).unwrap();
+        let env = s.process().as_ref().unwrap().env().clone().unwrap();
+        assert!(env.contains(&"IP=10.1.0.7".to_string()), "{env:?}");
+        assert!(env.contains(&"HOST=192.168.1.2".to_string()), "{env:?}");
     }
 
     #[test]

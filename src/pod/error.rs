@@ -10,9 +10,15 @@ use serde::Serialize;
 /// what the kubelet would put in the status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 pub enum PodError {
-    /// The pod's cgroup, namespaces or managed files could not be made.
+    /// The pod's cgroup, namespaces or managed files could not be made, or
+    /// its network could not be attached (a plugin failed, no address
+    /// left, a host port taken).
     #[error("{0}")]
     CreatePodSandbox(String),
+    /// The node's network is not set up: no CNI configuration, a broken
+    /// one, a plugin binary missing.
+    #[error("{0}")]
+    NetworkNotReady(String),
     /// A volume cannot be set up: an object it names is missing, a claim
     /// is unbound, a mount failed, a hostPath is not what its type says.
     #[error("{0}")]
@@ -35,6 +41,27 @@ pub enum PodError {
     /// The container was created but its task did not start.
     #[error("{0}")]
     RunContainer(String),
+    /// Admission refused the pod: the node lacks `resource` for it.
+    #[error("{message}")]
+    OutOf { resource: Resource, message: String },
+}
+
+/// What admission counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Resource {
+    Cpu,
+    Memory,
+    Pods,
+}
+
+impl Resource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resource::Cpu => "cpu",
+            Resource::Memory => "memory",
+            Resource::Pods => "pods",
+        }
+    }
 }
 
 impl PodError {
@@ -42,6 +69,7 @@ impl PodError {
     pub fn reason(&self) -> &'static str {
         match self {
             PodError::CreatePodSandbox(_) => reason::FAILED_CREATE_POD_SANDBOX,
+            PodError::NetworkNotReady(_) => reason::NETWORK_NOT_READY,
             PodError::Mount(_) => reason::FAILED_MOUNT,
             PodError::Sync(_) => reason::FAILED_SYNC,
             PodError::ImagePull(_) => "ErrImagePull",
@@ -49,6 +77,11 @@ impl PodError {
             PodError::CreateContainerConfig(_) => "CreateContainerConfigError",
             PodError::CreateContainer(_) => "CreateContainerError",
             PodError::RunContainer(_) => "RunContainerError",
+            PodError::OutOf { resource, .. } => match resource {
+                Resource::Cpu => "OutOfcpu",
+                Resource::Memory => "OutOfmemory",
+                Resource::Pods => "OutOfpods",
+            },
         }
     }
 }
@@ -56,18 +89,28 @@ impl PodError {
 /// Reasons of states and events that are not failures.
 pub mod reason {
     pub const FAILED_CREATE_POD_SANDBOX: &str = "FailedCreatePodSandBox";
+    pub const NETWORK_NOT_READY: &str = "NetworkNotReady";
     pub const FAILED_MOUNT: &str = "FailedMount";
+    /// Event: `ClusterFirst` DNS without a cluster DNS server falls back
+    /// to the node's resolv.conf.
+    pub const MISSING_CLUSTER_DNS: &str = "MissingClusterDNS";
+    /// Event: the pod's DNS settings were cut to the resolver's limits.
+    pub const DNS_CONFIG_FORMING: &str = "DNSConfigForming";
     pub const FAILED_SYNC: &str = "FailedSync";
     /// An init container waits for its turn.
     pub const POD_INITIALIZING: &str = "PodInitializing";
     /// An app container waits to be created.
     pub const CONTAINER_CREATING: &str = "ContainerCreating";
     pub const CRASH_LOOP_BACK_OFF: &str = "CrashLoopBackOff";
+    /// A container waits for the back-off after a failed pull.
+    pub const IMAGE_PULL_BACK_OFF: &str = "ImagePullBackOff";
     /// Event: a container is restarted after a back-off.
     pub const BACK_OFF: &str = "BackOff";
     /// Event: a container start failed.
     pub const FAILED: &str = "Failed";
     pub const STARTED: &str = "Started";
+    /// Event: a container is being stopped.
+    pub const KILLING: &str = "Killing";
     pub const OOM_KILLED: &str = "OOMKilled";
     pub const COMPLETED: &str = "Completed";
     pub const ERROR: &str = "Error";
@@ -96,6 +139,7 @@ mod tests {
                 PodError::CreatePodSandbox("x".into()),
                 "FailedCreatePodSandBox",
             ),
+            (PodError::NetworkNotReady("x".into()), "NetworkNotReady"),
             (PodError::Mount("x".into()), "FailedMount"),
             (PodError::Sync("x".into()), "FailedSync"),
             (PodError::ImagePull("x".into()), "ErrImagePull"),
@@ -109,6 +153,20 @@ mod tests {
                 "CreateContainerError",
             ),
             (PodError::RunContainer("x".into()), "RunContainerError"),
+            (
+                PodError::OutOf {
+                    resource: Resource::Cpu,
+                    message: "x".into(),
+                },
+                "OutOfcpu",
+            ),
+            (
+                PodError::OutOf {
+                    resource: Resource::Memory,
+                    message: "x".into(),
+                },
+                "OutOfmemory",
+            ),
         ];
         for (e, reason) in cases {
             assert_eq!(e.reason(), reason, "{e:?}");

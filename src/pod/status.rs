@@ -89,6 +89,11 @@ pub struct PodStatus {
     /// which is what makes kubectl print "Terminating").
     pub terminating_since: Option<SystemTime>,
     pub qos_class: Option<crate::cgroup::QosClass>,
+    /// The pod's addresses once its sandbox is made (`status.podIPs`; the
+    /// first is `status.podIP`).
+    pub pod_ips: Vec<std::net::IpAddr>,
+    /// The node's address (`status.hostIP`).
+    pub host_ip: Option<std::net::IpAddr>,
 }
 
 impl PodStatus {
@@ -103,7 +108,14 @@ impl PodStatus {
             events: VecDeque::new(),
             terminating_since: None,
             qos_class: None,
+            pod_ips: vec![],
+            host_ip: None,
         }
+    }
+
+    /// `status.podIP`: the first of the pod's addresses.
+    pub fn pod_ip(&self) -> Option<std::net::IpAddr> {
+        self.pod_ips.first().copied()
     }
 
     pub fn push_event(&mut self, kind: &'static str, reason: &str, message: String) {
@@ -213,7 +225,17 @@ impl PodStatus {
             reason: self.reason.clone(),
             message: self.message.clone(),
             start_time: self.start_time.map(to_time),
-            host_ip: Some("127.0.0.1".into()),
+            host_ip: self.host_ip.map(|ip| ip.to_string()),
+            host_ips: self
+                .host_ip
+                .map(|ip| vec![api::HostIP { ip: ip.to_string() }]),
+            pod_ip: self.pod_ip().map(|ip| ip.to_string()),
+            pod_ips: (!self.pod_ips.is_empty()).then(|| {
+                self.pod_ips
+                    .iter()
+                    .map(|ip| api::PodIP { ip: ip.to_string() })
+                    .collect()
+            }),
             conditions: Some(vec![
                 condition("PodScheduled", true),
                 condition("Initialized", init_done),
@@ -226,5 +248,27 @@ impl PodStatus {
             qos_class: self.qos_class.map(|q| q.as_str().to_string()),
             ..Default::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_in_the_api_status() {
+        let mut s = PodStatus::new();
+        let api = s.to_api();
+        assert_eq!((api.pod_ip, api.pod_ips, api.host_ip), (None, None, None));
+        s.pod_ips = vec!["10.1.0.2".parse().unwrap(), "fd00::2".parse().unwrap()];
+        s.host_ip = Some("192.168.0.5".parse().unwrap());
+        let v = serde_json::to_value(s.to_api()).unwrap();
+        assert_eq!(v["podIP"], "10.1.0.2");
+        assert_eq!(
+            v["podIPs"],
+            serde_json::json!([{"ip": "10.1.0.2"}, {"ip": "fd00::2"}])
+        );
+        assert_eq!(v["hostIP"], "192.168.0.5");
+        assert_eq!(v["hostIPs"], serde_json::json!([{"ip": "192.168.0.5"}]));
     }
 }

@@ -15,16 +15,16 @@ use containerd_client::services::v1::snapshots::{
 };
 use containerd_client::services::v1::{
     ApplyRequest, Container, CreateContainerRequest, CreateNamespaceRequest, CreateTaskRequest,
-    DeleteContainerRequest, DeleteTaskRequest, GetImageRequest, InfoRequest, KillRequest,
-    ListContainersRequest, ListTasksRequest, ReadContentRequest, StartRequest,
-    UpdateContainerRequest, UpdateRequest as UpdateContentRequest, WaitRequest,
+    DeleteContainerRequest, DeleteTaskRequest, GetImageRequest, GetRequest, KillRequest,
+    ListContainersRequest, ListTasksRequest, StartRequest, UpdateContainerRequest,
+    UpdateRequest as UpdateContentRequest, WaitRequest,
 };
-use containerd_client::tonic::transport::Channel;
-use containerd_client::tonic::{Code, Request, Status};
+use containerd_client::tonic::{Code, Request};
 use containerd_client::types::{Descriptor, Mount};
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use tracing::{debug, info};
 
+use super::client::{Calls, status_error, to_system_time};
 use super::{
     ContainerRecord, Exit, Image, ImageConfig, NewContainer, PullPolicy, Runtime, RuntimeError,
     TaskState,
@@ -34,6 +34,9 @@ const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/S
 
 pub struct Containerd {
     client: Client,
+    /// The same connection, with the namespace and deadline, as the image
+    /// import uses it.
+    calls: Calls,
     namespace: String,
     snapshotter: String,
     runtime: String,
@@ -41,7 +44,6 @@ pub struct Containerd {
     /// The binary the shim runs as the container's log writer (ourselves).
     logger: PathBuf,
     systemd_cgroup: bool,
-    call_timeout: Duration,
     /// Parsed image configs by manifest digest: images are immutable.
     configs: Mutex<HashMap<String, (String, ImageConfig)>>,
     /// Serializes imports so that two pods of one image import it once.
@@ -63,33 +65,6 @@ pub struct ContainerdOptions {
     pub call_timeout: Duration,
 }
 
-pub(super) fn status_error(op: &'static str, s: Status) -> RuntimeError {
-    match s.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Cancelled => {
-            RuntimeError::Unavailable(format!("{op}: {}", s.message()))
-        }
-        Code::NotFound => RuntimeError::NotFound(format!("{op}: {}", s.message())),
-        _ => RuntimeError::Failed {
-            op,
-            message: s.message().to_string(),
-        },
-    }
-}
-
-pub(super) fn to_system_time(t: Option<prost_types::Timestamp>) -> Option<SystemTime> {
-    let t = t?;
-    if t.seconds <= 0 {
-        return None;
-    }
-    Some(
-        SystemTime::UNIX_EPOCH
-            + Duration::new(
-                u64::try_from(t.seconds).ok()?,
-                u32::try_from(t.nanos).unwrap_or(0),
-            ),
-    )
-}
-
 impl Containerd {
     /// Connects and makes sure our namespace exists.
     pub async fn connect(opts: ContainerdOptions) -> Result<Containerd, RuntimeError> {
@@ -99,6 +74,7 @@ impl Containerd {
                 RuntimeError::Unavailable(format!("connecting to {}: {e}", opts.address.display()))
             })?;
         let c = Containerd {
+            calls: Calls::new(channel.clone(), &opts.namespace, opts.call_timeout),
             client: Client::from(channel),
             namespace: opts.namespace,
             snapshotter: opts.snapshotter,
@@ -106,7 +82,6 @@ impl Containerd {
             images_dir: opts.images_dir,
             logger: opts.logger,
             systemd_cgroup: opts.systemd_cgroup,
-            call_timeout: opts.call_timeout,
             configs: Mutex::new(HashMap::new()),
             import_lock: tokio::sync::Mutex::new(()),
             archives: Default::default(),
@@ -122,71 +97,18 @@ impl Containerd {
             Err(s) if s.code() == Code::AlreadyExists => {}
             Err(s) => return Err(status_error("creating namespace", s)),
         }
+        super::import::Lease::release_stale(&c.calls).await?;
         Ok(c)
     }
 
-    pub(super) fn channel(&self) -> Channel {
-        self.client.channel()
-    }
-
-    /// Wraps a message with the namespace header and the deadline of one
-    /// call: a containerd that hangs fails the call (as Unavailable, which
-    /// callers retry) instead of freezing whoever waits on it.
+    /// [`Calls::req`].
     pub(super) fn req<T>(&self, msg: T) -> Request<T> {
-        let mut r = self.req_unbounded(msg);
-        r.set_timeout(self.call_timeout);
-        r
+        self.calls.req(msg)
     }
 
-    /// As [`Containerd::req`], without a deadline: for waits on a task, and
-    /// for content reads and layer unpacking, whose length depends on the
-    /// data.
+    /// [`Calls::req_unbounded`].
     pub(super) fn req_unbounded<T>(&self, msg: T) -> Request<T> {
-        let mut r = Request::new(msg);
-        r.metadata_mut().insert(
-            "containerd-namespace",
-            self.namespace.parse().expect("namespace names are ASCII"),
-        );
-        r
-    }
-
-    /// Reads a whole blob from the content store.
-    pub(super) async fn read_blob(&self, digest: &str) -> Result<Vec<u8>, RuntimeError> {
-        let mut stream = self
-            .client
-            .content()
-            .read(self.req_unbounded(ReadContentRequest {
-                digest: digest.to_string(),
-                offset: 0,
-                size: 0,
-            }))
-            .await
-            .map_err(|s| status_error("reading content", s))?
-            .into_inner();
-        let mut out = Vec::new();
-        while let Some(chunk) = stream
-            .message()
-            .await
-            .map_err(|s| status_error("reading content", s))?
-        {
-            out.extend_from_slice(&chunk.data);
-        }
-        Ok(out)
-    }
-
-    pub(super) async fn has_blob(&self, digest: &str) -> Result<bool, RuntimeError> {
-        match self
-            .client
-            .content()
-            .info(self.req(InfoRequest {
-                digest: digest.to_string(),
-            }))
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(s) if s.code() == Code::NotFound => Ok(false),
-            Err(s) => Err(status_error("content info", s)),
-        }
+        self.calls.req_unbounded(msg)
     }
 
     /// The image as containerd knows it, with its layers unpacked; `None`
@@ -216,9 +138,10 @@ impl Containerd {
             }));
         }
         let manifest: ImageManifest =
-            parse_json(&self.read_blob(&manifest_desc.digest).await?, name)?;
+            parse_json(&self.calls.read_blob(&manifest_desc.digest).await?, name)?;
         let config_digest = manifest.config().digest().to_string();
-        let config: ImageConfiguration = parse_json(&self.read_blob(&config_digest).await?, name)?;
+        let config: ImageConfiguration =
+            parse_json(&self.calls.read_blob(&config_digest).await?, name)?;
         let diff_ids = config.rootfs().diff_ids().clone();
         let chain_id =
             chain_ids(&diff_ids)
@@ -260,7 +183,7 @@ impl Containerd {
         if !is_index(&target.media_type) {
             return Ok(target);
         }
-        let index: ImageIndex = parse_json(&self.read_blob(&target.digest).await?, name)?;
+        let index: ImageIndex = parse_json(&self.calls.read_blob(&target.digest).await?, name)?;
         let arch = go_arch();
         let chosen = index
             .manifests()
@@ -319,7 +242,7 @@ impl Containerd {
                 ),
             });
         }
-        let lease = super::import::Lease::create(self).await?;
+        let lease = super::import::Lease::create(&self.calls).await?;
         let result = async {
             let mut parent = String::new();
             for (layer, chain) in manifest.layers().iter().zip(&chains) {
@@ -399,7 +322,7 @@ impl Containerd {
             Ok(())
         }
         .await;
-        lease.delete(self).await;
+        lease.delete(&self.calls).await;
         result
     }
 
@@ -466,6 +389,20 @@ impl Containerd {
 /// does not generate this message, and it has one field: `bool
 /// systemd_cgroup = 9`, so its encoding is the key byte (9 << 3 | varint)
 /// followed by 1.
+/// A task's state as containerd reports it.
+fn task_state(t: &containerd_client::types::v1::Process) -> TaskState {
+    use containerd_client::types::v1::Status;
+    match Status::try_from(t.status).unwrap_or(Status::Unknown) {
+        Status::Created => TaskState::Created,
+        Status::Running | Status::Paused | Status::Pausing => TaskState::Running { pid: t.pid },
+        Status::Stopped => TaskState::Exited(Exit {
+            code: t.exit_status,
+            at: to_system_time(t.exited_at).unwrap_or_else(SystemTime::now),
+        }),
+        Status::Unknown => TaskState::None,
+    }
+}
+
 fn runc_systemd_options() -> prost_types::Any {
     prost_types::Any {
         type_url: "containerd.runc.v1.Options".to_string(),
@@ -546,14 +483,14 @@ impl Runtime for Containerd {
         let _guard = self.import_lock.lock().await;
         let dir = &self.images_dir;
         let provided =
-            super::import::import_matching(self, &self.archives, dir, &name, false).await?;
+            super::import::import_matching(&self.calls, &self.archives, dir, &name, false).await?;
         if !provided && policy == PullPolicy::Always {
             debug!(image = %name, "no archive provides the image; using the one in containerd");
         }
         let mut found = self.resolve(&name).await?;
         if found.is_none() && provided {
             // Imported earlier, then removed from containerd behind our back.
-            super::import::import_matching(self, &self.archives, dir, &name, true).await?;
+            super::import::import_matching(&self.calls, &self.archives, dir, &name, true).await?;
             found = self.resolve(&name).await?;
         }
         match found {
@@ -755,19 +692,15 @@ impl Runtime for Containerd {
             .tasks;
         let mut by_id: HashMap<String, TaskState> = HashMap::new();
         for t in tasks {
-            use containerd_client::types::v1::Status;
-            let state = match Status::try_from(t.status).unwrap_or(Status::Unknown) {
-                Status::Created => TaskState::Created,
-                Status::Running | Status::Paused | Status::Pausing => {
-                    TaskState::Running { pid: t.pid }
-                }
-                Status::Stopped => TaskState::Exited(Exit {
-                    code: t.exit_status,
-                    at: to_system_time(t.exited_at).unwrap_or_else(SystemTime::now),
-                }),
-                Status::Unknown => TaskState::None,
+            let state = task_state(&t);
+            // containerd 1.6 leaves `container_id` empty in task lists: a
+            // task's `id` is its container's.
+            let id = if t.container_id.is_empty() {
+                t.id
+            } else {
+                t.container_id
             };
-            by_id.insert(t.container_id, state);
+            by_id.insert(id, state);
         }
         Ok(containers
             .into_iter()
@@ -778,6 +711,49 @@ impl Runtime for Containerd {
                 labels: c.labels,
             })
             .collect())
+    }
+
+    async fn list_pod(&self, uid: &str) -> Result<Vec<ContainerRecord>, RuntimeError> {
+        // Filtered by containerd: a container record carries its whole OCI
+        // spec, so listing every container for each pod costs megabytes.
+        let filter = format!("labels.\"{}\"==\"{uid}\"", super::labels::POD_UID);
+        let containers = self
+            .client
+            .containers()
+            .list(self.req(ListContainersRequest {
+                filters: vec![filter],
+            }))
+            .await
+            .map_err(|s| status_error("listing containers", s))?
+            .into_inner()
+            .containers;
+        let mut out = Vec::with_capacity(containers.len());
+        for c in containers {
+            let task = match self
+                .client
+                .tasks()
+                .get(self.req(GetRequest {
+                    container_id: c.id.clone(),
+                    exec_id: String::new(),
+                }))
+                .await
+            {
+                Ok(r) => r
+                    .into_inner()
+                    .process
+                    .as_ref()
+                    .map_or(TaskState::None, task_state),
+                Err(s) if s.code() == Code::NotFound => TaskState::None,
+                Err(s) => return Err(status_error("getting task", s)),
+            };
+            out.push(ContainerRecord {
+                task,
+                created_at: to_system_time(c.created_at),
+                id: c.id,
+                labels: c.labels,
+            });
+        }
+        Ok(out)
     }
 
     async fn set_labels(

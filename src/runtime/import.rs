@@ -15,7 +15,8 @@ use std::time::{Duration, SystemTime};
 
 use containerd_client::services::v1::{
     CreateImageRequest, CreateRequest as CreateLeaseRequest, DeleteRequest as DeleteLeaseRequest,
-    Image as ImageRecord, UpdateImageRequest, WriteAction, WriteContentRequest,
+    Image as ImageRecord, ListRequest as ListLeasesRequest, UpdateImageRequest, WriteAction,
+    WriteContentRequest,
 };
 use containerd_client::tonic::{Code, Request};
 use containerd_client::types::Descriptor;
@@ -24,7 +25,7 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use super::RuntimeError;
-use super::containerd::{Containerd, status_error};
+use super::client::{Calls, status_error};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -39,7 +40,7 @@ pub(super) struct Lease {
 }
 
 impl Lease {
-    pub(super) async fn create(c: &Containerd) -> Result<Lease, RuntimeError> {
+    pub(super) async fn create(c: &Calls) -> Result<Lease, RuntimeError> {
         let nanos = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
@@ -61,6 +62,27 @@ impl Lease {
         Ok(Lease { id })
     }
 
+    /// Deletes the leases an earlier run of the agent left (killed during
+    /// an import): their content would otherwise be kept until they expire.
+    pub(super) async fn release_stale(c: &Calls) -> Result<(), RuntimeError> {
+        let mut leases =
+            containerd_client::services::v1::leases_client::LeasesClient::new(c.channel());
+        let mine = format!("kubelet-lite-{}-", std::process::id());
+        let all = leases
+            .list(c.req(ListLeasesRequest { filters: vec![] }))
+            .await
+            .map_err(|s| status_error("listing leases", s))?
+            .into_inner()
+            .leases;
+        for l in all {
+            if l.id.starts_with("kubelet-lite-") && !l.id.starts_with(&mine) {
+                tracing::info!(lease = %l.id, "deleting a lease an earlier run left");
+                Lease { id: l.id }.delete(c).await;
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn wrap<T>(&self, mut r: Request<T>) -> Request<T> {
         r.metadata_mut().insert(
             "containerd-lease",
@@ -69,7 +91,7 @@ impl Lease {
         r
     }
 
-    pub(super) async fn delete(self, c: &Containerd) {
+    pub(super) async fn delete(self, c: &Calls) {
         let mut leases =
             containerd_client::services::v1::leases_client::LeasesClient::new(c.channel());
         if let Err(s) = leases
@@ -320,7 +342,7 @@ pub(super) type ArchiveCache = std::sync::Mutex<HashMap<PathBuf, CachedArchive>>
 /// archive, unchanged, was already imported (and `force` is false). Returns
 /// whether an archive provides the image.
 pub(super) async fn import_matching(
-    c: &Containerd,
+    c: &Calls,
     cache: &ArchiveCache,
     dir: &Path,
     name: &str,
@@ -387,7 +409,7 @@ pub(super) async fn import_matching(
     Ok(false)
 }
 
-async fn import(c: &Containerd, path: &Path, plan: &Plan) -> Result<(), RuntimeError> {
+async fn import(c: &Calls, path: &Path, plan: &Plan) -> Result<(), RuntimeError> {
     let lease = Lease::create(c).await?;
     let result = async {
         // Second pass: write each wanted blob that containerd lacks.
@@ -458,7 +480,7 @@ async fn import(c: &Containerd, path: &Path, plan: &Plan) -> Result<(), RuntimeE
 
 /// Content.Write: data in chunks, then a commit that checks size and digest.
 async fn write_blob(
-    c: &Containerd,
+    c: &Calls,
     lease: &Lease,
     d: &Descriptor,
     data: Vec<u8>,
@@ -509,7 +531,7 @@ async fn write_blob(
     }
 }
 
-async fn create_image(c: &Containerd, image: &ArchiveImage) -> Result<(), RuntimeError> {
+async fn create_image(c: &Calls, image: &ArchiveImage) -> Result<(), RuntimeError> {
     let record = ImageRecord {
         name: image.name.clone(),
         labels: HashMap::new(),

@@ -2,6 +2,7 @@
 //! implementation that talks to anything is [`containerd::Containerd`]; the
 //! types here carry no gRPC.
 
+mod client;
 pub mod containerd;
 pub mod image_ref;
 mod import;
@@ -132,6 +133,8 @@ pub trait Runtime: Send + Sync + 'static {
     async fn delete_task(&self, id: &str) -> Result<(), RuntimeError>;
     /// Every container of our namespace with its task state.
     async fn list(&self) -> Result<Vec<ContainerRecord>, RuntimeError>;
+    /// The containers of one pod (by the pod UID label) with their tasks.
+    async fn list_pod(&self, uid: &str) -> Result<Vec<ContainerRecord>, RuntimeError>;
     /// Merges `labels` into the container's labels.
     async fn set_labels(
         &self,

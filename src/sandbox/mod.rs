@@ -2,9 +2,11 @@
 //! namespaces a pod's containers share are created once and pinned by bind
 //! mounts of their `/proc/<tid>/ns/*` files (what `ip netns add` does), under
 //! `<root>/pods/<uid>/ns/`. They outlive any container and any restart of the
-//! agent, and go away when the pins are unmounted. The pod's /etc/hosts,
-//! /etc/hostname and resolv.conf, and a pod-wide /dev/shm tmpfs, live beside
-//! them.
+//! agent, and go away when the pins are unmounted. The network namespace is
+//! attached to the pod network through CNI ([`crate::network`]) once made,
+//! and detached before its pin goes. The pod's /etc/hosts, /etc/hostname
+//! and resolv.conf ([`crate::network::dns`]), and a pod-wide /dev/shm
+//! tmpfs, live beside them.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -13,7 +15,13 @@ use std::path::{Path, PathBuf};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
 use crate::hostfs::{self, is_mount_point};
+use crate::manifest::StaticPod;
+use crate::network::dns::{self, PodNames};
+use crate::network::{self, Network, NetworkError};
 use crate::oci::PodContext;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +34,11 @@ pub enum SandboxError {
     },
     #[error("creating pod namespaces: {0}")]
     Namespaces(String),
+    /// The pod's hostname cannot be made (an FQDN too long).
+    #[error("{0}")]
+    Names(String),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
     #[error("unmounting the pod's volumes: {0}")]
     Unmount(String),
     #[error("removing the pod directory: {0}")]
@@ -36,7 +49,10 @@ pub enum SandboxError {
 
 impl From<SandboxError> for crate::pod::PodError {
     fn from(e: SandboxError) -> crate::pod::PodError {
-        crate::pod::PodError::CreatePodSandbox(e.to_string())
+        match e {
+            SandboxError::Network(n) => n.into(),
+            e => crate::pod::PodError::CreatePodSandbox(e.to_string()),
+        }
     }
 }
 
@@ -52,17 +68,75 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> S
 #[derive(Debug, Clone)]
 pub struct SandboxSpec {
     pub dir: PathBuf,
-    pub hostname: String,
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    /// Hostname, subdomain, host aliases, DNS policy and config.
+    pub names: PodNames,
     pub host_network: bool,
     pub host_ipc: bool,
     /// Size of the pod's /dev/shm tmpfs (Docker's and containerd's 64 MiB).
     pub shm_bytes: u64,
+    /// The containers' `hostPort`s.
+    pub port_mappings: Vec<network::PortMapping>,
+}
+
+impl SandboxSpec {
+    /// The sandbox of `pod`, in the pod directory `dir`.
+    pub fn of(pod: &StaticPod, dir: PathBuf) -> SandboxSpec {
+        let spec = pod.spec();
+        SandboxSpec {
+            dir,
+            uid: pod.uid.clone(),
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            names: PodNames::of(pod),
+            host_network: spec.host_network == Some(true),
+            host_ipc: spec.host_ipc == Some(true),
+            shm_bytes: 64 << 20,
+            port_mappings: network::port_mappings(spec),
+        }
+    }
+}
+
+/// What every sandbox of the node shares.
+pub struct Host {
+    /// Pod networks; `None`: pods have loopback only (`podNetwork:
+    /// loopback`).
+    pub network: Option<Arc<Network>>,
+    /// The kubelet's `clusterDomain`, for FQDNs.
+    pub cluster_domain: String,
+    /// The node's resolv.conf (the kubelet's `resolvConf`).
+    pub resolv_conf: PathBuf,
+    /// The node's hosts file, given to host-network pods.
+    pub hosts_file: PathBuf,
+    /// The node's address (`status.hostIP`).
+    pub host_ip: IpAddr,
 }
 
 const NS_KINDS: [&str; 3] = ["net", "uts", "ipc"];
 
-/// Creates (or, after an agent restart, finds) the sandbox; idempotent.
-pub fn setup(spec: &SandboxSpec) -> Result<PodContext, SandboxError> {
+/// Creates (or, after an agent restart, finds) the sandbox: namespaces,
+/// the pod network (CNI ADD, or the result kept from before), the managed
+/// files; idempotent.
+pub fn setup(spec: &SandboxSpec, host: &Host) -> Result<PodContext, SandboxError> {
+    let node_hostname = || {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default()
+    };
+    let hostname = if spec.host_network {
+        node_hostname()
+    } else {
+        spec.names
+            .uts_hostname(&host.cluster_domain)
+            .map_err(SandboxError::Names)?
+    };
+    // Read first: the kubelet fails the sandbox when it cannot read it.
+    let node_resolv = std::fs::read_to_string(&host.resolv_conf)
+        .map_err(io_err("reading the node's resolv.conf", &host.resolv_conf))?;
+
     let ns_dir = spec.dir.join("ns");
     std::fs::create_dir_all(&ns_dir).map_err(io_err("creating", &ns_dir))?;
     // As the kubelet makes pod directories: what lies below (secrets and
@@ -88,38 +162,41 @@ pub fn setup(spec: &SandboxSpec) -> Result<PodContext, SandboxError> {
         for k in &wanted {
             unpin(&ns_dir.join(k))?;
         }
-        pin_new_namespaces(&ns_dir, &wanted, &spec.hostname)?;
+        pin_new_namespaces(&ns_dir, &wanted, &hostname)?;
     }
+
+    let pod_ips: Vec<IpAddr> = match (&host.network, spec.host_network) {
+        (_, true) => vec![host.host_ip],
+        (None, false) => vec![IpAddr::from([127, 0, 0, 1])],
+        (Some(net), false) => {
+            let netns = ns_dir.join("net");
+            net.attach(&network::PodRef {
+                uid: &spec.uid,
+                namespace: &spec.namespace,
+                name: &spec.name,
+                netns: &netns,
+                port_mappings: &spec.port_mappings,
+            })?
+            .ips
+        }
+    };
 
     let write = |name: &str, text: String| -> Result<PathBuf, SandboxError> {
         let p = spec.dir.join(name);
         std::fs::write(&p, text).map_err(io_err("writing", &p))?;
         Ok(p)
     };
-    // The kubelet's managed hosts file, with the pod's hostname on loopback
-    // (pods have no address of their own here).
     let hosts = if spec.host_network {
-        std::fs::read_to_string("/etc/hosts").unwrap_or_default()
+        let node = std::fs::read_to_string(&host.hosts_file)
+            .map_err(io_err("reading the node's hosts file", &host.hosts_file))?;
+        dns::node_hosts_file(&node, &spec.names)
     } else {
-        format!(
-            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n127.0.0.1\t{}\n",
-            spec.hostname
-        )
+        dns::hosts_file(&spec.names, &host.cluster_domain, &pod_ips)
     };
-    let hostname = if spec.host_network {
-        nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_default()
-    } else {
-        spec.hostname.clone()
-    };
+    let (resolv, warnings) = dns::resolv_conf(&spec.names, &dns::parse_resolv_conf(&node_resolv));
     let hosts_file = write("etc-hosts", hosts)?;
     let hostname_file = write("etc-hostname", format!("{hostname}\n"))?;
-    let resolv_conf = write(
-        "resolv.conf",
-        std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-    )?;
+    let resolv_conf = write("resolv.conf", resolv)?;
 
     let shm = if spec.host_ipc {
         None
@@ -150,6 +227,9 @@ pub fn setup(spec: &SandboxSpec) -> Result<PodContext, SandboxError> {
         shm,
         hostname,
         cgroupns: Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
+        pod_ips,
+        host_ip: host.host_ip,
+        warnings,
     })
 }
 
@@ -261,9 +341,16 @@ fn unpin(path: &Path) -> Result<(), SandboxError> {
 /// the whole, which is idempotent). The removal never crosses into another
 /// filesystem: whatever could not be unmounted stays, with its data, and is
 /// named in the error.
-pub fn teardown(dir: &Path) -> Result<(), SandboxError> {
+///
+/// The pod network is detached (CNI DEL) first, while the namespace is
+/// still pinned; if that fails nothing else is touched, so that the kept
+/// result (in the pod directory) is there for the retry.
+pub fn teardown(dir: &Path, host: &Host) -> Result<(), SandboxError> {
     if !dir.exists() {
         return Ok(());
+    }
+    if let Some(net) = &host.network {
+        net.detach(dir)?;
     }
     let mut errors = vec![];
     for k in NS_KINDS {
@@ -330,7 +417,14 @@ mod tests {
         let d = dir.clone();
         let started = Instant::now();
         std::thread::spawn(move || {
-            let _ = tx.send(teardown(&d).map_err(|e| e.to_string()));
+            let host = Host {
+                network: None,
+                cluster_domain: String::new(),
+                resolv_conf: "/etc/resolv.conf".into(),
+                hosts_file: "/etc/hosts".into(),
+                host_ip: IpAddr::from([127, 0, 0, 1]),
+            };
+            let _ = tx.send(teardown(&d, &host).map_err(|e| e.to_string()));
         });
         let result = rx.recv_timeout(Duration::from_secs(10));
         // Whatever happened, the mount goes and the server hangs up.

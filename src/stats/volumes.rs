@@ -64,8 +64,8 @@ pub fn volume_dir(root_dir: &Path, pod_uid: &str, v: &crate::volume::Volume) -> 
 }
 
 /// The volume directories of every known pod.
-pub fn dirs_of(store: &crate::worker::StatusStore, root_dir: &Path) -> Vec<PathBuf> {
-    let store = store.read().unwrap_or_else(|e| e.into_inner());
+pub fn dirs_of(store: &crate::pod::Store, root_dir: &Path) -> Vec<PathBuf> {
+    let store = store.read();
     store
         .values()
         .flat_map(|e| {

@@ -10,7 +10,8 @@ use futures::future::FutureExt;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use super::{PodHandle, Terminated, WorkerEnv, cleanup, spawn, stop_containers};
+use super::teardown::{cleanup, stop_containers};
+use super::{PodHandle, Terminated, WorkerEnv, spawn};
 use crate::node::{self, Resources};
 use crate::pod::PodStatus;
 use crate::pod::error::reason;
@@ -78,16 +79,14 @@ pub async fn run(
         for Reclaim { volume, path } in to_reclaim.drain(..) {
             // Emptied once the pods being stopped (those that used it) are gone.
             let pending: Vec<Terminated> = stopping.terminating.values().cloned().collect();
-            let allowed = env.mounts.allowed_host_paths.clone();
+            let volumes = Arc::clone(&env.volumes);
             let protected = env.protected_dirs.clone();
             tokio::spawn(async move {
                 futures::future::join_all(pending).await;
                 info!(volume, path = %path.display(), "reclaiming volume (policy Delete): removing its contents");
                 let p = path.clone();
-                let done = tokio::task::spawn_blocking(move || {
-                    crate::volume::mount::reclaim(&p, &allowed, &protected)
-                })
-                .await;
+                let done =
+                    tokio::task::spawn_blocking(move || volumes.reclaim(&p, &protected)).await;
                 match done {
                     Ok(Ok(())) => info!(volume, path = %path.display(), "volume reclaimed"),
                     Ok(Err(e)) => warn!(
@@ -110,10 +109,7 @@ pub async fn run(
             .collect::<Vec<_>>()
         {
             rejected.remove(&uid);
-            env.store
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&uid);
+            env.store.remove(&uid);
         }
         let mut used: Resources = workers.values().map(|w| w.requests).sum::<Resources>()
             + stopping.releasing.values().copied().sum();
@@ -122,22 +118,23 @@ pub async fn run(
                 continue;
             }
             let (cpu_milli, memory) = crate::cgroup::qos::pod_requests(pod.spec());
-            let requests = Resources { cpu_milli, memory };
-            if let Err((reason, message)) = node::admit(requests, used, allocatable) {
+            let requests = Resources {
+                cpu_milli,
+                memory,
+                pods: 1,
+            };
+            if let Err(e) = node::admit(requests, used, allocatable) {
+                let message = e.to_string();
                 if rejected.get(&pod.uid) != Some(&message) {
-                    warn!(pod = %pod.key(), reason, "{message}");
+                    warn!(pod = %pod.key(), reason = e.reason(), "{message}");
                     let mut status = PodStatus::new();
-                    status.reason = Some(reason);
+                    status.reason = Some(e.reason().to_string());
                     status.message = Some(message.clone());
                     status.qos_class = Some(crate::cgroup::qos::qos_class(pod.spec()));
-                    let entry = super::PodEntry {
+                    env.store.publish(crate::pod::PodEntry {
                         pod: pod.clone(),
                         status,
-                    };
-                    env.store
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(pod.uid.clone(), entry);
+                    });
                     rejected.insert(pod.uid.clone(), message);
                 }
                 continue;
@@ -237,12 +234,14 @@ async fn reap_orphans(
     wanted: &HashSet<&str>,
     terminating: &mut HashMap<(String, String), Terminated>,
 ) {
+    let mut retry = crate::pod::Retry::runtime();
     let records = loop {
         match env.rt.list().await {
             Ok(r) => break r,
             Err(e) if e.is_transient() => {
-                warn!("listing containers: {e}; retrying");
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                let wait = retry.failed();
+                warn!("listing containers: {e}; retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
             }
             Err(e) => {
                 warn!("listing containers: {e}; not reaping orphans");
@@ -259,16 +258,55 @@ async fn reap_orphans(
             orphans.entry(uid.clone()).or_insert_with(|| names(r));
         }
     }
-    // Sandboxes whose containers are already gone.
-    for entry in std::fs::read_dir(env.root_dir.join("pods"))
+    // Sandboxes whose containers are already gone, and cgroups made before
+    // anything else of their pod.
+    let dirs = std::fs::read_dir(env.root_dir.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned());
+    let cgroups = Arc::clone(&env.cgroups);
+    let with_cgroups = tokio::task::spawn_blocking(move || cgroups.pod_uids())
+        .await
+        .unwrap_or_default();
+    for uid in dirs.chain(with_cgroups) {
+        if !wanted.contains(uid.as_str()) {
+            orphans.entry(uid).or_default();
+        }
+    }
+    // Logs, named `<namespace>_<name>_<uid>` (neither a namespace nor a pod
+    // name holds `_`): they also name pods whose containers never started.
+    for entry in std::fs::read_dir(&env.pod_logs_dir)
         .into_iter()
         .flatten()
         .flatten()
     {
-        let uid = entry.file_name().to_string_lossy().into_owned();
-        if !wanted.contains(uid.as_str()) {
-            orphans.entry(uid).or_default();
+        let dir = entry.file_name().to_string_lossy().into_owned();
+        let mut parts = dir.splitn(3, '_');
+        if let (Some(ns), Some(name), Some(uid)) = (parts.next(), parts.next(), parts.next())
+            && !wanted.contains(uid)
+        {
+            let key = orphans.entry(uid.to_string()).or_default();
+            if key.1.is_empty() {
+                *key = (ns.to_string(), name.to_string());
+            }
         }
+    }
+    // Addresses held for pods that are neither wanted nor torn down below
+    // (their sandbox teardown detaches them): an ADD cut short by a crash.
+    let known: HashSet<String> = wanted
+        .iter()
+        .map(|u| u.to_string())
+        .chain(orphans.keys().cloned())
+        .collect();
+    let sandboxes = Arc::clone(&env.sandboxes);
+    match tokio::task::spawn_blocking(move || sandboxes.release_orphans(&known)).await {
+        Ok(errors) => {
+            for e in errors {
+                warn!("releasing the network of a pod that is gone: {e}");
+            }
+        }
+        Err(e) => warn!("releasing the networks of pods that are gone: {e}"),
     }
     for (uid, key) in orphans {
         info!(uid, pod = %format!("{}/{}", key.0, key.1), "stopping pod whose manifest is gone");
@@ -310,23 +348,7 @@ fn stop_pod(
         .unwrap_or(30);
     let env = Arc::clone(env);
     let task = tokio::spawn(async move {
-        // No worker follows these containers: wait on containerd directly.
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        for id in &running {
-            let rt = Arc::clone(&env.rt);
-            let tx = tx.clone();
-            let id = id.clone();
-            tokio::spawn(async move {
-                let result = rt.wait(&id).await;
-                let _ = tx.send(super::Msg::Exited {
-                    slot: 0,
-                    id,
-                    result,
-                });
-            });
-        }
-        drop(tx);
-        stop_containers(&env, &running, Duration::from_secs(grace), &mut rx).await;
+        stop_containers(&env, &running, Duration::from_secs(grace)).await;
         let named = (!key.1.is_empty()).then_some((key.0.as_str(), key.1.as_str()));
         cleanup(&env, &uid, named).await;
     });

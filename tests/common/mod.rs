@@ -4,6 +4,8 @@
 //! the test fails.
 #![allow(dead_code)]
 
+pub mod net;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -19,13 +21,24 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 pub fn busybox_archive() -> &'static Path {
     static ARCHIVE: OnceLock<PathBuf> = OnceLock::new();
     ARCHIVE.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!("kl-busybox-{}.tar", std::process::id()));
+        // Built once for every test binary and bench, under cargo's
+        // temporary directory, named after the script that makes it.
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/images/busybox-oci.sh");
+        let text = std::fs::read(&script).expect("reading busybox-oci.sh");
+        let hash = text.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("busybox-{hash:016x}.tar"));
+        if path.exists() {
+            return path;
+        }
+        let partial = path.with_extension(format!("tar.{}", std::process::id()));
         let ok = Command::new(script)
-            .arg(&path)
+            .arg(&partial)
             .status()
             .expect("running busybox-oci.sh");
         assert!(ok.success(), "building the busybox image failed");
+        std::fs::rename(&partial, &path).expect("keeping the busybox image");
         path
     })
 }
@@ -69,14 +82,7 @@ impl Env {
             d = dir.display()
         );
         std::fs::write(dir.join("containerd.toml"), cfg).unwrap();
-        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
-        let containerd = Command::new("containerd")
-            .arg("--config")
-            .arg(dir.join("containerd.toml"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting containerd (apt-get install containerd)");
+        let containerd = spawn_containerd(&dir);
         let env = Env {
             manifests: dir.join("manifests"),
             port: free_port(),
@@ -88,11 +94,31 @@ impl Env {
             agent_runs: 0,
             agent_env: vec![],
         };
-        let sock = env.dir.join("containerd.sock");
-        env.wait_for("containerd socket", Duration::from_secs(20), || {
-            sock.exists().then_some(())
-        });
+        env.wait_containerd();
         env
+    }
+
+    fn wait_containerd(&self) {
+        let sock = self.dir.join("containerd.sock");
+        self.wait_for("containerd socket", Duration::from_secs(20), || {
+            (sock.exists() && std::os::unix::net::UnixStream::connect(&sock).is_ok()).then_some(())
+        });
+    }
+
+    /// Kills the test's containerd (its shims and tasks live on).
+    pub fn kill_containerd(&mut self) {
+        if let Some(mut c) = self.containerd.take() {
+            // SAFETY: kill(2) on our own child's PID.
+            unsafe { libc::kill(c.id().cast_signed(), libc::SIGKILL) };
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(self.dir.join("containerd.sock"));
+    }
+
+    /// Starts the test's containerd again, on the same root and socket.
+    pub fn start_containerd(&mut self) {
+        self.containerd = Some(spawn_containerd(&self.dir));
+        self.wait_containerd();
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -106,6 +132,7 @@ impl Env {
         let base = format!(
             "staticPodPath: {d}/manifests\nrootDir: {d}/root\npodLogsDir: {d}/logs\nimagesDir: {d}/images\n\
              nodeName: node1\ncgroupRoot: {}\nlistenAddress: 127.0.0.1:{}\nfileCheckFrequency: 2s\n\
+             podNetwork: loopback\n\
              containerd:\n  address: {d}/containerd.sock\n",
             self.cgroup_root, self.port
         );
@@ -144,9 +171,23 @@ impl Env {
     }
 
     /// The agent binary with the test config, logging to `log`.
+    /// `KL_AGENT_WRAPPER` (e.g. `heaptrack -o /tmp/agent`) runs the agent
+    /// under a profiler.
     fn spawn_agent(&self, log: std::fs::File) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_kubelet-lite"))
-            .arg("--config")
+        let bin = env!("CARGO_BIN_EXE_kubelet-lite");
+        let wrapper = std::env::var("KL_AGENT_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(w) => {
+                let mut c = Command::new(w);
+                c.args(words).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        // Its own process group: a wrapper and the agent go together.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        cmd.arg("--config")
             .arg(self.config_path())
             .env("KUBELET_LITE_LOG", "info,kubelet_lite=debug")
             .env("NO_COLOR", "1")
@@ -191,8 +232,9 @@ impl Env {
     /// SIGKILL (or SIGTERM) the agent and reap it.
     pub fn stop_agent(&mut self, signal: i32) {
         if let Some(mut a) = self.agent.take() {
-            // SAFETY: kill(2) on the PID of a child we spawned and not yet reaped.
-            unsafe { libc::kill(a.id().cast_signed(), signal) };
+            // SAFETY: kill(2) on the process group of a child we spawned
+            // (and not yet reaped) as its leader.
+            unsafe { libc::kill(-a.id().cast_signed(), signal) };
             let _ = a.wait();
         }
     }
@@ -392,6 +434,67 @@ impl Env {
             .collect()
     }
 
+    /// Nothing of any pod is left: containers, tasks, pod directories and
+    /// their mounts, pod cgroups, logs, leases, container snapshots.
+    pub fn assert_nothing_left(&self) {
+        let left = || {
+            let mut left = vec![];
+            if !self.containers().is_empty() || !self.tasks().is_empty() {
+                left.push(format!("containers {:?}", self.containers()));
+            }
+            let pods = std::fs::read_dir(self.dir.join("root/pods"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            if pods > 0 {
+                left.push(format!("{pods} pod directories"));
+            }
+            let mounts: Vec<String> = self
+                .mounts_under_dir()
+                .into_iter()
+                .filter(|m| m.contains("/root/pods/"))
+                .collect();
+            if !mounts.is_empty() {
+                left.push(format!("mounts {mounts:?}"));
+            }
+            let cgroups: Vec<_> = self
+                .cgroup_dirs()
+                .into_iter()
+                .filter(|d| d.to_string_lossy().contains("/pod"))
+                .collect();
+            if !cgroups.is_empty() {
+                left.push(format!("pod cgroups {cgroups:?}"));
+            }
+            if !self.log_files().is_empty() {
+                left.push(format!("logs {:?}", self.log_files()));
+            }
+            let leases = self.ctr(&["leases", "ls", "-q"]);
+            if !leases.trim().is_empty() {
+                left.push(format!("leases {leases}"));
+            }
+            // Committed snapshots are the image's layers; active ones belonged
+            // to containers.
+            let snapshots = self.ctr(&["snapshots", "ls"]);
+            let active: Vec<&str> = snapshots
+                .lines()
+                .skip(1)
+                .filter(|l| l.split_whitespace().nth(2) == Some("Active"))
+                .collect();
+            if !active.is_empty() {
+                left.push(format!("container snapshots {active:?}"));
+            }
+            left
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let found = left();
+            if found.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "left behind: {found:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Directories of our cgroup root, across hierarchies.
     pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
         let mut out = vec![];
@@ -439,8 +542,19 @@ fn walk_files(dir: &Path, out: &mut Vec<PathBuf>) {
 impl Drop for Env {
     fn drop(&mut self) {
         self.stop_agent(libc::SIGKILL);
-        // A test may have frozen containerd; the cleanup below needs it.
+        // A test may have frozen or killed containerd; the cleanup below
+        // needs it.
         self.signal_containerd(libc::SIGCONT);
+        if self.containerd.is_none() {
+            self.containerd = Some(spawn_containerd(&self.dir));
+            let sock = self.dir.join("containerd.sock");
+            for _ in 0..100 {
+                if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         // Kill and delete every task and container of our containerd.
         for (id, _, _) in self.tasks() {
             self.ctr(&["tasks", "kill", "--all", "--signal", "SIGKILL", &id]);
@@ -457,6 +571,20 @@ impl Drop for Env {
             unsafe { libc::kill(c.id().cast_signed(), libc::SIGTERM) };
             let _ = c.wait();
         }
+        // A shim whose task was being deleted when containerd went outlives
+        // it: end the shims of this containerd, found by their socket.
+        let address = format!("-address {}", self.dir.join("containerd.sock").display());
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.starts_with("/usr/bin/containerd-shim") && cmdline.contains(&address) {
+                // SAFETY: kill(2) on a shim of the containerd this test started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
         // Deepest first, so that nested mounts go before their parents.
         let mut mounts = self.mounts_under_dir();
         mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
@@ -469,6 +597,48 @@ impl Drop for Env {
         if std::env::var_os("KL_KEEP_TEST_DIRS").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+fn spawn_containerd(dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("containerd.log"))
+        .unwrap();
+    Command::new("containerd")
+        .arg("--config")
+        .arg(dir.join("containerd.toml"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("starting containerd (apt-get install containerd)")
+}
+
+/// `/healthz` answer times, sampled through a test.
+#[derive(Default)]
+pub struct Healthz(Vec<Duration>);
+
+impl Healthz {
+    pub fn sample(&mut self, env: &Env) {
+        let t = Instant::now();
+        env.get("/healthz").expect("/healthz answers");
+        self.0.push(t.elapsed());
+    }
+
+    /// 95 % of the answers within 100 ms, none beyond a second. The cores
+    /// are shared with containerd, runc and the other tests: one answer
+    /// can wait for a core whatever the agent does, while an agent that
+    /// blocks its executor shows as many slow answers.
+    pub fn assert_quick(&self) {
+        let mut v = self.0.clone();
+        assert!(!v.is_empty(), "no /healthz sample");
+        v.sort();
+        let p95 = v[(v.len() * 95).div_ceil(100) - 1];
+        let max = v[v.len() - 1];
+        eprintln!("/healthz: {} samples, p95 {p95:?}, max {max:?}", v.len());
+        assert!(p95 < Duration::from_millis(100), "/healthz p95 {p95:?}");
+        assert!(max < Duration::from_secs(1), "/healthz max {max:?}");
     }
 }
 

@@ -28,7 +28,7 @@ root=$(mktemp -d /tmp/kl-lab-root.XXXXXX)
 trap 'umount -R "$root/proc" "$root/sys" "$root/dev" 2>/dev/null || true; rm -rf "$root"' EXIT
 echo "lab image: debootstrap bookworm from $mirror (a few minutes)"
 debootstrap --variant=minbase \
-    --include=systemd,systemd-sysv,udev,dbus,linux-image-amd64,initramfs-tools,openssh-server,containerd,runc,nfs-kernel-server,nfs-common,iproute2,ca-certificates,busybox-static,kmod,procps,curl,python3,rsync,sudo \
+    --include=systemd,systemd-sysv,udev,dbus,linux-image-amd64,initramfs-tools,openssh-server,containerd,runc,nfs-kernel-server,nfs-common,iproute2,ca-certificates,busybox-static,containernetworking-plugins,iptables,kmod,procps,curl,python3,rsync,sudo \
     bookworm "$root" "$mirror" > "$cache/debootstrap.log" 2>&1 \
     || { tail -30 "$cache/debootstrap.log" >&2; exit 1; }
 

@@ -273,4 +273,38 @@ got=$(ssh_vm node2 "cat $slice/cpu.max $slice/memory.max $slice/kubelet-lite-$ci
 echo "node2 systemd driver: $got"
 [ "$got" = "20000 100000|67108864|20000 100000|67108864|active|" ] || { echo "unexpected values with the systemd driver"; exit 1; }
 step "check 7: systemd cgroup driver (kubepods.slice, runc scopes, limits)"
+
+# Pod networking across nodes: a pod on node1 reaches a hostPort of a pod
+# on node2 (CNI bridge + portmap from Debian's containernetworking-plugins).
+ssh_vm node2 "cat > /etc/kubernetes/manifests/web.yaml" <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: httpd
+    image: busybox
+    command: [sh, -c, 'mkdir -p /www && echo hello-from-node2 > /www/index.html && exec httpd -f -p 8080 -h /www']
+    ports:
+    - {containerPort: 8080, hostPort: 18080}
+YAML
+wait_for 300 "web pod running on node2" running node2 web-node2
+pod_ip=$(pods_json node2 | field - web-node2 "p['status']['podIP']")
+echo "web-node2 pod IP: $pod_ip"
+ssh_vm node1 "cat > /etc/kubernetes/manifests/client.yaml" <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: wget
+    image: busybox
+    command: [sh, -c, 'while :; do wget -qO- http://${ip[node2]}:18080/ || echo fetch failed; sleep 1; done']
+YAML
+wait_for 300 "client pod running on node1" running node1 client-node1
+reached() { ssh_vm node1 "cat /var/log/pods/default_client-node1_*/wget/0.log" | grep -q hello-from-node2; }
+wait_for 120 "node1's pod reaching node2's hostPort" reached
+step "check 8: a pod on node1 reaches a hostPort on node2 (pod IP $pod_ip)"
 echo "lab passed in $(( $(date +%s) - t0 ))s"

@@ -1,5 +1,6 @@
 #!/bin/sh
-# A lab node: containerd, runc and the NFS client, the busybox image, and
+# A lab node: containerd, runc, the NFS client and the CNI plugins (pod
+# networking), the busybox image, and
 # kubelet-lite as a systemd service (systemd/install.sh), listening on all
 # addresses so that the host can scrape it (with the token the agent makes
 # in /var/lib/kubelet-lite/http-token).
@@ -7,7 +8,7 @@
 set -eu
 src=$1
 need=""
-for p in containerd runc nfs-common busybox-static; do
+for p in containerd runc nfs-common busybox-static containernetworking-plugins iptables; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need="$need $p"
 done
 if [ -n "$need" ]; then

@@ -1,0 +1,202 @@
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use common::{Env, pod_yaml};
+use support::{Raw, env_number, mib, percentile, usage};
+
+const SHELL: &str = "trap 'exit 0' TERM; while :; do sleep 1 & wait; done";
+
+fn pod(name: &str) -> String {
+    let c = |n: &str| {
+        format!(
+            "  - name: {n}\n    image: busybox\n    command: [sh, -c, \"{SHELL}\"]\n    resources:\n      requests: {{cpu: 10m, memory: 8Mi}}\n      limits: {{cpu: 100m, memory: 32Mi}}\n"
+        )
+    };
+    pod_yaml(
+        name,
+        &format!(
+            "  terminationGracePeriodSeconds: 10\n  containers:\n{}{}",
+            c("a"),
+            c("b")
+        ),
+    )
+}
+
+fn running_count(env: &Env) -> usize {
+    env.pods()
+        .iter()
+        .filter(|p| {
+            p["status"]["phase"] == "Running"
+                && p["status"]["containerStatuses"]
+                    .as_array()
+                    .is_some_and(|cs| cs.iter().all(|c| c["state"]["running"].is_object()))
+        })
+        .count()
+}
+
+fn write_all(env: &Env, n: usize, tag: &str) {
+    for i in 0..n {
+        env.write_manifest(&format!("{tag}{i}.yaml"), &pod(&format!("{tag}{i}")));
+    }
+}
+
+fn remove_all(env: &Env, n: usize, tag: &str) {
+    for i in 0..n {
+        env.remove_manifest(&format!("{tag}{i}.yaml"));
+    }
+}
+
+/// Raw containerd: `pods` tasks at once, each creating and starting two
+/// containers together. Returns the wall time until all run.
+async fn raw(sock: &std::path::Path, pods: usize) -> Duration {
+    let raw = Raw::connect(
+        sock,
+        common::NAMESPACE,
+        &["sh", "-c", SHELL],
+        "kl-bench-scale-raw",
+    )
+    .await;
+    let ids: Vec<(String, String)> = (0..pods)
+        .map(|p| (format!("raw-{p}-a"), format!("raw-{p}-b")))
+        .collect();
+    let t0 = Instant::now();
+    futures::future::join_all(ids.iter().map(|(a, b)| async {
+        futures::join!(raw.create_start(a), raw.create_start(b));
+    }))
+    .await;
+    let took = t0.elapsed();
+    for (a, b) in &ids {
+        raw.remove(a).await;
+        raw.remove(b).await;
+    }
+    raw.clean();
+    took
+}
+
+fn main() {
+    let n = env_number("SCALE_PODS", 100);
+    let cycles = env_number("SCALE_CYCLES", 2);
+    let mut env = Env::new("scale");
+    env.write_config("fileCheckFrequency: 20s\n");
+    env.start_agent();
+    let long = Duration::from_secs(300);
+    // Warm up: the image is imported once.
+    env.write_manifest("warm.yaml", &pod("warm"));
+    env.wait_running("warm-node1");
+    env.remove_manifest("warm.yaml");
+    env.wait_for("warm gone", long, || env.pods().is_empty().then_some(()));
+    let pid = env.agent_pid().unwrap();
+    let empty_rss = mib(usage(pid).1);
+
+    // Start-up of N pods at once.
+    let t0 = Instant::now();
+    write_all(&env, n, "s");
+    env.wait_for("all running", long, || {
+        (running_count(&env) == n).then_some(())
+    });
+    let start = t0.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_full = mib(usage(pid).1);
+
+    // Scrapes.
+    let mut lat = vec![];
+    let c0 = usage(pid).0;
+    let scrapes = 50;
+    for _ in 0..scrapes {
+        let t = Instant::now();
+        env.get("/metrics/cadvisor").expect("scrape");
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cpu_per_scrape = (usage(pid).0 - c0) / f64::from(scrapes) * 1000.0;
+    let (s50, s99) = (percentile(&mut lat, 0.5), percentile(&mut lat, 0.99));
+
+    // SIGKILL and restart at N pods.
+    env.stop_agent(libc::SIGKILL);
+    let t0 = Instant::now();
+    env.start_agent_unchecked();
+    env.wait_for("all running again", long, || {
+        (env.get("/healthz").is_ok() && running_count(&env) == n).then_some(())
+    });
+    let recover = t0.elapsed();
+    let pid = env.agent_pid().unwrap();
+
+    // Delete all at once.
+    let t0 = Instant::now();
+    remove_all(&env, n, "s");
+    env.wait_for("all gone", long, || env.pods().is_empty().then_some(()));
+    let delete = t0.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, rss_deleted, peak) = usage(pid);
+    let (rss_deleted, peak) = (mib(rss_deleted), mib(peak));
+
+    // More cycles.
+    let mut after_cycles = vec![];
+    for c in 0..cycles {
+        let tag = format!("c{c}x");
+        write_all(&env, n, &tag);
+        env.wait_for("cycle running", long, || {
+            (running_count(&env) == n).then_some(())
+        });
+        remove_all(&env, n, &tag);
+        env.wait_for("cycle gone", long, || env.pods().is_empty().then_some(()));
+        std::thread::sleep(Duration::from_secs(2));
+        let (_, r, p) = usage(pid);
+        after_cycles.push((mib(r), mib(p)));
+    }
+
+    // Stop latency of one pod that honours SIGTERM.
+    let mut stops = vec![];
+    for i in 0..10 {
+        let name = format!("stop{i}");
+        env.write_manifest(&format!("{name}.yaml"), &pod(&name));
+        env.wait_running(&format!("{name}-node1"));
+        let t0 = Instant::now();
+        env.remove_manifest(&format!("{name}.yaml"));
+        // Polled closely: the figure is ~100 ms.
+        while env.pod(&format!("{name}-node1")).is_some() {
+            assert!(t0.elapsed() < long, "{name} not stopped");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        stops.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    let stop50 = percentile(&mut stops, 0.5);
+
+    let sock = env.dir.join("containerd.sock");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let raw_start = rt.block_on(raw(&sock, n));
+
+    let cpus = std::thread::available_parallelism().map_or(0, |c| c.get());
+    println!("kubelet-lite at scale: {n} two-container pods, {cpus} CPUs");
+    println!("| figure | kubelet-lite | baseline |");
+    println!("|---|---|---|");
+    println!(
+        "| {n} pods written -> all running | {:.1} s | raw containerd, same concurrency: {:.1} s ({:.2}x) |",
+        start.as_secs_f64(),
+        raw_start.as_secs_f64(),
+        start.as_secs_f64() / raw_start.as_secs_f64()
+    );
+    println!("| agent RSS, no pods | {empty_rss:.1} MiB | |");
+    println!("| agent RSS at {n} pods | {rss_full:.1} MiB | |");
+    println!(
+        "| agent RSS after deleting {n} pods at once (peak) | {rss_deleted:.1} MiB ({peak:.1} MiB) | deleted in {:.1} s |",
+        delete.as_secs_f64()
+    );
+    for (i, (r, p)) in after_cycles.iter().enumerate() {
+        println!(
+            "| agent RSS after cycle {} (peak) | {r:.1} MiB ({p:.1} MiB) | |",
+            i + 1
+        );
+    }
+    println!(
+        "| /metrics/cadvisor at {n} pods | p50 {s50:.1} ms, p99 {s99:.1} ms, {cpu_per_scrape:.1} ms CPU per scrape | |"
+    );
+    println!("| stop of a pod honouring SIGTERM | median {stop50:.0} ms | |");
+    println!(
+        "| SIGKILL of the agent at {n} pods -> all reported running | {:.2} s | |",
+        recover.as_secs_f64()
+    );
+}

@@ -1,0 +1,281 @@
+//! What the benches share: sample statistics, a process's CPU and memory
+//! from /proc, and bare containerd calls for the raw baselines.
+
+#![allow(dead_code, reason = "each bench uses part of it")]
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use containerd_client::services::v1::container::Runtime;
+use containerd_client::services::v1::snapshots::{
+    ListSnapshotsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
+};
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteTaskRequest, KillRequest, StartRequest, WaitRequest,
+};
+use containerd_client::tonic::Request;
+use containerd_client::tonic::transport::Channel;
+
+/// A number from the environment, or `default`.
+pub fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+pub fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "p is in 0..=1: the index is within the sample"
+    )]
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+/// utime + stime of a process in seconds, its RSS and peak RSS in bytes.
+pub fn usage(pid: u32) -> (f64, u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // SAFETY: sysconf only reads system values.
+    let (hz, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK) as f64,
+            u64::try_from(libc::sysconf(libc::_SC_PAGESIZE)).unwrap_or(4096),
+        )
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kib = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    (
+        (field(11) + field(12)) as f64 / hz,
+        field(21) * page,
+        hwm_kib * 1024,
+    )
+}
+
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1 << 20)
+}
+
+fn req<T>(namespace: &str, m: T) -> Request<T> {
+    let mut r = Request::new(m);
+    r.metadata_mut()
+        .insert("containerd-namespace", namespace.parse().unwrap());
+    r
+}
+
+/// Bare containerd: busybox containers made with the same calls the agent
+/// makes (container, snapshot, task, start), for baselines.
+pub struct Raw {
+    channel: Channel,
+    namespace: String,
+    /// The busybox image's top layer: the only committed snapshot.
+    parent: String,
+    spec: oci_spec::runtime::Spec,
+    /// cgroup parent of the raw containers, removed by [`Raw::clean`].
+    cgroup: String,
+}
+
+impl Raw {
+    /// Connects to the containerd at `sock`, whose namespace already holds
+    /// the unpacked busybox image; containers run `args`.
+    pub async fn connect(sock: &Path, namespace: &str, args: &[&str], cgroup: &str) -> Raw {
+        let channel = containerd_client::connect(sock).await.expect("connect");
+        let client = containerd_client::Client::from(channel.clone());
+        let mut s = client
+            .snapshots()
+            .list(req(
+                namespace,
+                ListSnapshotsRequest {
+                    snapshotter: "overlayfs".into(),
+                    filters: vec![],
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut parent = String::new();
+        while let Some(m) = s.message().await.unwrap() {
+            for info in m.info {
+                if info.kind == 3 {
+                    parent = info.name;
+                }
+            }
+        }
+        let mut spec = oci_spec::runtime::Spec::default();
+        spec.set_hostname(Some("raw".into()));
+        let mut root = spec.root().clone().unwrap();
+        root.set_readonly(Some(false));
+        spec.set_root(Some(root));
+        let mut process = spec.process().clone().unwrap();
+        process.set_args(Some(args.iter().map(ToString::to_string).collect()));
+        spec.set_process(Some(process));
+        Raw {
+            channel,
+            namespace: namespace.to_string(),
+            parent,
+            spec,
+            cgroup: cgroup.to_string(),
+        }
+    }
+
+    fn client(&self) -> containerd_client::Client {
+        containerd_client::Client::from(self.channel.clone())
+    }
+
+    /// Creates and starts container `id`. The container comes first, as the
+    /// agent does it: it references the snapshot before the garbage
+    /// collector could see it unreferenced.
+    pub async fn create_start(&self, id: &str) {
+        let client = self.client();
+        let ns = self.namespace.as_str();
+        let mut spec = self.spec.clone();
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_cgroups_path(Some(format!("/{}/{id}", self.cgroup).into()));
+        spec.set_linux(Some(linux));
+        client
+            .containers()
+            .create(req(
+                ns,
+                CreateContainerRequest {
+                    container: Some(Container {
+                        id: id.to_string(),
+                        image: "docker.io/library/busybox:latest".into(),
+                        runtime: Some(Runtime {
+                            name: "io.containerd.runc.v2".into(),
+                            options: None,
+                        }),
+                        spec: Some(prost_types::Any {
+                            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+                                .into(),
+                            value: serde_json::to_vec(&spec).unwrap(),
+                        }),
+                        snapshotter: "overlayfs".into(),
+                        snapshot_key: id.to_string(),
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await
+            .unwrap();
+        let mounts = client
+            .snapshots()
+            .prepare(req(
+                ns,
+                PrepareSnapshotRequest {
+                    snapshotter: "overlayfs".into(),
+                    key: id.to_string(),
+                    parent: self.parent.clone(),
+                    labels: HashMap::new(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .mounts;
+        client
+            .tasks()
+            .create(req(
+                ns,
+                CreateTaskRequest {
+                    container_id: id.to_string(),
+                    rootfs: mounts,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+        client
+            .tasks()
+            .start(req(
+                ns,
+                StartRequest {
+                    container_id: id.to_string(),
+                    exec_id: String::new(),
+                },
+            ))
+            .await
+            .unwrap();
+    }
+
+    /// Kills and removes container `id` with its task and snapshot.
+    pub async fn remove(&self, id: &str) {
+        let client = self.client();
+        let ns = self.namespace.as_str();
+        let container_id = id.to_string();
+        let _ = client
+            .tasks()
+            .kill(req(
+                ns,
+                KillRequest {
+                    container_id: container_id.clone(),
+                    exec_id: String::new(),
+                    signal: 9,
+                    all: true,
+                },
+            ))
+            .await;
+        let _ = client
+            .tasks()
+            .wait(req(
+                ns,
+                WaitRequest {
+                    container_id: container_id.clone(),
+                    exec_id: String::new(),
+                },
+            ))
+            .await;
+        let _ = client
+            .tasks()
+            .delete(req(
+                ns,
+                DeleteTaskRequest {
+                    container_id: container_id.clone(),
+                },
+            ))
+            .await;
+        let _ = client
+            .containers()
+            .delete(req(ns, DeleteContainerRequest { id: container_id }))
+            .await;
+        let _ = client
+            .snapshots()
+            .remove(req(
+                ns,
+                RemoveSnapshotRequest {
+                    snapshotter: "overlayfs".into(),
+                    key: id.to_string(),
+                },
+            ))
+            .await;
+    }
+
+    /// Removes the cgroups runc left for the raw containers.
+    pub fn clean(&self) {
+        for h in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let d = h.path().join(&self.cgroup);
+            if d.is_dir() {
+                for c in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                    let _ = std::fs::remove_dir(c.path());
+                }
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
+}

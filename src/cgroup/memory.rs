@@ -1,0 +1,257 @@
+//! The memory controller: limit, protection and OOM grouping written; usage,
+//! working set, RSS, page cache, swap, limit hits and OOM kills read.
+//!
+//! Limits: v1 `memory.limit_in_bytes` (-1 for none) is v2 `memory.max`
+//! ("max"); v2 adds `memory.min` (protection from reclaim, the kubelet's
+//! MemoryQoS) and `memory.oom.group` (an OOM kill takes the whole cgroup),
+//! which v1 has no file for.
+//!
+//! Usage: v1 `memory.usage_in_bytes`, `memory.stat` (the `total_*` keys
+//! include children), `memory.failcnt`, `memory.oom_control` (`oom_kill`,
+//! Linux 4.13 and later); v2 `memory.current`, `memory.stat` (`anon`,
+//! `file`, `inactive_file`), `memory.swap.current`, `memory.events` (`max`:
+//! times the limit was hit, `oom_kill`).
+
+use super::fs::{Source, parse_keyed};
+use super::qos::{CgroupLimits, WeightFormula};
+use super::version::Version;
+
+pub const CONTROLLER: &str = "memory";
+
+/// v1 reports "no limit" as a huge page-aligned number (LONG_MAX rounded
+/// down to a page); anything from here on is no limit.
+const V1_UNLIMITED: u64 = 1 << 62;
+
+/// The files and values for `limits`. The limit is always written (none as
+/// such); the v2-only files only when asked for.
+pub fn writes(
+    limits: &CgroupLimits,
+    version: Version,
+    _: WeightFormula,
+) -> Vec<(&'static str, String)> {
+    match version {
+        Version::V2 => {
+            let max = limits
+                .memory_max
+                .map_or("max".to_string(), |m| m.to_string());
+            let mut out = vec![("memory.max", max)];
+            if let Some(min) = limits.memory_min {
+                out.push(("memory.min", min.to_string()));
+            }
+            if limits.oom_group {
+                out.push(("memory.oom.group", "1".to_string()));
+            }
+            out
+        }
+        Version::V1 => vec![(
+            "memory.limit_in_bytes",
+            limits.memory_max.unwrap_or(-1).to_string(),
+        )],
+    }
+}
+
+/// Memory figures in bytes, and event counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub usage: u64,
+    /// Usage minus inactive file pages: what the kubelet evicts on.
+    pub working_set: u64,
+    pub rss: u64,
+    pub cache: u64,
+    pub swap: u64,
+    /// Times usage hit the limit.
+    pub failcnt: u64,
+    pub oom_kills: u64,
+}
+
+/// Reads the usage; unreadable files count as zero.
+pub fn usage(version: Version, memory: &impl Source) -> Usage {
+    let stat = memory.read("memory.stat").unwrap_or_default();
+    let m = |key: &str| parse_keyed(&stat, key).unwrap_or(0);
+    match version {
+        Version::V2 => {
+            let usage = memory.num("memory.current").unwrap_or(0);
+            let events = memory.read("memory.events").unwrap_or_default();
+            let e = |key: &str| parse_keyed(&events, key).unwrap_or(0);
+            Usage {
+                usage,
+                working_set: working_set(usage, m("inactive_file")),
+                rss: m("anon"),
+                cache: m("file"),
+                swap: memory.num("memory.swap.current").unwrap_or(0),
+                failcnt: e("max"),
+                oom_kills: e("oom_kill"),
+            }
+        }
+        Version::V1 => {
+            let usage = memory.num("memory.usage_in_bytes").unwrap_or(0);
+            Usage {
+                usage,
+                working_set: working_set(usage, m("total_inactive_file")),
+                rss: m("total_rss"),
+                cache: m("total_cache"),
+                swap: m("total_swap"),
+                failcnt: memory.num("memory.failcnt").unwrap_or(0),
+                oom_kills: memory
+                    .read("memory.oom_control")
+                    .and_then(|t| parse_keyed(&t, "oom_kill"))
+                    .unwrap_or(0),
+            }
+        }
+    }
+}
+
+/// Working set as cAdvisor computes it: usage minus inactive file, not
+/// below zero.
+pub fn working_set(usage: u64, inactive_file: u64) -> u64 {
+    usage.saturating_sub(inactive_file)
+}
+
+/// The configured limit in bytes, 0 for none.
+pub fn limit(version: Version, memory: &impl Source) -> u64 {
+    match version {
+        Version::V2 => memory.num("memory.max").unwrap_or(0),
+        Version::V1 => memory
+            .num("memory.limit_in_bytes")
+            .filter(|l| *l < V1_UNLIMITED)
+            .unwrap_or(0),
+    }
+}
+
+/// How many processes of the cgroup the OOM killer killed: v2
+/// `memory.events` and v1 `memory.oom_control` both have an `oom_kill`
+/// line. `None` when the file or the line is missing (a cgroup that is
+/// gone, a v1 kernel before 4.13).
+pub fn oom_kills(version: Version, memory: &impl Source) -> Option<u64> {
+    let file = match version {
+        Version::V2 => "memory.events",
+        Version::V1 => "memory.oom_control",
+    };
+    parse_keyed(&memory.read(file)?, "oom_kill")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::fs::tests::files;
+
+    #[test]
+    fn writes_for_each_version() {
+        let all = CgroupLimits {
+            memory_max: Some(64 << 20),
+            memory_min: Some(1 << 20),
+            oom_group: true,
+            ..Default::default()
+        };
+        let none = CgroupLimits::default();
+        for (limits, version, want) in [
+            (
+                all,
+                Version::V2,
+                vec![
+                    ("memory.max", "67108864"),
+                    ("memory.min", "1048576"),
+                    ("memory.oom.group", "1"),
+                ],
+            ),
+            (none, Version::V2, vec![("memory.max", "max")]),
+            // v1 has no protection and no group kill: only the limit.
+            (
+                all,
+                Version::V1,
+                vec![("memory.limit_in_bytes", "67108864")],
+            ),
+            (none, Version::V1, vec![("memory.limit_in_bytes", "-1")]),
+        ] {
+            let got = writes(&limits, version, WeightFormula::Linear);
+            let got: Vec<(&str, &str)> = got.iter().map(|(f, v)| (*f, v.as_str())).collect();
+            assert_eq!(got, want, "{limits:?} {version:?}");
+        }
+    }
+
+    #[test]
+    fn usage_v2() {
+        let mem = files(&[
+            ("memory.current", "104857600\n"),
+            (
+                "memory.stat",
+                "anon 52428800\nfile 41943040\ninactive_file 20971520\n",
+            ),
+            ("memory.swap.current", "4096\n"),
+            ("memory.events", "low 0\nhigh 0\nmax 7\noom 1\noom_kill 1\n"),
+        ]);
+        assert_eq!(
+            usage(Version::V2, &mem),
+            Usage {
+                usage: 104_857_600,
+                working_set: 104_857_600 - 20_971_520,
+                rss: 52_428_800,
+                cache: 41_943_040,
+                swap: 4096,
+                failcnt: 7,
+                oom_kills: 1,
+            }
+        );
+        assert_eq!(usage(Version::V2, &files(&[])), Usage::default());
+    }
+
+    #[test]
+    fn usage_v1() {
+        let mem = files(&[
+            ("memory.usage_in_bytes", "1000\n"),
+            (
+                "memory.stat",
+                "cache 5\nrss 1\ntotal_cache 600\ntotal_rss 300\ntotal_inactive_file 1200\ntotal_swap 8\n",
+            ),
+            ("memory.failcnt", "2\n"),
+            (
+                "memory.oom_control",
+                "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+            ),
+        ]);
+        assert_eq!(
+            usage(Version::V1, &mem),
+            Usage {
+                usage: 1000,
+                // Never below zero.
+                working_set: 0,
+                rss: 300,
+                cache: 600,
+                swap: 8,
+                failcnt: 2,
+                oom_kills: 3,
+            }
+        );
+    }
+
+    #[test]
+    fn limits_read_back() {
+        for (version, pairs, want) in [
+            (Version::V2, vec![("memory.max", "max\n")], 0),
+            (Version::V2, vec![("memory.max", "67108864\n")], 64 << 20),
+            (Version::V2, vec![], 0),
+            (
+                Version::V1,
+                vec![("memory.limit_in_bytes", "9223372036854771712\n")],
+                0,
+            ),
+            (
+                Version::V1,
+                vec![("memory.limit_in_bytes", "67108864\n")],
+                64 << 20,
+            ),
+        ] {
+            assert_eq!(limit(version, &files(&pairs)), want, "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn oom_kill_counts() {
+        let v2 = files(&[("memory.events", "max 3\noom 2\noom_kill 1\n")]);
+        assert_eq!(oom_kills(Version::V2, &v2), Some(1));
+        let v1 = files(&[("memory.oom_control", "oom_kill_disable 0\nunder_oom 0\n")]);
+        // A kernel before 4.13: no count, not zero.
+        assert_eq!(oom_kills(Version::V1, &v1), None);
+        assert_eq!(oom_kills(Version::V1, &files(&[])), None);
+    }
+}

@@ -1,0 +1,242 @@
+//! One cgroup's statistics, as the scrape endpoints report them: each
+//! controller reads its own files ([`cpu`], [`memory`], [`pids`]) and the
+//! figures are put together here. Read at scrape time, no background loop:
+//! an idle agent costs nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use super::mode::Mode;
+use super::{cpu, memory, pids};
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CgroupStats {
+    pub cpu_usage_ns: u64,
+    pub cpu_user_ns: u64,
+    pub cpu_system_ns: u64,
+    pub cfs_periods: u64,
+    pub cfs_throttled_periods: u64,
+    pub cfs_throttled_ns: u64,
+    pub memory_usage: u64,
+    /// Usage minus inactive file pages: what the kubelet evicts on.
+    pub memory_working_set: u64,
+    pub memory_rss: u64,
+    pub memory_cache: u64,
+    pub memory_swap: u64,
+    pub memory_failcnt: u64,
+    pub oom_kills: u64,
+    /// Limits as configured (0 = none).
+    pub cpu_shares: u64,
+    pub cpu_quota_us: i64,
+    pub cpu_period_us: u64,
+    pub memory_limit: u64,
+    pub processes: u64,
+    pub threads: u64,
+}
+
+/// A cgroup's configured values. They do not change while the cgroup
+/// lives (changed resources make a new pod), so a scrape reads them once per
+/// cgroup and then only the counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Spec {
+    pub cpu: cpu::Spec,
+    pub memory_limit: u64,
+}
+
+/// Specs by cgroup path, kept between scrapes.
+#[derive(Debug, Default)]
+pub struct SpecCache(Mutex<HashMap<String, Spec>>);
+
+impl SpecCache {
+    fn get(&self, rel: &str) -> Option<Spec> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(rel)
+            .copied()
+    }
+
+    fn put(&self, rel: &str, spec: Spec) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(rel.to_string(), spec);
+    }
+
+    /// Forgets the cgroups not in `live`.
+    pub fn retain(&self, live: &HashSet<String>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| live.contains(k));
+    }
+}
+
+/// Reads the stats of cgroup `rel`; `None` when it does not exist. With a
+/// cache, the configured values are read once per cgroup.
+pub fn read(mode: &Mode, rel: &str, cache: Option<&SpecCache>) -> Option<CgroupStats> {
+    let cg = mode.open(rel)?;
+    let v = cg.version;
+    let cpu = cpu::usage(v, cg.cpu(), cg.cpuacct())?;
+    let memory = memory::usage(v, cg.memory());
+    let known = cache.and_then(|c| c.get(rel));
+    let spec = known.unwrap_or_else(|| Spec {
+        cpu: cpu::spec(v, cg.cpu()),
+        memory_limit: memory::limit(v, cg.memory()),
+    });
+    if let (Some(c), None) = (cache, known) {
+        c.put(rel, spec);
+    }
+    let tasks = pids::tasks(v, cg.pids());
+    Some(CgroupStats {
+        cpu_usage_ns: cpu.usage_ns,
+        cpu_user_ns: cpu.user_ns,
+        cpu_system_ns: cpu.system_ns,
+        cfs_periods: cpu.periods,
+        cfs_throttled_periods: cpu.throttled_periods,
+        cfs_throttled_ns: cpu.throttled_ns,
+        memory_usage: memory.usage,
+        memory_working_set: memory.working_set,
+        memory_rss: memory.rss,
+        memory_cache: memory.cache,
+        memory_swap: memory.swap,
+        memory_failcnt: memory.failcnt,
+        oom_kills: memory.oom_kills,
+        cpu_shares: spec.cpu.shares,
+        cpu_quota_us: spec.cpu.quota_us,
+        cpu_period_us: spec.cpu.period_us,
+        memory_limit: spec.memory_limit,
+        processes: tasks.processes,
+        threads: tasks.threads,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::fs::tests::temp;
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    #[test]
+    fn v2_one_directory() {
+        let root = temp("stats-v2");
+        let d = root.join("kubepods/podu/c1");
+        std::fs::create_dir_all(&d).unwrap();
+        for (f, v) in [
+            (
+                "cpu.stat",
+                "usage_usec 2000000\nuser_usec 1500000\nsystem_usec 500000\nnr_periods 40\nnr_throttled 30\nthrottled_usec 250000\n",
+            ),
+            ("memory.current", "104857600\n"),
+            (
+                "memory.stat",
+                "anon 52428800\nfile 41943040\ninactive_file 20971520\n",
+            ),
+            ("memory.events", "low 0\nhigh 0\nmax 7\noom 1\noom_kill 1\n"),
+            ("cpu.weight", "100\n"),
+            ("cpu.max", "20000 100000\n"),
+            ("memory.max", "max\n"),
+            ("cgroup.procs", "12\n13\n"),
+            ("cgroup.threads", "12\n13\n14\n"),
+        ] {
+            std::fs::write(d.join(f), v).unwrap();
+        }
+        let mode = Mode::V2(root.clone());
+        let s = read(&mode, "/kubepods/podu/c1", None).unwrap();
+        assert_eq!(s.cpu_usage_ns, 2_000_000_000);
+        assert_eq!(s.cpu_user_ns, 1_500_000_000);
+        assert_eq!(
+            (s.cfs_periods, s.cfs_throttled_periods, s.cfs_throttled_ns),
+            (40, 30, 250_000_000)
+        );
+        assert_eq!(s.memory_working_set, 104_857_600 - 20_971_520);
+        assert_eq!(
+            (s.memory_rss, s.memory_cache, s.memory_failcnt, s.oom_kills),
+            (52_428_800, 41_943_040, 7, 1)
+        );
+        assert_eq!(
+            (s.cpu_quota_us, s.cpu_period_us, s.memory_limit),
+            (20_000, 100_000, 0)
+        );
+        assert_eq!(s.cpu_shares, cpu::shares_from_weight(100));
+        assert_eq!((s.processes, s.threads), (2, 3));
+        assert!(read(&mode, "/nope", None).is_none());
+
+        // Cached: the configured values are read once; the counters always.
+        let cache = SpecCache::default();
+        assert_eq!(read(&mode, "/kubepods/podu/c1", Some(&cache)).unwrap(), s);
+        std::fs::write(d.join("cpu.max"), "max 100000\n").unwrap();
+        std::fs::write(d.join("cgroup.procs"), "12\n").unwrap();
+        let again = read(&mode, "/kubepods/podu/c1", Some(&cache)).unwrap();
+        assert_eq!((again.cpu_quota_us, again.processes), (20_000, 1));
+        cache.retain(&HashSet::new());
+        let fresh = read(&mode, "/kubepods/podu/c1", Some(&cache)).unwrap();
+        assert_eq!(fresh.cpu_quota_us, -1);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn v1_directory_per_controller() {
+        let root = temp("stats-v1");
+        let dirs: BTreeMap<String, PathBuf> = ["cpu", "cpuacct", "memory", "pids"]
+            .iter()
+            .map(|c| (c.to_string(), root.join(c)))
+            .collect();
+        for (c, f, v) in [
+            ("cpuacct", "cpuacct.usage", "3000000000\n"),
+            ("cpuacct", "cpuacct.stat", "user 250\nsystem 50\n"),
+            (
+                "cpu",
+                "cpu.stat",
+                "nr_periods 10\nnr_throttled 4\nthrottled_time 123\n",
+            ),
+            ("cpu", "cpu.shares", "204\n"),
+            ("cpu", "cpu.cfs_quota_us", "-1\n"),
+            ("cpu", "cpu.cfs_period_us", "100000\n"),
+            ("memory", "memory.usage_in_bytes", "1000\n"),
+            (
+                "memory",
+                "memory.stat",
+                "cache 5\ntotal_cache 600\ntotal_rss 300\ntotal_inactive_file 1200\ntotal_swap 0\n",
+            ),
+            ("memory", "memory.failcnt", "2\n"),
+            ("memory", "memory.limit_in_bytes", "9223372036854771712\n"),
+            (
+                "memory",
+                "memory.oom_control",
+                "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+            ),
+            ("pids", "cgroup.procs", "1\n"),
+            ("pids", "tasks", "1\n2\n"),
+        ] {
+            let d = root.join(c).join("kp/c");
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join(f), v).unwrap();
+        }
+        let s = read(&Mode::V1(dirs.clone()), "kp/c", None).unwrap();
+        assert_eq!(s.cpu_usage_ns, 3_000_000_000);
+        assert_eq!(
+            (s.cpu_user_ns, s.cpu_system_ns),
+            (2_500_000_000, 500_000_000)
+        );
+        assert_eq!(s.cfs_throttled_periods, 4);
+        assert_eq!(s.memory_working_set, 0);
+        assert_eq!(
+            (s.memory_rss, s.memory_cache, s.memory_failcnt, s.oom_kills),
+            (300, 600, 2, 3)
+        );
+        assert_eq!((s.cpu_shares, s.cpu_quota_us, s.memory_limit), (204, -1, 0));
+        assert_eq!((s.processes, s.threads), (1, 2));
+        // Without the pids hierarchy, the memory one lists the processes.
+        std::fs::write(root.join("memory/kp/c/cgroup.procs"), "1\n2\n3\n").unwrap();
+        let mut no_pids = dirs.clone();
+        no_pids.remove("pids");
+        let s = read(&Mode::V1(no_pids), "kp/c", None).unwrap();
+        assert_eq!(s.processes, 3);
+        // A cgroup missing from the memory hierarchy is no cgroup.
+        std::fs::remove_dir_all(root.join("memory/kp/c")).unwrap();
+        assert!(read(&Mode::V1(dirs), "kp/c", None).is_none());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

@@ -1,0 +1,519 @@
+//! The pod lifecycle without root: a real worker over the fakes of
+//! `worker::fake`, on tokio's paused clock (sleeps advance it at once).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use super::fake::{FakeHost, FakeRuntime, env};
+use super::{PodHandle, WorkerEnv, container_id, spawn};
+use crate::manifest::{StaticPod, parse_file};
+use crate::pod::{ContainerState, ContainerStatus, Phase, PodEntry, PodError};
+use crate::runtime::{Exit, TaskState, labels};
+
+struct Pod {
+    rt: Arc<FakeRuntime>,
+    host: Arc<FakeHost>,
+    env: Arc<WorkerEnv>,
+    uid: String,
+    handle: Option<PodHandle>,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn manifest(spec: &str) -> StaticPod {
+    let text = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n{spec}");
+    let p = parse_file(Path::new("/m/web.yaml"), &text, "node1");
+    assert!(p.errors.is_empty(), "{:?}", p.errors);
+    let pod = p.pods.into_iter().next().unwrap();
+    let resolved = crate::volume::resolve::resolve(&pod, &Default::default());
+    pod.with_resolved(resolved)
+}
+
+impl Pod {
+    fn prepare(rt: FakeRuntime, host: FakeHost) -> (Arc<FakeRuntime>, Arc<FakeHost>, TempDir) {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "kl-worker-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let host = FakeHost {
+            dir: dir.clone(),
+            ..host
+        };
+        (Arc::new(rt), Arc::new(host), TempDir(dir))
+    }
+
+    fn run(pod: StaticPod, rt: FakeRuntime, host: FakeHost) -> Pod {
+        let (rt, host, dir) = Pod::prepare(rt, host);
+        let env = env(rt.clone(), host.clone());
+        let uid = pod.uid.clone();
+        let (crashed, _) = tokio::sync::mpsc::unbounded_channel();
+        let handle = spawn(pod, env.clone(), None, crashed);
+        Pod {
+            rt,
+            host,
+            env,
+            uid,
+            handle: Some(handle),
+            _dir: dir,
+        }
+    }
+
+    fn entry(&self) -> Option<PodEntry> {
+        self.env.store.get(&self.uid)
+    }
+
+    fn container(&self, name: &str) -> ContainerStatus {
+        let e = self.entry().expect("pod in the store");
+        e.status
+            .init_containers
+            .iter()
+            .chain(&e.status.containers)
+            .find(|c| c.name == name)
+            .cloned()
+            .unwrap()
+    }
+
+    /// Waits (on the paused clock) until `cond` holds; panics after a
+    /// virtual minute.
+    async fn until(&self, what: &str, cond: impl Fn(&Pod) -> bool) {
+        for _ in 0..600 {
+            if cond(self) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "timed out waiting for {what}; calls {:?}; status {:?}",
+            self.rt.calls(),
+            self.entry().map(|e| e.status)
+        );
+    }
+
+    fn running(&self, name: &str) -> bool {
+        self.rt.running(name).is_some()
+            && matches!(self.container(name).state, ContainerState::Running { .. })
+    }
+}
+
+fn waiting_reason(c: &ContainerStatus) -> Option<(String, String)> {
+    match &c.state {
+        ContainerState::Waiting { reason, message } => Some((reason.clone(), message.clone())),
+        _ => None,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn setup_runs_in_order_and_init_containers_one_at_a_time() {
+    let pod = manifest(
+        "  initContainers:\n  - {name: a, image: busybox}\n  - {name: b, image: busybox}\n  containers:\n  - {name: c, image: busybox}\n  - {name: d, image: busybox}\n  volumes:\n  - {name: scratch, emptyDir: {}}\n",
+    );
+    let p = Pod::run(pod, FakeRuntime::default(), FakeHost::default());
+    p.until("a runs", |p| p.running("a")).await;
+    assert_eq!(
+        p.host.calls(),
+        ["cgroup BestEffort", "sandbox", "mount scratch"]
+    );
+    assert_eq!(p.entry().unwrap().status.phase, Phase::Pending);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!((p.rt.created("b"), p.rt.created("c")), (0, 0));
+    p.rt.exit("a", 0);
+    p.until("b runs", |p| p.running("b")).await;
+    assert_eq!(p.rt.created("c"), 0);
+    p.rt.exit("b", 0);
+    p.until("c and d run", |p| p.running("c") && p.running("d"))
+        .await;
+    p.until("phase Running", |p| {
+        p.entry().unwrap().status.phase == Phase::Running
+    })
+    .await;
+    assert!(matches!(
+        p.container("a").state,
+        ContainerState::Terminated { exit_code: 0, .. }
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_init_container_is_retried_and_fails_the_pod_under_never() {
+    let spec = |policy: &str| {
+        manifest(&format!(
+            "  restartPolicy: {policy}\n  initContainers:\n  - {{name: a, image: busybox}}\n  containers:\n  - {{name: c, image: busybox}}\n"
+        ))
+    };
+    let p = Pod::run(
+        spec("OnFailure"),
+        FakeRuntime::default(),
+        FakeHost::default(),
+    );
+    p.until("a runs", |p| p.running("a")).await;
+    p.rt.exit("a", 1);
+    p.until("a runs again", |p| p.rt.created("a") == 2 && p.running("a"))
+        .await;
+    assert_eq!(p.rt.created("c"), 0);
+
+    let p = Pod::run(spec("Never"), FakeRuntime::default(), FakeHost::default());
+    p.until("a runs", |p| p.running("a")).await;
+    p.rt.exit("a", 1);
+    p.until("phase Failed", |p| {
+        p.entry().unwrap().status.phase == Phase::Failed
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!((p.rt.created("a"), p.rt.created("c")), (1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_looping_container_backs_off_as_the_kubelet_does() {
+    let p = Pod::run(
+        manifest("  containers:\n  - {name: c, image: busybox}\n"),
+        FakeRuntime::default(),
+        FakeHost::default(),
+    );
+    p.until("c runs", |p| p.running("c")).await;
+    // The first restart is immediate.
+    p.rt.exit("c", 1);
+    p.until("restart 1", |p| p.rt.created("c") == 2 && p.running("c"))
+        .await;
+    // Then 10 s, then 20 s.
+    for (restart, wait) in [(2, 10), (3, 20)] {
+        p.rt.exit("c", 1);
+        p.until("back-off", |p| {
+            waiting_reason(&p.container("c")).is_some_and(|(r, _)| r == "CrashLoopBackOff")
+        })
+        .await;
+        let (_, message) = waiting_reason(&p.container("c")).unwrap();
+        assert!(
+            message.starts_with(&format!("back-off {wait}s restarting failed container=c")),
+            "{message}"
+        );
+        let last = p.container("c").last_state.unwrap();
+        assert!(matches!(
+            last,
+            ContainerState::Terminated { exit_code: 1, .. }
+        ));
+        tokio::time::sleep(Duration::from_secs(wait - 1)).await;
+        assert_eq!(p.rt.created("c"), restart, "restarted before its back-off");
+        p.until("restarted after the back-off", |p| {
+            p.rt.created("c") == restart + 1 && p.running("c")
+        })
+        .await;
+        assert_eq!(
+            p.container("c").restart_count,
+            u32::try_from(restart).unwrap()
+        );
+    }
+    // The previous attempt's container goes once the next one runs.
+    assert_eq!(p.rt.ids().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_oom_kill_is_reported_as_oomkilled_even_with_exit_code_zero() {
+    let host = FakeHost::default();
+    *host.oom_kills.lock().unwrap() = Some(1);
+    let p = Pod::run(
+        manifest("  restartPolicy: Never\n  containers:\n  - {name: c, image: busybox}\n"),
+        FakeRuntime::default(),
+        host,
+    );
+    p.until("c runs", |p| p.running("c")).await;
+    // A shell whose child was killed may itself exit 0.
+    p.rt.exit("c", 0);
+    p.until("terminated", |p| {
+        matches!(p.container("c").state, ContainerState::Terminated { .. })
+    })
+    .await;
+    let ContainerState::Terminated { reason, .. } = p.container("c").state else {
+        unreachable!()
+    };
+    assert_eq!(reason, "OOMKilled");
+}
+
+#[tokio::test(start_paused = true)]
+async fn adoption_takes_over_what_an_earlier_run_left() {
+    let pod = manifest(
+        "  initContainers:\n  - {name: i, image: busybox}\n  containers:\n  - {name: c, image: busybox}\n  - {name: d, image: busybox}\n",
+    );
+    let uid = pod.uid.clone();
+    let rt = FakeRuntime::default();
+    let labels_of = |name: &str, attempt: u32| {
+        HashMap::from([
+            (labels::POD_UID.to_string(), uid.clone()),
+            (labels::CONTAINER_NAME.to_string(), name.to_string()),
+            (labels::RESTART_COUNT.to_string(), attempt.to_string()),
+        ])
+    };
+    let at = SystemTime::now();
+    // c: an old attempt (exited) and the current one (running);
+    // d: exited while the agent was away.
+    rt.leave(
+        &container_id(&uid, "c", 1),
+        labels_of("c", 1),
+        TaskState::Exited(Exit { code: 1, at }),
+    );
+    rt.leave(
+        &container_id(&uid, "c", 2),
+        labels_of("c", 2),
+        TaskState::Running { pid: 42 },
+    );
+    rt.leave(
+        &container_id(&uid, "d", 0),
+        labels_of("d", 0),
+        TaskState::Exited(Exit { code: 3, at }),
+    );
+    let p = Pod::run(pod, rt, FakeHost::default());
+    p.until("d restarted", |p| p.rt.created("d") == 1 && p.running("d"))
+        .await;
+    assert_eq!(p.rt.created("c"), 0, "the running container is kept");
+    assert_eq!(p.rt.created("i"), 0, "init containers had succeeded");
+    let c = p.container("c");
+    assert_eq!((c.restart_count, c.pid), (2, Some(42)));
+    assert!(matches!(c.state, ContainerState::Running { .. }));
+    let d = p.container("d");
+    assert_eq!(d.restart_count, 1);
+    assert!(matches!(
+        d.last_state,
+        Some(ContainerState::Terminated { exit_code: 3, .. })
+    ));
+    assert!(!p.rt.ids().contains(&container_id(&uid, "c", 1)));
+    // Its exit is followed like any other.
+    p.rt.exit("c", 0);
+    p.until("c restarted", |p| p.rt.created("c") == 1 && p.running("c"))
+        .await;
+    assert_eq!(p.container("c").restart_count, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn termination_sends_sigterm_then_sigkill_after_the_grace_period() {
+    let rt = FakeRuntime::default();
+    rt.ignore_term.store(true, Ordering::SeqCst);
+    let mut p = Pod::run(
+        manifest(
+            "  terminationGracePeriodSeconds: 5\n  containers:\n  - {name: c, image: busybox}\n",
+        ),
+        rt,
+        FakeHost::default(),
+    );
+    p.until("c runs", |p| p.running("c")).await;
+    let done = p.handle.take().unwrap().stop();
+    let done = tokio::spawn(done);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let kills: Vec<String> =
+        p.rt.calls()
+            .into_iter()
+            .filter(|c| c.starts_with("kill"))
+            .collect();
+    assert_eq!(kills, ["kill c 15"]);
+    assert!(p.entry().unwrap().status.terminating_since.is_some());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    done.await.unwrap();
+    let kills: Vec<String> =
+        p.rt.calls()
+            .into_iter()
+            .filter(|c| c.starts_with("kill"))
+            .collect();
+    assert_eq!(kills, ["kill c 15", "kill c 9"]);
+    assert!(p.rt.ids().is_empty(), "containers removed");
+    let calls = p.host.calls();
+    assert!(
+        calls.ends_with(&["teardown sandbox".into(), "remove cgroup".into()]),
+        "{calls:?}"
+    );
+    assert!(p.entry().is_none(), "gone from the store");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_whose_processes_honour_sigterm_stops_at_once() {
+    let mut p = Pod::run(
+        manifest("  containers:\n  - {name: c, image: busybox}\n"),
+        FakeRuntime::default(),
+        FakeHost::default(),
+    );
+    p.until("c runs", |p| p.running("c")).await;
+    let start = tokio::time::Instant::now();
+    p.handle.take().unwrap().stop().await;
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(!p.rt.calls().iter().any(|c| c == "kill c 9"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_setup_step_is_retried_with_backoff_and_reported() {
+    let host = FakeHost::default();
+    *host.sandbox_failures.lock().unwrap() = 2;
+    let p = Pod::run(
+        manifest("  containers:\n  - {name: c, image: busybox}\n"),
+        FakeRuntime::default(),
+        host,
+    );
+    p.until("the failure is reported", |p| {
+        p.entry()
+            .is_some_and(|e| e.status.reason.as_deref() == Some("FailedCreatePodSandBox"))
+    })
+    .await;
+    let events = p.entry().unwrap().status.events;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason == "FailedCreatePodSandBox" && e.message == "no namespaces today")
+    );
+    p.until("c runs", |p| p.running("c")).await;
+    assert_eq!(
+        p.host.calls(),
+        [
+            "cgroup BestEffort",
+            "sandbox failed",
+            "sandbox failed",
+            "sandbox"
+        ]
+    );
+    assert_eq!(
+        p.entry().unwrap().status.reason,
+        None,
+        "cleared once it works"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_with_an_unresolved_reference_waits_without_retrying() {
+    let pod = manifest("  containers:\n  - {name: c, image: busybox}\n").with_resolved(
+        crate::volume::Resolved {
+            problem: Some(PodError::Mount("configmap \"cfg\" not found".into())),
+            ..Default::default()
+        },
+    );
+    let p = Pod::run(pod, FakeRuntime::default(), FakeHost::default());
+    p.until("the problem is reported", |p| {
+        p.entry()
+            .is_some_and(|e| e.status.reason.as_deref() == Some("FailedMount"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert!(p.host.calls().is_empty() && p.rt.calls().is_empty());
+    assert_eq!(p.entry().unwrap().status.events.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_image_keeps_the_container_waiting_with_the_kubelets_reason() {
+    let rt = FakeRuntime::default();
+    rt.missing_images.lock().unwrap().push("nope:1".into());
+    let p = Pod::run(
+        manifest(
+            "  containers:\n  - {name: c, image: 'nope:1'}\n  - {name: n, image: 'nope:1', imagePullPolicy: Never}\n  - {name: ok, image: busybox}\n",
+        ),
+        rt,
+        FakeHost::default(),
+    );
+    p.until("ok runs", |p| p.running("ok")).await;
+    p.until("reasons", |p| {
+        waiting_reason(&p.container("c")).is_some_and(|(r, _)| r == "ImagePullBackOff")
+            && waiting_reason(&p.container("n")).is_some_and(|(r, _)| r == "ErrImageNeverPull")
+    })
+    .await;
+    let (_, message) = waiting_reason(&p.container("c")).unwrap();
+    assert_eq!(message, "Back-off pulling image \"nope:1\"");
+    let events = p.entry().unwrap().status.events;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason == "Failed" && e.message.contains("ErrImagePull"))
+    );
+    // Tried again after 10 s, then 20 s.
+    let tries = || p.rt.calls().iter().filter(|c| *c == "image nope:1").count();
+    assert_eq!(tries(), 2, "c and n once each");
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(tries(), 4);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(tries(), 4, "the second wait is 20 s");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(tries(), 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_pod_network_gives_the_status_its_addresses() {
+    let host = FakeHost::default();
+    *host.network_not_ready.lock().unwrap() = 1;
+    let p = Pod::run(
+        manifest("  containers:\n  - {name: c, image: busybox}\n"),
+        FakeRuntime::default(),
+        host,
+    );
+    p.until("the network is reported not ready", |p| {
+        p.entry()
+            .is_some_and(|e| e.status.reason.as_deref() == Some("NetworkNotReady"))
+    })
+    .await;
+    assert!(p.entry().unwrap().status.pod_ips.is_empty());
+    // Retried with the setup's back-off, then the sandbox's addresses.
+    p.until("c runs", |p| p.running("c")).await;
+    let status = p.entry().unwrap().status;
+    assert_eq!(status.reason, None);
+    assert_eq!(status.pod_ip(), Some([10, 88, 0, 1].into()));
+    let api = status.to_api();
+    assert_eq!(api.pod_ip.as_deref(), Some("10.88.0.1"));
+    assert_eq!(api.host_ip.as_deref(), Some("192.0.2.1"));
+    assert!(
+        status
+            .events
+            .iter()
+            .any(|e| e.reason == "NetworkNotReady" && e.message == "no CNI configuration")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_manager_releases_networks_of_unknown_pods_once_at_start() {
+    let pod = manifest("  containers:\n  - {name: c, image: busybox}\n");
+    let (rt, host, _dir) = Pod::prepare(FakeRuntime::default(), FakeHost::default());
+    let env = env(rt, host.clone());
+    // A pod directory whose manifest is gone: torn down (and so detached)
+    // by the manager, hence known to the release.
+    std::fs::create_dir_all(env.pod_dir("gone")).unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(crate::source::Desired::default()));
+    let (_reclaim_tx, reclaims) = tokio::sync::mpsc::unbounded_channel();
+    let (_ping_tx, pings) = tokio::sync::mpsc::unbounded_channel();
+    let uid = pod.uid.clone();
+    let manager = tokio::spawn(super::manager::run(
+        rx,
+        env.clone(),
+        crate::node::Resources {
+            cpu_milli: 4000,
+            memory: 1 << 32,
+            pods: 110,
+        },
+        reclaims,
+        pings,
+    ));
+    tx.send(Arc::new(crate::source::Desired {
+        pods: vec![pod],
+        ..Default::default()
+    }))
+    .unwrap();
+    for _ in 0..100 {
+        if host.calls().iter().any(|c| c == "teardown sandbox") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tx.send(Arc::new(crate::source::Desired::default()))
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let released = host.released.lock().unwrap().clone();
+    assert_eq!(released.len(), 1, "once, at start: {:?}", host.calls());
+    let known: std::collections::HashSet<String> = [uid, "gone".to_string()].into();
+    assert_eq!(released[0], known);
+    manager.abort();
+}
