@@ -5,7 +5,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use common::{Env, pod_yaml};
-use support::{Raw, env_number, mib, percentile, usage};
+use support::{Podman, Raw, env_number, mib, percentile, usage};
 
 const SHELL: &str = "trap 'exit 0' TERM; while :; do sleep 1 & wait; done";
 
@@ -73,6 +73,20 @@ async fn raw(sock: &std::path::Path, pods: usize) -> Duration {
         raw.remove(b).await;
     }
     raw.clean();
+    took
+}
+
+/// `podman kube play` of the same `n` pods in one file: until podman
+/// reports them started. `None` without podman.
+fn podman(env: &Env, n: usize) -> Option<Duration> {
+    let podman = Podman::new(&env.dir, &common::busybox_archive())?;
+    let file = env.dir.join("podman-pods.yaml");
+    let text: Vec<String> = (0..n)
+        .map(|i| Podman::manifest(&pod(&format!("pm{i}"))))
+        .collect();
+    std::fs::write(&file, text.join("---\n")).ok()?;
+    let took = podman.play(&file);
+    podman.down(&file);
     took
 }
 
@@ -168,6 +182,7 @@ fn main() {
     let sock = env.dir.join("containerd.sock");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let raw_start = rt.block_on(raw(&sock, n));
+    let podman_start = podman(&env, n);
 
     let cpus = std::thread::available_parallelism().map_or(0, |c| c.get());
     println!("kubelet-lite at scale: {n} two-container pods, {cpus} CPUs");
@@ -179,6 +194,13 @@ fn main() {
         raw_start.as_secs_f64(),
         start.as_secs_f64() / raw_start.as_secs_f64()
     );
+    if let Some(p) = podman_start {
+        println!(
+            "| {n} pods, podman kube play of the same pods (one file) | {:.1} s | podman / kubelet-lite: {:.2}x |",
+            p.as_secs_f64(),
+            p.as_secs_f64() / start.as_secs_f64()
+        );
+    }
     println!("| agent RSS, no pods | {empty_rss:.1} MiB | |");
     println!("| agent RSS at {n} pods | {rss_full:.1} MiB | |");
     println!(

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::net::{Net, PLUGINS};
 use common::{Env, pod_yaml};
-use support::{Raw, percentile};
+use support::{Podman, Raw, percentile};
 
 fn one(name: &str) -> String {
     pod_yaml(
@@ -151,29 +151,7 @@ async fn raw_networked_rounds(env: &Env, net: &Net, rounds: usize) -> Vec<f64> {
 
 /// `podman kube play` of the same manifests, when podman is installed.
 fn podman_rounds(dir: &Path, rounds: usize, containers: usize) -> Option<Vec<f64>> {
-    Command::new("podman").arg("--version").output().ok()?;
-    let conf = dir.join("containers.conf");
-    // Needed on these machines for podman's default ulimits to apply.
-    std::fs::write(
-        &conf,
-        "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n",
-    )
-    .ok()?;
-    let podman = |args: &[&str]| {
-        Command::new("podman")
-            .env("CONTAINERS_CONF", &conf)
-            .args(args)
-            .output()
-            .expect("podman")
-    };
-    let load = podman(&["load", "-i", common::busybox_archive().to_str().unwrap()]);
-    if !load.status.success() {
-        eprintln!(
-            "podman load failed: {}",
-            String::from_utf8_lossy(&load.stderr)
-        );
-        return None;
-    }
+    let podman = Podman::new(dir, &common::busybox_archive())?;
     let mut out = vec![];
     for i in 0..rounds {
         let name = format!("pm{containers}x{i}");
@@ -183,28 +161,10 @@ fn podman_rounds(dir: &Path, rounds: usize, containers: usize) -> Option<Vec<f64
         } else {
             two(&name)
         };
-        std::fs::write(
-            &file,
-            text.replace(
-                "image: busybox",
-                "image: docker.io/library/busybox:latest\n    imagePullPolicy: Never",
-            ),
-        )
-        .ok()?;
-        let t0 = Instant::now();
-        let r = podman(&["kube", "play", file.to_str().unwrap()]);
-        let took = t0.elapsed();
-        if !r.status.success() {
-            eprintln!(
-                "podman kube play failed: {}",
-                String::from_utf8_lossy(&r.stderr)
-            );
-            return None;
-        }
-        out.push(took.as_secs_f64() * 1000.0);
-        podman(&["kube", "play", "--down", file.to_str().unwrap()]);
+        std::fs::write(&file, Podman::manifest(&text)).ok()?;
+        out.push(podman.play(&file)?.as_secs_f64() * 1000.0);
+        podman.down(&file);
     }
-    podman(&["rmi", "-f", "docker.io/library/busybox:latest"]);
     Some(out)
 }
 

@@ -157,6 +157,22 @@ async fn connect(config: &Config, health: &RuntimeHealth) -> anyhow::Result<Cont
     }
 }
 
+/// Raises the soft open-file limit to the hard one, as Go programs
+/// (containerd, the kubelet) do at start: the statistics endpoints keep the
+/// cgroup directories of every pod and container open between scrapes.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                warn!("raising the open-file limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => warn!("reading the open-file limit: {e}"),
+    }
+}
+
 /// Asks containerd every [`health::CHECK_PERIOD`] whether it answers, as
 /// the kubelet asks its runtime, and logs when that changes.
 async fn watch_runtime(rt: Arc<Containerd>, health: Arc<RuntimeHealth>) {
@@ -229,6 +245,7 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
         containerd = %config.containerd.address.display(),
         "kubelet-lite starting"
     );
+    raise_open_file_limit();
     // The agent's directories, resolved once: mount points below them are
     // compared with the kernel's (canonical) mount table, and a symlinked
     // rootDir must not make a mount look like a plain directory.

@@ -279,3 +279,85 @@ impl Raw {
         }
     }
 }
+
+/// podman, when installed, as the peer baseline: its own configuration
+/// (the ulimits these machines need) and the test busybox image loaded;
+/// the image is removed again on drop.
+pub struct Podman {
+    conf: std::path::PathBuf,
+}
+
+/// The test image under the name podman gives a loaded archive.
+pub const PODMAN_IMAGE: &str = "docker.io/library/busybox:latest";
+
+impl Podman {
+    /// `None` when podman is not installed or cannot load the image.
+    pub fn new(dir: &Path, archive: &Path) -> Option<Podman> {
+        std::process::Command::new("podman")
+            .arg("--version")
+            .output()
+            .ok()?;
+        let conf = dir.join("containers.conf");
+        std::fs::write(
+            &conf,
+            "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n",
+        )
+        .ok()?;
+        let p = Podman { conf };
+        let load = p.run(&["load", "-i", archive.to_str()?]);
+        if !load.status.success() {
+            eprintln!(
+                "podman load failed: {}",
+                String::from_utf8_lossy(&load.stderr)
+            );
+            return None;
+        }
+        Some(p)
+    }
+
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("podman")
+            .env("CONTAINERS_CONF", &self.conf)
+            .args(args)
+            .output()
+            .expect("running podman")
+    }
+
+    /// A manifest of ours rewritten for podman: the image by the name it
+    /// loaded, never pulled.
+    pub fn manifest(text: &str) -> String {
+        text.replace(
+            "image: busybox",
+            &format!("image: {PODMAN_IMAGE}\n    imagePullPolicy: Never"),
+        )
+    }
+
+    /// `podman kube play FILE`, timed; `None` (and podman's message) on
+    /// failure.
+    pub fn play(&self, file: &Path) -> Option<std::time::Duration> {
+        let t0 = std::time::Instant::now();
+        let r = self.run(&["kube", "play", file.to_str()?]);
+        let took = t0.elapsed();
+        if !r.status.success() {
+            eprintln!(
+                "podman kube play failed: {}",
+                String::from_utf8_lossy(&r.stderr)
+            );
+            let _ = self.run(&["kube", "play", "--down", file.to_str()?]);
+            return None;
+        }
+        Some(took)
+    }
+
+    pub fn down(&self, file: &Path) {
+        if let Some(f) = file.to_str() {
+            let _ = self.run(&["kube", "play", "--down", f]);
+        }
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.run(&["rmi", "-f", PODMAN_IMAGE]);
+    }
+}

@@ -45,18 +45,45 @@ impl Dir {
     }
 }
 
+/// cgroup files listed record by record (one read may end between
+/// records): read to the end.
+const ITERATED: &[&str] = &["cgroup.procs", "cgroup.threads", "tasks"];
+
+/// The first read's size for the other files (v1 `memory.stat`, the
+/// largest, is under 2 KiB).
+const SINGLE_READ: usize = 8192;
+
 impl Source for Dir {
-    fn read(&self, file: &str) -> Option<String> {
+    fn read(&self, file_name: &str) -> Option<String> {
         let fd = nix::fcntl::openat(
             &self.0,
-            file,
+            file_name,
             OFlag::O_RDONLY | OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )
         .ok()?;
-        let mut out = String::new();
-        std::fs::File::from(fd).read_to_string(&mut out).ok()?;
-        Some(out)
+        let mut file = std::fs::File::from(fd);
+        if ITERATED.contains(&file_name) {
+            let mut out = String::new();
+            file.read_to_string(&mut out).ok()?;
+            return Some(out);
+        }
+        // The other files are made by one call of the kernel into a buffer
+        // that grows until all fits, then copied out: one read of a larger
+        // size returns all of it, and a short read means the end (this
+        // saves a scrape the read that would only find the end).
+        let mut buf = vec![0u8; SINGLE_READ];
+        let mut len = 0;
+        loop {
+            let n = file.read(&mut buf[len..]).ok()?;
+            len += n;
+            if n == 0 || len < buf.len() {
+                break;
+            }
+            buf.resize(buf.len() * 2, 0);
+        }
+        buf.truncate(len);
+        String::from_utf8(buf).ok()
     }
 }
 

@@ -4,9 +4,9 @@
 //! an idle agent costs nothing.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use super::mode::Mode;
+use super::mode::{Mode, Opened};
 use super::{cpu, memory, pids};
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -43,24 +43,38 @@ pub struct Spec {
     pub memory_limit: u64,
 }
 
-/// Specs by cgroup path, kept between scrapes.
+/// What a scrape keeps of each cgroup between scrapes: its directories,
+/// opened (so that the long paths are walked once per cgroup, not once per
+/// scrape), and its configured values.
+#[derive(Debug, Clone)]
+struct Kept {
+    opened: Arc<Opened>,
+    spec: Spec,
+}
+
+/// The cgroups read by earlier scrapes, by path. Forget the gone ones with
+/// [`SpecCache::retain`].
 #[derive(Debug, Default)]
-pub struct SpecCache(Mutex<HashMap<String, Spec>>);
+pub struct SpecCache(Mutex<HashMap<String, Kept>>);
 
 impl SpecCache {
-    fn get(&self, rel: &str) -> Option<Spec> {
+    fn get(&self, rel: &str) -> Option<Kept> {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(rel)
-            .copied()
+            .cloned()
     }
 
-    fn put(&self, rel: &str, spec: Spec) {
+    fn put(&self, rel: &str, kept: Kept) {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(rel.to_string(), spec);
+            .insert(rel.to_string(), kept);
+    }
+
+    fn forget(&self, rel: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(rel);
     }
 
     /// Forgets the cgroups not in `live`.
@@ -70,23 +84,51 @@ impl SpecCache {
             .unwrap_or_else(|e| e.into_inner())
             .retain(|k, _| live.contains(k));
     }
+
+    /// How many cgroups are kept.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Reads the stats of cgroup `rel`; `None` when it does not exist. With a
-/// cache, the configured values are read once per cgroup.
+/// cache, its directories are opened and its configured values read once;
+/// a kept cgroup that can no longer be read (removed, or removed and made
+/// again at the same path) is opened afresh.
 pub fn read(mode: &Mode, rel: &str, cache: Option<&SpecCache>) -> Option<CgroupStats> {
-    let cg = mode.open(rel)?;
+    let Some(cache) = cache else {
+        let opened = mode.open(rel)?;
+        let spec = spec_of(&opened);
+        return read_opened(&opened, &spec);
+    };
+    if let Some(kept) = cache.get(rel) {
+        if let Some(stats) = read_opened(&kept.opened, &kept.spec) {
+            return Some(stats);
+        }
+        cache.forget(rel);
+    }
+    let opened = Arc::new(mode.open(rel)?);
+    let spec = spec_of(&opened);
+    let stats = read_opened(&opened, &spec)?;
+    cache.put(rel, Kept { opened, spec });
+    Some(stats)
+}
+
+fn spec_of(cg: &Opened) -> Spec {
+    Spec {
+        cpu: cpu::spec(cg.version, cg.cpu()),
+        memory_limit: memory::limit(cg.version, cg.memory()),
+    }
+}
+
+fn read_opened(cg: &Opened, spec: &Spec) -> Option<CgroupStats> {
     let v = cg.version;
     let cpu = cpu::usage(v, cg.cpu(), cg.cpuacct())?;
     let memory = memory::usage(v, cg.memory());
-    let known = cache.and_then(|c| c.get(rel));
-    let spec = known.unwrap_or_else(|| Spec {
-        cpu: cpu::spec(v, cg.cpu()),
-        memory_limit: memory::limit(v, cg.memory()),
-    });
-    if let (Some(c), None) = (cache, known) {
-        c.put(rel, spec);
-    }
     let tasks = pids::tasks(v, cg.pids());
     Some(CgroupStats {
         cpu_usage_ns: cpu.usage_ns,
@@ -170,9 +212,24 @@ mod tests {
         std::fs::write(d.join("cgroup.procs"), "12\n").unwrap();
         let again = read(&mode, "/kubepods/podu/c1", Some(&cache)).unwrap();
         assert_eq!((again.cpu_quota_us, again.processes), (20_000, 1));
+        assert_eq!(cache.len(), 1);
         cache.retain(&HashSet::new());
+        assert!(cache.is_empty());
         let fresh = read(&mode, "/kubepods/podu/c1", Some(&cache)).unwrap();
         assert_eq!(fresh.cpu_quota_us, -1);
+        // Removed and made again at the same path: read afresh, not through
+        // the directory kept open.
+        let moved = root.join("gone");
+        std::fs::rename(&d, &moved).unwrap();
+        std::fs::create_dir_all(&d).unwrap();
+        for e in std::fs::read_dir(&moved).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
+        }
+        std::fs::remove_dir_all(&moved).unwrap();
+        std::fs::write(d.join("cpu.max"), "50000 100000\n").unwrap();
+        let remade = read(&mode, "/kubepods/podu/c1", Some(&cache)).unwrap();
+        assert_eq!(remade.cpu_quota_us, 50_000);
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -123,7 +123,7 @@ fn collect(store: &Store, cgroups: &Cgroups, specs: &SpecCache) -> Vec<PodRow> {
         .map_or(1, |n| n.get())
         .min(4);
     let chunk = entries.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
+    let rows: Vec<PodRow> = std::thread::scope(|scope| {
         let handles: Vec<_> = entries
             .chunks(chunk)
             .map(|part| scope.spawn(move || collect_pods(part.to_vec(), cgroups, specs)))
@@ -132,7 +132,17 @@ fn collect(store: &Store, cgroups: &Cgroups, specs: &SpecCache) -> Vec<PodRow> {
             .into_iter()
             .flat_map(|h| h.join().unwrap_or_default())
             .collect()
-    })
+    });
+    // The configured values of cgroups that are gone are forgotten, so
+    // that the cache follows the pods through any churn.
+    let live: std::collections::HashSet<String> = rows
+        .iter()
+        .flat_map(|p| {
+            std::iter::once(p.cgroup.clone()).chain(p.containers.iter().map(|c| c.cgroup.clone()))
+        })
+        .collect();
+    specs.retain(&live);
+    rows
 }
 
 fn collect_pods(entries: Vec<PodEntry>, cgroups: &Cgroups, specs: &SpecCache) -> Vec<PodRow> {
