@@ -79,7 +79,7 @@ async fn raw(sock: &std::path::Path, pods: usize) -> Duration {
 /// `podman kube play` of the same `n` pods in one file: until podman
 /// reports them started. `None` without podman.
 fn podman(env: &Env, n: usize) -> Option<Duration> {
-    let podman = Podman::new(&env.dir, &common::busybox_archive())?;
+    let podman = Podman::new(&env.dir, common::busybox_archive())?;
     let file = env.dir.join("podman-pods.yaml");
     let text: Vec<String> = (0..n)
         .map(|i| Podman::manifest(&pod(&format!("pm{i}"))))

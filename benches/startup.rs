@@ -151,7 +151,7 @@ async fn raw_networked_rounds(env: &Env, net: &Net, rounds: usize) -> Vec<f64> {
 
 /// `podman kube play` of the same manifests, when podman is installed.
 fn podman_rounds(dir: &Path, rounds: usize, containers: usize) -> Option<Vec<f64>> {
-    let podman = Podman::new(dir, &common::busybox_archive())?;
+    let podman = Podman::new(dir, common::busybox_archive())?;
     let mut out = vec![];
     for i in 0..rounds {
         let name = format!("pm{containers}x{i}");

@@ -292,7 +292,7 @@ pub const PODMAN_IMAGE: &str = "docker.io/library/busybox:latest";
 
 impl Podman {
     /// `None` when podman is not installed or cannot load the image.
-    pub fn new(dir: &Path, archive: &Path) -> Option<Podman> {
+    pub fn new(dir: &Path, archive: impl AsRef<Path>) -> Option<Podman> {
         std::process::Command::new("podman")
             .arg("--version")
             .output()
@@ -304,7 +304,7 @@ impl Podman {
         )
         .ok()?;
         let p = Podman { conf };
-        let load = p.run(&["load", "-i", archive.to_str()?]);
+        let load = p.run(&["load", "-i", archive.as_ref().to_str()?]);
         if !load.status.success() {
             eprintln!(
                 "podman load failed: {}",
