@@ -89,6 +89,11 @@ pub fn pod_object(entry: &PodEntry) -> Result<serde_json::Value, serde_json::Err
         .status
         .terminating_since
         .map(crate::pod::status::to_time);
+    // A mirror pod's creation is when the API server heard of it; here,
+    // when the agent started the pod (what kubectl's AGE counts from).
+    if pod.metadata.creation_timestamp.is_none() {
+        pod.metadata.creation_timestamp = entry.status.start_time.map(crate::pod::status::to_time);
+    }
     let mut v = serde_json::to_value(&pod)?;
     v["apiVersion"] = json!("v1");
     v["kind"] = json!("Pod");
