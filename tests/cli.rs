@@ -105,6 +105,63 @@ fn agent_has_open(env: &Env, path: &Path) -> bool {
         .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == path))
 }
 
+/// Sockets in /proc/net/unix bound to the agent's socket path: the
+/// listener and each connection it accepted.
+fn socket_entries(env: &Env) -> usize {
+    let path = env.dir.join("agent.sock");
+    std::fs::read_to_string("/proc/net/unix")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split_whitespace().nth(7) == path.to_str())
+        .count()
+}
+
+#[test]
+fn help_completion_and_plain_logs() {
+    let bin = env!("CARGO_BIN_EXE_kubelet-lite");
+    let help = Command::new(bin).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(help.status.success());
+    assert!(
+        text.contains("Examples:") && text.contains("kubelet-lite get pods -A"),
+        "{text}"
+    );
+    let help = Command::new(bin).args(["logs", "--help"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("kubelet-lite logs web-node1 --previous")
+    );
+    for (shell, want) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef kubelet-lite"),
+        ("fish", "complete -c kubelet-lite"),
+    ] {
+        let o = Command::new(bin)
+            .args(["completion", shell])
+            .output()
+            .unwrap();
+        let script = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success() && script.contains(want),
+            "{shell}: {script}"
+        );
+        assert!(
+            script.contains("describe") && script.contains("events"),
+            "{shell}"
+        );
+    }
+    // The agent's own log has no colour codes when stderr is not a
+    // terminal (here a pipe), whatever NO_COLOR says.
+    let o = Command::new(bin)
+        .args(["--config", "/nonexistent/kubelet-lite.yaml"])
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(log.contains("/nonexistent/kubelet-lite.yaml"), "{log}");
+    assert!(!log.contains('\x1b'), "ANSI codes in {log:?}");
+}
+
 const WEB: &str = "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: app\n    image: busybox\n    command: [sleep, '3600']\n    resources:\n      limits: {memory: 64Mi}\n      requests: {cpu: 100m}\n    volumeMounts:\n    - {name: data, mountPath: /data}\n  volumes:\n  - name: data\n    emptyDir: {}\n";
 
 #[test]
@@ -197,8 +254,20 @@ fn get_describe_events_and_unknown_names() {
         l.starts_with("crash-node1 ") && l.contains("CrashLoopBackOff")
     });
     assert!(seen.is_ok(), "get -w printed {seen:?}");
+    // The agent serves the watch on an accepted connection of its socket;
+    // once the client is gone, only the listener is left.
+    assert!(socket_entries(&env) >= 2, "the watch is connected");
     let _ = watch.kill();
     let _ = watch.wait();
+    let (mut events_watch, _) = spawn(&env, &["events", "-w"]);
+    env.wait_for("events -w connected", Duration::from_secs(5), || {
+        (socket_entries(&env) == 2).then_some(())
+    });
+    let _ = events_watch.kill();
+    let _ = events_watch.wait();
+    env.wait_for("watch connections closed", Duration::from_secs(5), || {
+        (socket_entries(&env) == 1).then_some(())
+    });
 
     // wide, other namespaces, json, yaml.
     let wide = ok(&env, &["get", "pods", "-o", "wide"]);
