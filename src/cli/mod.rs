@@ -53,6 +53,9 @@ pub enum Verb {
     /// The node's recent events.
     #[command(after_help = "Examples:\n  kubelet-lite events\n  kubelet-lite events -A -w")]
     Events(EventsArgs),
+    // `exec POD [-c C] [-it] -- CMD...` goes here once the runtime can
+    // exec: a variant with its arguments, a `proto::Request::Exec`, and a
+    // stream of stdin/stdout/resize frames in `server`.
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
