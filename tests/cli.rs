@@ -219,6 +219,17 @@ fn get_describe_events_and_unknown_names() {
             && status("init-node1")? == "Running")
             .then_some(t)
     });
+    // Listed by name, as the API server lists them.
+    let names: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["crash-node1", "init-node1", "oom-node1", "web-node1"],
+        "{table}"
+    );
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(header, ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
     // Columns start where the header's do.

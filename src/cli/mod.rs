@@ -286,6 +286,19 @@ fn get(a: &GetArgs, socket: &Path) -> Result<(), Error> {
     let first = c.answer()?;
     let mut items: Vec<Value> = first["items"].as_array().cloned().unwrap_or_default();
     items.retain(|p| in_namespace(&a.ns, p["metadata"]["namespace"].as_str()));
+    // The API server lists by key: namespace, then name.
+    items.sort_by(|x, y| {
+        let key = |p: &Value| {
+            (
+                p["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                p["metadata"]["name"].as_str().unwrap_or("").to_string(),
+            )
+        };
+        key(x).cmp(&key(y))
+    });
     let wide = a.output == Some(Format::Wide);
     let namespaced = a.ns.all_namespaces;
     match a.output {
@@ -408,11 +421,12 @@ fn top(a: &TopArgs, socket: &Path) -> Result<(), Error> {
     let mut c = Conn::open(socket, &Request::Top)?;
     let answer = c.answer()?;
     let rows = answer["containers"].as_array().cloned().unwrap_or_default();
-    let rows: Vec<&Value> = rows
+    let s = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_string();
+    let mut rows: Vec<&Value> = rows
         .iter()
         .filter(|r| in_namespace(&a.ns, r["namespace"].as_str()))
         .collect();
-    let s = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_string();
+    rows.sort_by_key(|r| (s(r, "namespace"), s(r, "pod"), s(r, "container")));
     let mut header = vec![];
     if a.ns.all_namespaces {
         header.push("NAMESPACE".to_string());
