@@ -514,3 +514,28 @@ async fn events(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_socket_is_root_only_and_a_live_one_is_not_taken_over() {
+        let dir = std::env::temp_dir().join(format!("kl-cli-sock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("run/agent.sock");
+        let listener = bind(&path).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.join("run")), 0o700);
+        // A second agent on the same path is refused while the first listens.
+        let e = bind(&path).unwrap_err();
+        assert!(matches!(e, BindError::InUse(_)), "{e}");
+        assert!(e.to_string().contains("cliSocket"), "{e}");
+        // Once it is gone, its socket file is stale and replaced.
+        drop(listener);
+        assert!(path.exists());
+        let _listener = bind(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
