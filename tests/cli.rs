@@ -416,6 +416,11 @@ fn get_describe_events_and_unknown_names() {
         "{}",
         o.stderr
     );
+    let one = ok(&env, &["get", "pod", "web-node1"]);
+    assert_eq!(one.lines().count(), 2, "{one}");
+    let o = kl(&env, &["get", "pod", "nope"]);
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("pods \"nope\" not found; pods in namespace \"default\": crash-node1, init-node1, oom-node1, web-node1"), "{}", o.stderr);
     let o = kl(&env, &["get", "nodes"]);
     assert_eq!(o.code, 2, "clap's usage error");
 

@@ -32,7 +32,7 @@ pub const DEFAULT_SOCKET: &str = "/run/kubelet-lite/kubelet-lite.sock";
 pub enum Verb {
     /// List pods, with kubectl's columns and STATUS.
     #[command(
-        after_help = "Examples:\n  kubelet-lite get pods\n  kubelet-lite get pods -A -o wide\n  kubelet-lite get pods -n kube-system -o yaml\n  kubelet-lite get pods -w"
+        after_help = "Examples:\n  kubelet-lite get pods\n  kubelet-lite get pod web-node1 -o yaml\n  kubelet-lite get pods -A -o wide\n  kubelet-lite get pods -n kube-system -o yaml\n  kubelet-lite get pods -w"
     )]
     Get(GetArgs),
     /// Show a pod in detail: manifest, QoS, cgroup, volumes, containers, events.
@@ -89,6 +89,8 @@ pub struct Namespace {
 #[derive(Args, Debug)]
 pub struct GetArgs {
     pub resource: Resource,
+    /// Only this pod.
+    pub name: Option<String>,
     #[command(flatten)]
     pub ns: Namespace,
     #[arg(short, long, value_enum)]
@@ -299,6 +301,28 @@ fn get(a: &GetArgs, socket: &Path) -> Result<(), Error> {
         };
         key(x).cmp(&key(y))
     });
+    if let Some(name) = &a.name {
+        let known: Vec<String> = items
+            .iter()
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+            .collect();
+        items.retain(|p| p["metadata"]["name"].as_str() == Some(name.as_str()));
+        if items.is_empty() && !a.watch {
+            return Err(Error::Agent(format!(
+                "pods {name:?} not found; pods {}: {}",
+                if a.ns.all_namespaces {
+                    "on this node".to_string()
+                } else {
+                    format!("in namespace {:?}", a.ns.namespace)
+                },
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+    }
     let wide = a.output == Some(Format::Wide);
     let namespaced = a.ns.all_namespaces;
     match a.output {
@@ -312,6 +336,7 @@ fn get(a: &GetArgs, socket: &Path) -> Result<(), Error> {
                 while let Some(v) = c.next_line()? {
                     if let Some(p) = v.get("pod").or_else(|| v.get("deleted"))
                         && in_namespace(&a.ns, p["metadata"]["namespace"].as_str())
+                        && a.name.as_deref().is_none_or(|n| p["metadata"]["name"] == n)
                     {
                         print_object(p, a.output)?;
                     }
@@ -353,7 +378,11 @@ fn get(a: &GetArgs, socket: &Path) -> Result<(), Error> {
                     let Some(p) = v.get("pod").or_else(|| v.get("deleted")) else {
                         continue;
                     };
-                    if !in_namespace(&a.ns, p["metadata"]["namespace"].as_str()) {
+                    if !in_namespace(&a.ns, p["metadata"]["namespace"].as_str())
+                        || a.name
+                            .as_deref()
+                            .is_some_and(|n| p["metadata"]["name"] != n)
+                    {
                         continue;
                     }
                     let pod: Pod = serde_json::from_value(p.clone())?;
