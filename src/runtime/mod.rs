@@ -4,6 +4,7 @@
 
 mod client;
 pub mod containerd;
+pub mod health;
 pub mod image_ref;
 mod import;
 
