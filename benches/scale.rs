@@ -128,6 +128,31 @@ fn main() {
     let cpu_per_scrape = (usage(pid).0 - c0) / f64::from(scrapes) * 1000.0;
     let (s50, s99) = (percentile(&mut lat, 0.5), percentile(&mut lat, 0.99));
 
+    // `get pods` end to end (process start included), against listing
+    // containers straight from containerd with `ctr`.
+    let timed = |cmd: &mut std::process::Command| {
+        let t = Instant::now();
+        let out = cmd.output().expect("running a listing");
+        assert!(out.status.success(), "{cmd:?}: {out:?}");
+        t.elapsed().as_secs_f64() * 1000.0
+    };
+    let (mut get, mut ctr) = (vec![], vec![]);
+    for _ in 0..30 {
+        get.push(timed(
+            std::process::Command::new(env!("CARGO_BIN_EXE_kubelet-lite"))
+                .arg("--socket")
+                .arg(env.dir.join("agent.sock"))
+                .args(["get", "pods", "-A"]),
+        ));
+        ctr.push(timed(
+            std::process::Command::new("ctr")
+                .arg("--address")
+                .arg(env.dir.join("containerd.sock"))
+                .args(["--namespace", common::NAMESPACE, "containers", "ls"]),
+        ));
+    }
+    let (get50, ctr50) = (percentile(&mut get, 0.5), percentile(&mut ctr, 0.5));
+
     // SIGKILL and restart at N pods.
     env.stop_agent(libc::SIGKILL);
     let t0 = Instant::now();
@@ -215,6 +240,9 @@ fn main() {
     }
     println!(
         "| /metrics/cadvisor at {n} pods | p50 {s50:.1} ms, p99 {s99:.1} ms, {cpu_per_scrape:.1} ms CPU per scrape | |"
+    );
+    println!(
+        "| `kubelet-lite get pods -A` at {n} pods, process start included | p50 {get50:.1} ms | `ctr containers ls`: p50 {ctr50:.1} ms |"
     );
     println!("| stop of a pod honouring SIGTERM | median {stop50:.0} ms | |");
     println!(

@@ -14,8 +14,8 @@ cp pods/*.yaml /etc/kubernetes/manifests/
 if [ -d /run/systemd/system ]; then
     systemctl enable --now containerd
     systemd/install.sh target/release/kubelet-lite
-    echo "pods:    curl -s -H \"Authorization: Bearer \$(cat /var/lib/kubelet-lite/http-token)\" localhost:10255/pods"
-    echo "logs:    ls /var/log/pods; journalctl -u kubelet-lite -f"
+    echo "pods:    kubelet-lite get pods -A; kubelet-lite describe pod NAME; kubelet-lite events -A"
+    echo "logs:    kubelet-lite logs NAME -f; journalctl -u kubelet-lite -f"
     exit 0
 fi
 # No systemd: start containerd unless one already listens.
@@ -26,6 +26,6 @@ if [ ! -S /run/containerd/containerd.sock ]; then
 fi
 install -m 0755 target/release/kubelet-lite /usr/local/bin/kubelet-lite
 echo "running the agent in the foreground; in another shell:"
-echo "  curl -s -H \"Authorization: Bearer \$(cat /var/lib/kubelet-lite/http-token)\" localhost:10255/pods | python3 -m json.tool | less"
-echo "  ls /var/log/pods"
+echo "  kubelet-lite get pods -A; kubelet-lite describe pod NAME; kubelet-lite events -A"
+echo "  kubelet-lite logs NAME -f; kubelet-lite top pods -A"
 exec /usr/local/bin/kubelet-lite

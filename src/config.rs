@@ -71,6 +71,9 @@ pub struct Config {
     pub system_reserved: Reserved,
     /// HTTP endpoint for status and metrics.
     pub listen_address: SocketAddr,
+    /// Unix socket of the command line (`get`, `describe`, `logs`, `top`,
+    /// `events`): mode 0600, so only root may use it and no token is needed.
+    pub cli_socket: PathBuf,
     /// File holding the bearer token that every HTTP request but /healthz
     /// must carry (`Authorization: Bearer ...`). Unset: the agent makes one
     /// at first start in `<rootDir>/http-token` (mode 0600) and reuses it.
@@ -218,6 +221,7 @@ impl Default for Config {
             max_pods: 110,
             system_reserved: Reserved::default(),
             listen_address: SocketAddr::from(([127, 0, 0, 1], 10255)),
+            cli_socket: PathBuf::from(crate::cli::DEFAULT_SOCKET),
             http_token_file: None,
             metrics_anonymous: false,
             max_connections_per_client: 32,
@@ -297,6 +301,7 @@ impl Config {
             ("staticPodPath", &self.static_pod_path),
             ("rootDir", &self.root_dir),
             ("podLogsDir", &self.pod_logs_dir),
+            ("cliSocket", &self.cli_socket),
         ] {
             if !dir.is_absolute() {
                 return Err(invalid(field, format!("{} is not absolute", dir.display())));

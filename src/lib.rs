@@ -10,7 +10,9 @@
 
 pub mod cgroup;
 pub mod check;
+pub mod cli;
 pub mod config;
+pub mod events;
 pub mod hostfs;
 pub mod http;
 pub mod logs;

@@ -3,21 +3,35 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal;
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use tracing::{error, info, warn};
 
 use kubelet_lite::config::{Config, PodNetwork};
 use kubelet_lite::runtime::containerd::{Containerd, ContainerdOptions};
 use kubelet_lite::runtime::health::{self, RuntimeHealth};
-use kubelet_lite::{cgroup, http, logs, network, node, source, worker};
+use kubelet_lite::{cgroup, cli, http, logs, network, node, source, worker};
 
 /// A node agent that runs Kubernetes static pods on containerd.
+///
+/// Without a subcommand, or with `run`, it runs the agent. The verbs `get`,
+/// `describe`, `logs`, `top` and `events` ask the running agent, as kubectl
+/// would ask an API server, over a Unix socket that only root may open.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_help = "Examples:\n  kubelet-lite --config /etc/kubelet-lite/config.yaml   run the agent\n  kubelet-lite check /etc/kubernetes/manifests/web.yaml  validate manifests offline\n  kubelet-lite get pods -A                              list the node's pods\n  kubelet-lite describe pod web-node1                   a pod, its containers and events\n  kubelet-lite logs web-node1 -f                        follow a container's log\n  kubelet-lite top pods                                 CPU and memory per pod\n  kubelet-lite events -w                                watch the node's events\n  kubelet-lite completion bash > /etc/bash_completion.d/kubelet-lite"
+)]
 struct Cli {
     /// Agent configuration (YAML). Without it, built-in defaults apply.
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// The agent's command socket (default: the configuration's
+    /// `cliSocket`, /run/kubelet-lite/kubelet-lite.sock).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -44,6 +58,13 @@ enum Command {
     },
     /// Print the effective configuration.
     Config,
+    #[command(flatten)]
+    Verb(cli::Verb),
+    /// Print a shell completion script (bash, zsh, fish, ...).
+    #[command(
+        after_help = "Examples:\n  kubelet-lite completion bash > /etc/bash_completion.d/kubelet-lite\n  kubelet-lite completion zsh > \"${fpath[1]}/_kubelet-lite\"\n  kubelet-lite completion fish > ~/.config/fish/completions/kubelet-lite.fish"
+    )]
+    Completion { shell: clap_complete::Shell },
     /// Container log writer started by containerd's shim (internal).
     #[command(name = "cri-log", hide = true)]
     CriLog { path: PathBuf },
@@ -54,7 +75,22 @@ fn main() -> std::process::ExitCode {
     if let Some(Command::CriLog { path }) = &cli.command {
         return std::process::ExitCode::from(u8::try_from(logs::run_logger(path)).unwrap_or(1));
     }
+    match cli.command {
+        Some(Command::Completion { shell }) => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "kubelet-lite",
+                &mut std::io::stdout(),
+            );
+            return std::process::ExitCode::SUCCESS;
+        }
+        Some(Command::Verb(verb)) => return run_verb(verb, cli.socket, cli.config.as_deref()),
+        _ => {}
+    }
+    // Colour only for a person reading a terminal, not in log files or pipes.
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KUBELET_LITE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -65,6 +101,37 @@ fn main() -> std::process::ExitCode {
         Ok(code) => code,
         Err(e) => {
             error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// A verb of the command line: 0 when it went through, 1 with the reason
+/// on stderr otherwise.
+fn run_verb(
+    verb: cli::Verb,
+    socket: Option<PathBuf>,
+    config: Option<&std::path::Path>,
+) -> std::process::ExitCode {
+    let socket = match (socket, config) {
+        (Some(s), _) => s,
+        (None, Some(path)) => match Config::load(path) {
+            Ok(c) => c.cli_socket,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        (None, None) => PathBuf::from(cli::DEFAULT_SOCKET),
+    };
+    match cli::run(verb, &socket) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // The reader went away (`| head`): not an error of ours.
+        Err(cli::Error::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -92,7 +159,9 @@ fn real_main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             rt.block_on(run(config))?;
             Ok(std::process::ExitCode::SUCCESS)
         }
-        Command::CriLog { .. } => unreachable!("handled before logging starts"),
+        Command::CriLog { .. } | Command::Verb(_) | Command::Completion { .. } => {
+            unreachable!("handled before logging starts")
+        }
     }
 }
 
@@ -330,6 +399,7 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
         .setup(allocatable.cpu_milli, allocatable.memory)
         .context("creating the kubepods cgroups")?;
     let metrics = Arc::new(kubelet_lite::metrics::AgentMetrics::new());
+    let events = kubelet_lite::events::Recorder::new(&node);
     let volume_stats = Arc::new(kubelet_lite::stats::volumes::VolumeStats::default());
     let runtime_health = Arc::new(RuntimeHealth::default());
     let shared = Arc::new(http::Shared {
@@ -344,6 +414,7 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
         specs: Default::default(),
         scrape_slots: http::Shared::scrape_slots(),
         volume_stats: Arc::clone(&volume_stats),
+        events: events.clone(),
         runtime: Arc::clone(&runtime_health),
         capacity,
         allocatable,
@@ -365,6 +436,15 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
         token_file = %token_file.display(),
         "serving /healthz, /pods, /metrics, /metrics/cadvisor, /metrics/resource, /stats/summary"
     );
+    let cli_listener = cli::server::bind(&config.cli_socket)?;
+    info!(socket = %config.cli_socket.display(), "serving the command line (get, describe, logs, top, events)");
+    let cli_server = tokio::spawn(cli::server::serve(
+        cli_listener,
+        Arc::new(cli::server::Agent {
+            shared: Arc::clone(&shared),
+            pod_logs_dir: config.pod_logs_dir.clone(),
+        }),
+    ));
     let server = tokio::spawn(http::server::serve(
         listener,
         http::router(shared),
@@ -403,6 +483,7 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
         backoff_initial: config.crash_loop_back_off.initial,
         backoff_max: config.crash_loop_back_off.max,
         store: store.clone(),
+        events,
         protected_dirs: vec![
             config.root_dir.clone(),
             config.pod_logs_dir.clone(),
@@ -476,10 +557,12 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
 
     tokio::select! {
         _ = server => warn!("HTTP server ended"),
+        _ = cli_server => warn!("command socket server ended"),
         _ = term.recv() => info!("SIGTERM: exiting, pods keep running"),
         _ = tokio::signal::ctrl_c() => info!("SIGINT: exiting, pods keep running"),
         _ = manager => warn!("pod manager ended"),
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let _ = std::fs::remove_file(&config.cli_socket);
     Ok(())
 }

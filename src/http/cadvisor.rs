@@ -560,6 +560,34 @@ fn node_usage(cgroups: &Cgroups) -> (f64, u64, u64) {
     (cpu, working_set, used)
 }
 
+/// One running container's cumulative CPU time and working set, read as
+/// `/metrics/resource` reads them (what `top` turns into rates).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerUsage {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub cpu_usage_ns: u64,
+    pub memory_working_set: u64,
+}
+
+/// [`ContainerUsage`] of every running container.
+pub fn usage(store: &Store, cgroups: &Cgroups, specs: &SpecCache) -> Vec<ContainerUsage> {
+    collect(store, cgroups, specs)
+        .into_iter()
+        .flat_map(|p| {
+            let (ns, pod) = (p.entry.pod.namespace.clone(), p.entry.pod.name.clone());
+            p.containers.into_iter().map(move |r| ContainerUsage {
+                namespace: ns.clone(),
+                pod: pod.clone(),
+                container: r.container,
+                cpu_usage_ns: r.stats.cpu_usage_ns,
+                memory_working_set: r.stats.memory_working_set,
+            })
+        })
+        .collect()
+}
+
 /// `/metrics/resource`: what metrics-server reads, with timestamps.
 pub fn resource(store: &Store, cgroups: &Cgroups, specs: &SpecCache) -> String {
     let pods = collect(store, cgroups, specs);

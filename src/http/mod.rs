@@ -1,6 +1,7 @@
 //! The agent's HTTP endpoints:
 //! - `/healthz`;
 //! - `/pods`: the pods with their status, as a Kubernetes `PodList`;
+//! - `/events`: the node's recent events, as a Kubernetes `EventList`;
 //! - `/metrics/cadvisor`, `/metrics/resource`, `/stats/summary`: container
 //!   statistics as a kubelet serves them (see [`cadvisor`]);
 //! - `/metrics`: the agent's own metrics.
@@ -32,7 +33,7 @@ use tracing::warn;
 
 use crate::cgroup::Cgroups;
 use crate::metrics::AgentMetrics;
-use crate::pod::Store;
+use crate::pod::{PodEntry, Store};
 use crate::stats::volumes::VolumeStats;
 
 /// What the handlers read.
@@ -52,6 +53,8 @@ pub struct Shared {
     pub scrape_slots: Arc<Semaphore>,
     /// Volume usage, measured in the background.
     pub volume_stats: Arc<VolumeStats>,
+    /// The node's recent events.
+    pub events: crate::events::Recorder,
     /// Whether containerd answers: the node's `Ready` condition.
     pub runtime: Arc<crate::runtime::health::RuntimeHealth>,
     pub capacity: crate::node::Resources,
@@ -77,22 +80,42 @@ pub fn pod_list(store: &Store) -> Result<serde_json::Value, serde_json::Error> {
     let store = store.read();
     let items = store
         .values()
-        .map(|entry| {
-            let mut pod: Pod = entry.pod.pod.clone();
-            pod.status = Some(entry.status.to_api());
-            pod.metadata.deletion_timestamp = entry
-                .status
-                .terminating_since
-                .map(crate::pod::status::to_time);
-            let mut v = serde_json::to_value(&pod)?;
-            v["apiVersion"] = json!("v1");
-            v["kind"] = json!("Pod");
-            // Not part of the Kubernetes object: what the agent saw happen.
-            v["status"]["events"] = serde_json::to_value(&entry.status.events)?;
-            Ok(v)
-        })
+        .map(pod_object)
         .collect::<Result<Vec<_>, serde_json::Error>>()?;
     Ok(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}))
+}
+
+/// One pod with its status, as an item of [`pod_list`].
+pub fn pod_object(entry: &PodEntry) -> Result<serde_json::Value, serde_json::Error> {
+    let mut pod: Pod = entry.pod.pod.clone();
+    pod.status = Some(entry.status.to_api());
+    pod.metadata.deletion_timestamp = entry
+        .status
+        .terminating_since
+        .map(crate::pod::status::to_time);
+    // A mirror pod's creation is when the API server heard of it; here,
+    // when the agent started the pod (what kubectl's AGE counts from).
+    if pod.metadata.creation_timestamp.is_none() {
+        pod.metadata.creation_timestamp = entry.status.start_time.map(crate::pod::status::to_time);
+    }
+    let mut v = serde_json::to_value(&pod)?;
+    v["apiVersion"] = json!("v1");
+    v["kind"] = json!("Pod");
+    // Not part of the Kubernetes object: what the agent saw happen.
+    v["status"]["events"] = serde_json::to_value(&entry.status.events)?;
+    Ok(v)
+}
+
+/// The node's events (see [`crate::events`]) as a Kubernetes `EventList`.
+pub fn event_list(
+    events: &crate::events::Recorder,
+) -> Result<serde_json::Value, serde_json::Error> {
+    Ok(json!({
+        "apiVersion": "v1",
+        "kind": "EventList",
+        "metadata": {},
+        "items": serde_json::to_value(events.list())?,
+    }))
 }
 
 /// Statistics computations (cgroup reads, JSON) running at once: they run
@@ -170,6 +193,11 @@ fn json_response(v: &serde_json::Value) -> Result<Response, HandlerError> {
 
 async fn pods(State(s): State<AppState>) -> Result<Response, HandlerError> {
     let list = pod_list(&s.store).map_err(|e| HandlerError::Failed(e.to_string()))?;
+    json_response(&list)
+}
+
+async fn events(State(s): State<AppState>) -> Result<Response, HandlerError> {
+    let list = event_list(&s.events).map_err(|e| HandlerError::Failed(e.to_string()))?;
     json_response(&list)
 }
 
@@ -292,6 +320,7 @@ pub fn router(shared: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/pods", get(pods))
+        .route("/events", get(events))
         .route("/node", get(node))
         .route("/metrics", get(agent_metrics))
         .route("/metrics/cadvisor", get(metrics_cadvisor))

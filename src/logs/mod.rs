@@ -7,6 +7,8 @@
 //! stderr on fd 4, and fd 5 to close once the file is open. It lives as long
 //! as the container, independent of the agent.
 
+pub mod read;
+
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::FromRawFd;

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
+use tokio::sync::watch;
+
 use super::PodStatus;
 use crate::manifest::StaticPod;
 
@@ -15,8 +17,17 @@ pub struct PodEntry {
     pub status: PodStatus,
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct Store(Arc<RwLock<BTreeMap<String, PodEntry>>>);
+#[derive(Debug, Clone)]
+pub struct Store(
+    Arc<RwLock<BTreeMap<String, PodEntry>>>,
+    Arc<watch::Sender<u64>>,
+);
+
+impl Default for Store {
+    fn default() -> Self {
+        Store(Default::default(), Arc::new(watch::Sender::new(0)))
+    }
+}
 
 impl Store {
     /// Replaces the entry of `entry.pod.uid`.
@@ -25,6 +36,7 @@ impl Store {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(entry.pod.uid.clone(), entry);
+        self.1.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     pub fn remove(&self, uid: &str) {
@@ -32,6 +44,13 @@ impl Store {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(uid);
+        self.1.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Wakes up after each publish or remove (a counter that changes), for
+    /// readers that follow the pods (`get pods -w`).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.1.subscribe()
     }
 
     /// Read access; a writer that panicked left whole entries behind, so a

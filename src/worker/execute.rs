@@ -253,7 +253,8 @@ impl Worker {
                     slot.status.state = waiting(e.reason(), e.to_string());
                     slot.pull_failed = matches!(e, PodError::ImagePull(_));
                     let name = slot.spec.name.clone();
-                    self.event(
+                    self.container_event(
+                        &name,
                         event::WARNING,
                         reason::FAILED,
                         format!("container {name}: {}: {e}", e.reason()),
@@ -468,7 +469,8 @@ impl Worker {
             started_at: slot.started_at.unwrap_or_else(SystemTime::now),
         };
         let name = slot.spec.name.clone();
-        self.event(
+        self.container_event(
+            &name,
             event::NORMAL,
             reason::STARTED,
             format!("Started container {name}"),
@@ -567,7 +569,8 @@ impl Worker {
                     self.pod.name
                 ),
             );
-            self.event(
+            self.container_event(
+                &name,
                 event::WARNING,
                 reason::BACK_OFF,
                 format!("Back-off restarting failed container {name}"),
@@ -587,7 +590,8 @@ impl Worker {
             killed: false,
         });
         let name = self.slots[i].spec.name.clone();
-        self.event(
+        self.container_event(
+            &name,
             event::NORMAL,
             reason::KILLING,
             format!("Stopping container {name}"),

@@ -402,6 +402,7 @@ pub fn env(rt: Arc<FakeRuntime>, host: Arc<FakeHost>) -> Arc<super::WorkerEnv> {
         backoff_initial: std::time::Duration::from_secs(10),
         backoff_max: std::time::Duration::from_secs(300),
         store: crate::pod::Store::default(),
+        events: crate::events::Recorder::default(),
         protected_dirs: vec![],
     })
 }

@@ -53,6 +53,8 @@ pub struct WorkerEnv {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub store: pod::Store,
+    /// The node's event ring (what `events` and `describe` show).
+    pub events: crate::events::Recorder,
     /// The agent's own directories (root, logs, manifests): never inside a
     /// volume the agent empties.
     pub protected_dirs: Vec<PathBuf>,
@@ -324,7 +326,41 @@ impl Worker {
         } else {
             info!(pod = %self.pod.key(), reason, "{message}");
         }
+        self.record_event(None, kind, reason, &message);
         self.status.push_event(kind, reason, message);
+    }
+
+    /// An event about one container: the same as [`Self::event`], with the
+    /// container's field path in the node's event ring.
+    fn container_event(
+        &mut self,
+        container: &str,
+        kind: &'static str,
+        reason: &str,
+        message: String,
+    ) {
+        let init = self
+            .slots
+            .iter()
+            .any(|s| s.init && s.spec.name == container);
+        let path = crate::events::container_field_path(container, init);
+        self.record_event(Some(path), kind, reason, &message);
+        if kind == event::WARNING {
+            warn!(pod = %self.pod.key(), container, reason, "{message}");
+        } else {
+            info!(pod = %self.pod.key(), container, reason, "{message}");
+        }
+        self.status.push_event(kind, reason, message);
+    }
+
+    fn record_event(&self, field_path: Option<String>, kind: &str, reason: &str, message: &str) {
+        let object = crate::events::Involved {
+            namespace: self.pod.namespace.clone(),
+            name: self.pod.name.clone(),
+            uid: self.pod.uid.clone(),
+            field_path,
+        };
+        self.env.events.record(&object, kind, reason, message);
     }
 
     fn set_phase(&mut self, phase: Phase) {
@@ -447,11 +483,11 @@ impl Worker {
                 s.pull_failed = false;
                 let message = format!("Back-off pulling image {:?}", s.status.image);
                 s.status.state = waiting(reason::IMAGE_PULL_BACK_OFF, message.clone());
-                backing_off.push(message);
+                backing_off.push((s.spec.name.clone(), message));
             }
         }
-        for message in backing_off {
-            self.event(event::NORMAL, reason::BACK_OFF, message);
+        for (name, message) in backing_off {
+            self.container_event(&name, event::NORMAL, reason::BACK_OFF, message);
         }
     }
 

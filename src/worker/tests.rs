@@ -517,3 +517,45 @@ async fn the_manager_releases_networks_of_unknown_pods_once_at_start() {
     assert_eq!(released[0], known);
     manager.abort();
 }
+
+#[tokio::test(start_paused = true)]
+async fn events_reach_the_node_ring_with_the_containers_field_path() {
+    let p = Pod::run(
+        manifest(
+            "  initContainers:\n  - {name: setup, image: busybox}\n  containers:\n  - {name: c, image: busybox}\n",
+        ),
+        FakeRuntime::default(),
+        FakeHost::default(),
+    );
+    p.until("setup runs", |p| p.running("setup")).await;
+    p.rt.exit("setup", 0);
+    p.until("c runs", |p| p.running("c")).await;
+    for _ in 0..2 {
+        let restarts = p.rt.created("c");
+        p.rt.exit("c", 1);
+        p.until("c restarted", |p| {
+            p.rt.created("c") == restarts + 1 && p.running("c")
+        })
+        .await;
+    }
+    let events = p.env.events.of_pod(&p.uid);
+    let field_path = |reason: &str, path: &str| {
+        events.iter().find(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.involved_object.field_path.as_deref() == Some(path)
+        })
+    };
+    let setup = field_path("Started", "spec.initContainers{setup}").expect("setup's Started");
+    assert_eq!(setup.count, Some(1));
+    assert_eq!(setup.involved_object.name.as_deref(), Some("web-node1"));
+    // Three starts of c: one event, counted three times.
+    let started = field_path("Started", "spec.containers{c}").expect("c's Started");
+    assert_eq!(started.count, Some(3), "{events:#?}");
+    assert_eq!(started.message.as_deref(), Some("Started container c"));
+    // The pod's own status still lists them, one per occurrence.
+    let in_status = p.entry().unwrap().status.events;
+    assert_eq!(
+        in_status.iter().filter(|e| e.reason == "Started").count(),
+        4
+    );
+}

@@ -132,7 +132,7 @@ impl Env {
         let base = format!(
             "staticPodPath: {d}/manifests\nrootDir: {d}/root\npodLogsDir: {d}/logs\nimagesDir: {d}/images\n\
              nodeName: node1\ncgroupRoot: {}\nlistenAddress: 127.0.0.1:{}\nfileCheckFrequency: 2s\n\
-             podNetwork: loopback\n\
+             podNetwork: loopback\ncliSocket: {d}/agent.sock\n\
              containerd:\n  address: {d}/containerd.sock\n",
             self.cgroup_root, self.port
         );
