@@ -42,6 +42,17 @@ pub struct Config {
     /// OCI or Docker image archives (`*.tar`) imported on demand. Defaults to
     /// `<rootDir>/images`.
     pub images_dir: Option<PathBuf>,
+    /// Registries by host (`docker.io`, `127.0.0.1:5000`): `mirrors`
+    /// (URLs tried in order before the registry), `plainHTTP`, `caFile`.
+    pub registries: std::collections::BTreeMap<String, crate::runtime::registry::HostConfig>,
+    /// Docker `config.json` with registry credentials (the kubelet reads
+    /// `/var/lib/kubelet/config.json`); a missing file means anonymous
+    /// pulls.
+    pub image_credentials_file: PathBuf,
+    /// A registry pull that receives no byte for this long fails (and is
+    /// retried with the image pull backoff).
+    #[serde(with = "humantime_serde")]
+    pub image_pull_stall_timeout: Duration,
     /// Node name used in static pod names (`<pod>-<nodeName>`). Defaults to the
     /// hostname, lower-cased.
     pub node_name: Option<String>,
@@ -207,6 +218,9 @@ impl Default for Config {
             root_dir: PathBuf::from("/var/lib/kubelet-lite"),
             pod_logs_dir: PathBuf::from("/var/log/pods"),
             images_dir: None,
+            registries: Default::default(),
+            image_credentials_file: PathBuf::from("/var/lib/kubelet/config.json"),
+            image_pull_stall_timeout: Duration::from_secs(60),
             node_name: None,
             containerd: ContainerdConfig::default(),
             cgroup_driver: Default::default(),
@@ -308,6 +322,23 @@ impl Config {
             return Err(invalid(
                 "imagesDir",
                 format!("{} is not absolute", dir.display()),
+            ));
+        }
+        for (host, h) in &self.registries {
+            if let Err((field, message)) = crate::runtime::registry::validate_host(host, h) {
+                return Err(invalid("registries", format!("{field}: {message}")));
+            }
+        }
+        if !self.image_credentials_file.is_absolute() {
+            return Err(invalid(
+                "imageCredentialsFile",
+                format!("{} is not absolute", self.image_credentials_file.display()),
+            ));
+        }
+        if self.image_pull_stall_timeout.is_zero() {
+            return Err(invalid(
+                "imagePullStallTimeout",
+                "must be more than 0s".into(),
             ));
         }
         if let Some(name) = &self.node_name
@@ -440,6 +471,16 @@ impl Config {
         self.http_token_file
             .clone()
             .unwrap_or_else(|| self.root_dir.join(crate::http::token::GENERATED_FILE))
+    }
+
+    /// What the runtime needs to reach registries.
+    pub fn registry_options(&self) -> crate::runtime::registry::RegistryOptions {
+        crate::runtime::registry::RegistryOptions {
+            hosts: self.registries.clone(),
+            credentials_file: self.image_credentials_file.clone(),
+            connect_timeout: Duration::from_secs(10),
+            stall_timeout: self.image_pull_stall_timeout,
+        }
     }
 
     pub fn images_dir(&self) -> PathBuf {

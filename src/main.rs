@@ -142,6 +142,7 @@ async fn connect(config: &Config) -> anyhow::Result<Containerd> {
             logger: std::env::current_exe().context("locating own binary for the log writer")?,
             systemd_cgroup: config.cgroup_driver == cgroup::Driver::Systemd,
             call_timeout: config.runtime_request_timeout,
+            registries: config.registry_options(),
         };
         match Containerd::connect(opts).await {
             Ok(c) => return Ok(c),
