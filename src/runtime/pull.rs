@@ -256,8 +256,8 @@ async fn fetch_from(
     name: &str,
 ) -> Result<Fetched, RuntimeError> {
     let fail = |why: String| pull_error(name, &ep.host, why);
-    let client = reg.client(ep).map_err(fail)?;
     let auth = reg.auth(&ep.host).map_err(fail)?;
+    let client = reg.client(ep, &auth).map_err(fail)?;
     let accepted = [OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_LIST];
     let (bytes, digest) = client
         .pull_manifest_raw(r, &auth, &accepted)

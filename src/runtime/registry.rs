@@ -253,8 +253,28 @@ impl Registries {
         }
     }
 
-    pub(super) fn client(&self, ep: &Endpoint) -> Result<Arc<oci_client::Client>, String> {
-        let key = format!("{}|{}", ep.host, ep.plain_http);
+    /// The client for `ep` with `auth`. oci-client keeps the first
+    /// credentials it is given per registry, so a client is kept per
+    /// credentials (by a hash of them): a changed `config.json` gets a new
+    /// one.
+    pub(super) fn client(
+        &self,
+        ep: &Endpoint,
+        auth: &oci_client::secrets::RegistryAuth,
+    ) -> Result<Arc<oci_client::Client>, String> {
+        use oci_client::secrets::RegistryAuth;
+        use sha2::Digest;
+        let secret = match auth {
+            RegistryAuth::Anonymous => String::new(),
+            RegistryAuth::Basic(u, p) => format!("basic\0{u}\0{p}"),
+            RegistryAuth::Bearer(t) => format!("bearer\0{t}"),
+        };
+        let key = format!(
+            "{}|{}|{}",
+            ep.host,
+            ep.plain_http,
+            hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+        );
         if let Some(c) = self.clients.lock().unwrap().get(&key) {
             return Ok(Arc::clone(c));
         }

@@ -1,0 +1,403 @@
+//! Pulls from real registries: Debian's `docker-registry` (distribution
+//! 2.8) on loopback ports, seeded with `skopeo` from the busybox OCI
+//! archive, against the agent and a private containerd.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Env, free_port, pod_yaml};
+
+/// A private registry: own port, storage and config; killed by PID on drop.
+struct Registry {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Registry {
+    /// `htpasswd`: (user, password) for basic auth.
+    fn start(dir: &Path, htpasswd: Option<(&str, &str)>) -> Registry {
+        let port = free_port();
+        let root = dir.join(format!("registry-{port}"));
+        std::fs::create_dir_all(root.join("store")).unwrap();
+        let mut cfg = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            root.join("store").display()
+        );
+        if let Some((user, password)) = htpasswd {
+            let file = root.join("htpasswd");
+            let ok = Command::new("htpasswd")
+                .args(["-Bbc"])
+                .arg(&file)
+                .args([user, password])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("running htpasswd (apache2-utils)");
+            assert!(ok.success());
+            cfg.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                file.display()
+            ));
+        }
+        let cfg_path = root.join("config.yml");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let child = Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(&cfg_path)
+            .stdout(std::fs::File::create(root.join("log")).unwrap())
+            .stderr(std::fs::File::create(root.join("err")).unwrap())
+            .spawn()
+            .expect("starting docker-registry");
+        let r = Registry {
+            port,
+            child: Some(child),
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("docker-registry did not listen on {port}");
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Copies the busybox archive to `repo:tag`; returns the manifest digest.
+    fn push(&self, repo_tag: &str, creds: Option<&str>) -> String {
+        let dest = format!("docker://{}/{repo_tag}", self.host());
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "--insecure-policy", "--dest-tls-verify=false"]);
+        if let Some(c) = creds {
+            cmd.args(["--dest-creds", c]);
+        }
+        let archive = format!("oci-archive:{}", common::busybox_archive().display());
+        let out = cmd
+            .arg(&archive)
+            .arg(&dest)
+            .output()
+            .expect("running skopeo");
+        assert!(
+            out.status.success(),
+            "skopeo copy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"]);
+        if let Some(c) = creds {
+            cmd.args(["--creds", c]);
+        }
+        let out = cmd.arg(&dest).output().expect("running skopeo");
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own, not yet reaped, child.
+            unsafe { libc::kill(c.id().cast_signed(), libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn sleeper(image: &str, policy: &str) -> String {
+    let policy = if policy.is_empty() {
+        String::new()
+    } else {
+        format!("    imagePullPolicy: {policy}\n")
+    };
+    format!(
+        "  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: {image}\n{policy}    command: [sleep, '3600']\n"
+    )
+}
+
+fn events(pod: &serde_json::Value) -> Vec<(String, String)> {
+    pod["status"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or_default().to_string(),
+                e["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn waiting(pod: &serde_json::Value) -> (String, String) {
+    let w = &pod["status"]["containerStatuses"][0]["state"]["waiting"];
+    (
+        w["reason"].as_str().unwrap_or_default().to_string(),
+        w["message"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// An environment whose images directory is empty (so that only the
+/// registry provides images), with `extra` config.
+fn env_without_archives(tag: &str, extra: &str) -> Env {
+    let env = Env::new(tag);
+    std::fs::remove_file(env.dir.join("images/busybox.tar")).unwrap();
+    env.write_config(&format!(
+        "crashLoopBackOff:\n  initial: 1s\n  max: 4s\n{extra}"
+    ));
+    env
+}
+
+#[test]
+fn pulls_by_tag_and_digest_with_the_kubelets_policies_and_events() {
+    let mut env = Env::new("pull");
+    let mut reg = Registry::start(&env.dir, None);
+    let host = reg.host();
+    let digest = reg.push("test/busybox:1", None);
+    reg.push("test/shared:1", None);
+    reg.push("test/again:1", None);
+    std::fs::remove_file(env.dir.join("images/busybox.tar")).unwrap();
+    env.write_config(&format!(
+        "crashLoopBackOff:\n  initial: 1s\n  max: 4s\nregistries:\n  '{host}':\n    plainHTTP: true\n"
+    ));
+    env.start_agent();
+    env.write_manifest(
+        "tag.yaml",
+        &pod_yaml("tag", &sleeper(&format!("{host}/test/busybox:1"), "")),
+    );
+    env.write_manifest(
+        "digest.yaml",
+        &pod_yaml(
+            "digest",
+            &sleeper(&format!("{host}/test/busybox@{digest}"), ""),
+        ),
+    );
+    // Two pods of one image at once: one transfer.
+    for name in ["share-a", "share-b"] {
+        env.write_manifest(
+            &format!("{name}.yaml"),
+            &pod_yaml(name, &sleeper(&format!("{host}/test/shared:1"), "")),
+        );
+    }
+    env.write_manifest(
+        "missing.yaml",
+        &pod_yaml("missing", &sleeper(&format!("{host}/test/missing:1"), "")),
+    );
+    env.write_manifest(
+        "never.yaml",
+        &pod_yaml("never", &sleeper(&format!("{host}/test/again:1"), "Never")),
+    );
+    let tag = env.wait_running("tag-node1");
+    env.wait_running("digest-node1");
+    env.wait_running("share-a-node1");
+    env.wait_running("share-b-node1");
+    let ev = events(&tag);
+    let image = format!("{host}/test/busybox:1");
+    assert!(
+        ev.contains(&("Pulling".into(), format!("Pulling image {image:?}"))),
+        "{ev:?}"
+    );
+    let pulled = ev
+        .iter()
+        .find(|(r, m)| r == "Pulled" && m.starts_with("Successfully pulled image"))
+        .unwrap_or_else(|| panic!("{ev:?}"));
+    // The busybox archive's manifest, config and (compressed) layer.
+    let size: u64 = pulled
+        .1
+        .split("Image size: ")
+        .nth(1)
+        .and_then(|s| s.strip_suffix(" bytes."))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{pulled:?}"));
+    assert!(size > 100_000, "{pulled:?}");
+    assert!(pulled.1.contains(" including waiting). "), "{pulled:?}");
+    // Image records were made for both references; the shared one pulled once.
+    let images = env.ctr(&["images", "ls", "-q"]);
+    assert!(images.contains(&image), "{images}");
+    assert!(
+        images.contains(&format!("{host}/test/busybox@{digest}")),
+        "{images}"
+    );
+    let log = env.agent_output();
+    let transfers = log
+        .lines()
+        .filter(|l| l.contains("containerd: pulled image") && l.contains("test/shared:1"))
+        .count();
+    assert_eq!(transfers, 1, "{log}");
+    // The registry's own words, then the kubelet's backoff.
+    let pod = env.wait_for("ImagePullBackOff", Duration::from_secs(30), || {
+        let p = env.pod("missing-node1")?;
+        (waiting(&p).0 == "ImagePullBackOff").then_some(p)
+    });
+    assert_eq!(
+        waiting(&pod).1,
+        format!("Back-off pulling image \"{host}/test/missing:1\"")
+    );
+    let ev = events(&pod);
+    assert!(
+        ev.iter()
+            .any(|(r, m)| r == "Failed" && m.contains("manifest unknown")),
+        "{ev:?}"
+    );
+    // Never: not on the node, so not pulled.
+    let never = env.wait_for("ErrImageNeverPull", Duration::from_secs(20), || {
+        let p = env.pod("never-node1")?;
+        (waiting(&p).0 == "ErrImageNeverPull").then_some(p)
+    });
+    assert!(waiting(&never).1.contains("pull policy of Never"));
+    assert!(!env.ctr(&["images", "ls", "-q"]).contains("test/again:1"));
+
+    // With the registry gone: IfNotPresent uses the image on the node;
+    // Always must pull, and fails, as the kubelet's does offline.
+    reg.stop();
+    env.write_manifest(
+        "present.yaml",
+        &pod_yaml("present", &sleeper(&image, "IfNotPresent")),
+    );
+    env.write_manifest(
+        "always.yaml",
+        &pod_yaml("always", &sleeper(&image, "Always")),
+    );
+    let present = env.wait_running("present-node1");
+    assert!(
+        events(&present)
+            .iter()
+            .any(|(r, m)| r == "Pulled" && m.contains("already present on machine")),
+        "{present}"
+    );
+    let always = env.wait_for("Always fails offline", Duration::from_secs(30), || {
+        let p = env.pod("always-node1")?;
+        let (r, _) = waiting(&p);
+        (r == "ErrImagePull" || r == "ImagePullBackOff").then_some(p)
+    });
+    assert!(
+        events(&always)
+            .iter()
+            .any(|(r, m)| r == "Failed" && m.contains("cannot connect")),
+        "{always}"
+    );
+    assert!(env.agent_is_alive());
+}
+
+#[test]
+fn mirrors_come_first_then_the_registry() {
+    let upstream = {
+        let dir = PathBuf::from(format!("/tmp/kl-reg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    };
+    let up = Registry::start(&upstream, None);
+    let mirror = Registry::start(&upstream, None);
+    up.push("test/upstream-only:1", None);
+    mirror.push("test/mirror-only:1", None);
+    mirror.push("library/busybox:mirrored", None);
+    let dead = free_port();
+    let mut env = env_without_archives(
+        "mirror",
+        &format!(
+            "registries:\n  '{up}':\n    plainHTTP: true\n    mirrors: ['http://127.0.0.1:{dead}', 'http://{m}']\n  docker.io:\n    mirrors: ['http://{m}']\n",
+            up = up.host(),
+            m = mirror.host()
+        ),
+    );
+    env.start_agent();
+    let from_mirror = format!("{}/test/mirror-only:1", up.host());
+    let from_upstream = format!("{}/test/upstream-only:1", up.host());
+    env.write_manifest("m.yaml", &pod_yaml("m", &sleeper(&from_mirror, "")));
+    env.write_manifest("u.yaml", &pod_yaml("u", &sleeper(&from_upstream, "")));
+    // A Docker Hub name, as manifests copied from elsewhere have it.
+    env.write_manifest(
+        "hub.yaml",
+        &pod_yaml("hub", &sleeper("busybox:mirrored", "")),
+    );
+    env.wait_running("m-node1");
+    env.wait_running("u-node1");
+    env.wait_running("hub-node1");
+    let log = env.agent_output();
+    let pulled_from = |image: &str| {
+        log.lines()
+            .find(|l| l.contains("containerd: pulled image") && l.contains(image))
+            .unwrap_or_else(|| panic!("no pull of {image} in\n{log}"))
+            .to_string()
+    };
+    assert!(pulled_from(&from_mirror).contains(&mirror.host()));
+    assert!(pulled_from(&from_upstream).contains(&format!("from={}", up.host())));
+    assert!(pulled_from("docker.io/library/busybox:mirrored").contains(&mirror.host()));
+    assert!(
+        env.ctr(&["images", "ls", "-q"])
+            .contains("docker.io/library/busybox:mirrored")
+    );
+    drop(up);
+    drop(mirror);
+    let _ = std::fs::remove_dir_all(&upstream);
+}
+
+#[test]
+fn credentials_come_from_a_docker_config_json() {
+    let mut env = Env::new("auth");
+    let reg = Registry::start(&env.dir, Some(("puller", "Pa55-w0rd")));
+    reg.push("private/busybox:1", Some("puller:Pa55-w0rd"));
+    std::fs::remove_file(env.dir.join("images/busybox.tar")).unwrap();
+    let creds = env.dir.join("config.json");
+    env.write_config(&format!(
+        "crashLoopBackOff:\n  initial: 1s\n  max: 2s\nimageCredentialsFile: {}\nregistries:\n  '{}':\n    plainHTTP: true\n",
+        creds.display(),
+        reg.host()
+    ));
+    env.start_agent();
+    let image = format!("{}/private/busybox:1", reg.host());
+    env.write_manifest("p.yaml", &pod_yaml("p", &sleeper(&image, "")));
+    // No credentials yet: the registry's refusal is the pod's reason.
+    let pod = env.wait_for("unauthorized", Duration::from_secs(30), || {
+        let p = env.pod("p-node1")?;
+        events(&p)
+            .iter()
+            .any(|(r, m)| r == "Failed" && m.contains("unauthorized"))
+            .then_some(p)
+    });
+    assert!(
+        ["ErrImagePull", "ImagePullBackOff"].contains(&waiting(&pod).0.as_str()),
+        "{pod}"
+    );
+    // The kubelet's config.json format; read at each pull.
+    use std::io::Write;
+    let auth = base64_encode(b"puller:Pa55-w0rd");
+    let mut f = std::fs::File::create(&creds).unwrap();
+    write!(f, r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.host()).unwrap();
+    drop(f);
+    env.wait_running("p-node1");
+    let log = env.agent_output();
+    assert!(
+        !log.contains("Pa55-w0rd") && !log.contains(&auth),
+        "a secret in the log"
+    );
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
