@@ -401,3 +401,130 @@ fn base64_encode(data: &[u8]) -> String {
     }
     out
 }
+
+/// The largest blob a registry stores (the busybox layer).
+fn largest_blob(reg_dir: &Path) -> PathBuf {
+    let mut best: Option<(u64, PathBuf)> = None;
+    let mut stack = vec![reg_dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "data")
+                && best.as_ref().is_none_or(|(s, _)| m.len() > *s)
+            {
+                best = Some((m.len(), p));
+            }
+        }
+    }
+    best.expect("a blob").1
+}
+
+#[test]
+fn bad_registries_fail_cleanly_and_block_nothing_else() {
+    let mut env = Env::new("badreg");
+    let reg = Registry::start(&env.dir, None);
+    let host = reg.host();
+    reg.push("test/corrupt:1", None);
+    reg.push("test/artifact:1", None);
+    // A manifest whose config is not an image config (an artifact), over
+    // the busybox blobs the repository already has.
+    let real = Command::new("curl")
+        .args([
+            "-sf",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+        ])
+        .arg(format!("http://{host}/v2/test/artifact/manifests/1"))
+        .output()
+        .unwrap();
+    assert!(real.status.success());
+    let mut m: serde_json::Value = serde_json::from_slice(&real.stdout).unwrap();
+    m["config"]["mediaType"] = "application/vnd.cncf.helm.config.v1+json".into();
+    let put = Command::new("curl")
+        .args([
+            "-sf",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/vnd.oci.image.manifest.v1+json",
+            "--data-binary",
+            &m.to_string(),
+        ])
+        .arg(format!("http://{host}/v2/test/artifact/manifests/helm"))
+        .output()
+        .unwrap();
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    // Corrupt the layer in the registry's storage, keeping its size.
+    let layer = largest_blob(&env.dir.join(format!("registry-{}", reg.port)));
+    let mut data = std::fs::read(&layer).unwrap();
+    let mid = data.len() / 2;
+    for b in &mut data[mid..mid + 64] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&layer, data).unwrap();
+    // A registry that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_host = silent.local_addr().unwrap().to_string();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = std::sync::Arc::clone(&held);
+    std::thread::spawn(move || {
+        for s in silent.incoming().flatten() {
+            keep.lock().unwrap().push(s);
+        }
+    });
+    env.write_config(&format!(
+        "crashLoopBackOff:\n  initial: 1s\n  max: 4s\nimagePullStallTimeout: 3s\nregistries:\n  '{host}':\n    plainHTTP: true\n  '{silent_host}':\n    plainHTTP: true\n"
+    ));
+    env.start_agent();
+    env.write_manifest(
+        "stall.yaml",
+        &pod_yaml("stall", &sleeper(&format!("{silent_host}/test/x:1"), "")),
+    );
+    env.write_manifest(
+        "corrupt.yaml",
+        &pod_yaml("corrupt", &sleeper(&format!("{host}/test/corrupt:1"), "")),
+    );
+    env.write_manifest(
+        "helm.yaml",
+        &pod_yaml("helm", &sleeper(&format!("{host}/test/artifact:helm"), "")),
+    );
+    // While the silent registry holds its pull, other pods start and the
+    // endpoint answers.
+    let mut health = common::Healthz::default();
+    env.write_manifest("local.yaml", &pod_yaml("local", &sleeper("busybox", "")));
+    env.wait_running("local-node1");
+    for _ in 0..10 {
+        health.sample(&env);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    health.assert_quick();
+    let failed = |pod: &str, text: &str| {
+        env.wait_for(&format!("{pod}: {text}"), Duration::from_secs(40), || {
+            let p = env.pod(pod)?;
+            let (r, _) = waiting(&p);
+            ((r == "ErrImagePull" || r == "ImagePullBackOff")
+                && events(&p)
+                    .iter()
+                    .any(|(r, m)| r == "Failed" && m.contains(text)))
+            .then_some(p)
+        })
+    };
+    failed("corrupt-node1", "Invalid digest");
+    failed("helm-node1", "unsupported config media type");
+    failed("stall-node1", "timed out");
+    // No image record of a failed pull, and no lease left behind.
+    let images = env.ctr(&["images", "ls", "-q"]);
+    assert!(
+        !images.contains("test/corrupt") && !images.contains("test/artifact"),
+        "{images}"
+    );
+    assert!(env.agent_is_alive());
+    drop(held);
+}
