@@ -525,6 +525,162 @@ fn bad_registries_fail_cleanly_and_block_nothing_else() {
         !images.contains("test/corrupt") && !images.contains("test/artifact"),
         "{images}"
     );
+    let leases = env.ctr(&["leases", "ls", "-q"]);
+    assert!(!leases.contains("kubelet-lite-"), "{leases}");
     assert!(env.agent_is_alive());
     drop(held);
+}
+
+/// Uploads `data` as a blob of `repo` with plain HTTP (monolithic upload);
+/// returns its digest.
+fn put_blob(host: &str, repo: &str, data: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)));
+    let out = Command::new("curl")
+        .args(["-sfi", "-X", "POST"])
+        .arg(format!("http://{host}/v2/{repo}/blobs/uploads/"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let head = String::from_utf8_lossy(&out.stdout).to_string();
+    let location = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Location: ")
+                .or_else(|| l.strip_prefix("location: "))
+        })
+        .unwrap_or_else(|| panic!("no Location in {head}"))
+        .trim()
+        .to_string();
+    let url = if location.starts_with("http") {
+        location
+    } else {
+        format!("http://{host}{location}")
+    };
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let file = std::env::temp_dir().join(format!("kl-blob-{}", &digest[7..19]));
+    std::fs::write(&file, data).unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-sf",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/octet-stream",
+        ])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!("{url}{sep}digest={digest}"))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    digest
+}
+
+/// PUTs a manifest or index under `reference`; returns its digest.
+fn put_manifest(host: &str, repo: &str, reference: &str, media_type: &str, body: &str) -> String {
+    use sha2::Digest;
+    let out = Command::new("curl")
+        .args(["-sf", "-X", "PUT", "-H"])
+        .arg(format!("Content-Type: {media_type}"))
+        .args(["--data-binary", body])
+        .arg(format!("http://{host}/v2/{repo}/manifests/{reference}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(body.as_bytes()))
+    )
+}
+
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+#[test]
+fn a_multi_platform_index_gives_this_machines_image() {
+    let mut env = env_without_archives("index", "");
+    let reg = Registry::start(&env.dir, None);
+    let host = reg.host();
+    let ours = reg.push("test/multi:native", None);
+    // Another platform's image: the same layer under a config of its own.
+    let oci_manifest = "application/vnd.oci.image.manifest.v1+json";
+    let raw = Command::new("curl")
+        .args(["-sf", "-H", &format!("Accept: {oci_manifest}")])
+        .arg(format!("http://{host}/v2/test/multi/manifests/native"))
+        .output()
+        .unwrap();
+    let mut m: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    let foreign_arch = if go_arch() == "amd64" {
+        "arm64"
+    } else {
+        "amd64"
+    };
+    let config = format!(
+        r#"{{"architecture":"{foreign_arch}","os":"linux","config":{{"Cmd":["sh"]}},"rootfs":{{"type":"layers","diff_ids":[]}}}}"#
+    );
+    let foreign_config = put_blob(&host, "test/multi", config.as_bytes());
+    m["config"]["digest"] = foreign_config.clone().into();
+    m["config"]["size"] = config.len().into();
+    let foreign = put_manifest(&host, "test/multi", "foreign", oci_manifest, &m.to_string());
+    let size = |d: &str| {
+        let out = Command::new("curl")
+            .args(["-sfI", "-H", &format!("Accept: {oci_manifest}")])
+            .arg(format!("http://{host}/v2/test/multi/manifests/{d}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(|v| v.trim().parse::<u64>().unwrap())
+            })
+            .unwrap()
+    };
+    // The foreign platform first: the choice must be made, not taken.
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": oci_manifest, "digest": foreign, "size": size(&foreign),
+             "platform": {"os": "linux", "architecture": foreign_arch}},
+            {"mediaType": oci_manifest, "digest": ours, "size": size(&ours),
+             "platform": {"os": "linux", "architecture": go_arch()}},
+        ]
+    });
+    put_manifest(
+        &host,
+        "test/multi",
+        "1",
+        "application/vnd.oci.image.index.v1+json",
+        &index.to_string(),
+    );
+    env.write_config(&format!(
+        "crashLoopBackOff:\n  initial: 1s\n  max: 4s\nregistries:\n  '{host}':\n    plainHTTP: true\n"
+    ));
+    env.start_agent();
+    env.write_manifest(
+        "multi.yaml",
+        &pod_yaml("multi", &sleeper(&format!("{host}/test/multi:1"), "")),
+    );
+    env.wait_running("multi-node1");
+    let content = env.ctr(&["content", "ls", "-q"]);
+    assert!(content.contains(&ours), "{content}");
+    assert!(!content.contains(&foreign), "{content}");
+    assert!(!content.contains(&foreign_config), "{content}");
 }
