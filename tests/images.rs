@@ -525,8 +525,18 @@ fn bad_registries_fail_cleanly_and_block_nothing_else() {
         !images.contains("test/corrupt") && !images.contains("test/artifact"),
         "{images}"
     );
-    let leases = env.ctr(&["leases", "ls", "-q"]);
-    assert!(!leases.contains("kubelet-lite-"), "{leases}");
+    // Once the failing pods are gone, no pull holds a lease.
+    for name in ["stall", "corrupt", "helm"] {
+        env.remove_manifest(&format!("{name}.yaml"));
+    }
+    env.wait_for("failing pods gone", Duration::from_secs(30), || {
+        let pods = env.pods();
+        (pods.len() == 1).then_some(())
+    });
+    env.wait_for("no lease left", Duration::from_secs(10), || {
+        let leases = env.ctr(&["leases", "ls", "-q"]);
+        (!leases.contains("kubelet-lite-")).then_some(())
+    });
     assert!(env.agent_is_alive());
     drop(held);
 }
@@ -683,4 +693,155 @@ fn a_multi_platform_index_gives_this_machines_image() {
     assert!(content.contains(&ours), "{content}");
     assert!(!content.contains(&foreign), "{content}");
     assert!(!content.contains(&foreign_config), "{content}");
+}
+
+/// A front for a registry that asks for bearer tokens, as Docker Hub does:
+/// a request without `Authorization: Bearer <token>` gets a 401 challenge
+/// naming this front's `/token` as the realm, which hands out the token for
+/// the right basic credentials. Authorised requests go to `backend` (one
+/// request per connection).
+struct TokenFront {
+    port: u16,
+    token_requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+const TOKEN: &str = "t0ken-for-tests";
+
+impl TokenFront {
+    fn start(backend: u16, basic: String) -> TokenFront {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let token_requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = std::sync::Arc::clone(&token_requests);
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let basic = basic.clone();
+                let count = std::sync::Arc::clone(&count);
+                std::thread::spawn(move || {
+                    let _ = Self::serve(conn, backend, port, &basic, &count);
+                });
+            }
+        });
+        TokenFront {
+            port,
+            token_requests,
+        }
+    }
+
+    fn serve(
+        mut conn: std::net::TcpStream,
+        backend: u16,
+        port: u16,
+        basic: &str,
+        count: &std::sync::atomic::AtomicUsize,
+    ) -> std::io::Result<()> {
+        use std::io::{Read, Write};
+        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if conn.read(&mut byte)? == 0 {
+                return Ok(());
+            }
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        let mut lines = head.split("\r\n");
+        let request_line = lines.next().unwrap_or_default().to_string();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let auth = headers
+            .iter()
+            .find(|(k, _)| k == "authorization")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default();
+        let path = request_line.split(' ').nth(1).unwrap_or_default();
+        let reply = |conn: &mut std::net::TcpStream, status: &str, extra: &str, body: &str| {
+            write!(
+                conn,
+                "HTTP/1.1 {status}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        if path.starts_with("/token") {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if auth == format!("Basic {basic}") {
+                return reply(
+                    &mut conn,
+                    "200 OK",
+                    "",
+                    &format!(r#"{{"token":"{TOKEN}"}}"#),
+                );
+            }
+            return reply(
+                &mut conn,
+                "401 Unauthorized",
+                "",
+                r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#,
+            );
+        }
+        if auth != format!("Bearer {TOKEN}") {
+            let challenge = format!(
+                "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"test\"\r\n"
+            );
+            return reply(
+                &mut conn,
+                "401 Unauthorized",
+                &challenge,
+                r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
+            );
+        }
+        let mut up = std::net::TcpStream::connect(("127.0.0.1", backend))?;
+        write!(
+            up,
+            "{request_line}\r\nHost: 127.0.0.1:{backend}\r\nConnection: close\r\n"
+        )?;
+        for (k, v) in &headers {
+            if !["host", "connection", "authorization"].contains(&k.as_str()) {
+                write!(up, "{k}: {v}\r\n")?;
+            }
+        }
+        write!(up, "\r\n")?;
+        std::io::copy(&mut up, &mut conn)?;
+        Ok(())
+    }
+}
+
+#[test]
+fn a_bearer_token_challenge_is_answered_with_config_json_credentials() {
+    let mut env = env_without_archives("bearer", "");
+    let reg = Registry::start(&env.dir, None);
+    reg.push("private/busybox:1", None);
+    let basic = base64_encode(b"robot:t0k3n-pass");
+    let front = TokenFront::start(reg.port, basic.clone());
+    let host = format!("127.0.0.1:{}", front.port);
+    let creds = env.dir.join("config.json");
+    std::fs::write(
+        &creds,
+        format!(r#"{{"auths":{{"{host}":{{"username":"robot","password":"t0k3n-pass"}}}}}}"#),
+    )
+    .unwrap();
+    env.write_config(&format!(
+        "crashLoopBackOff:\n  initial: 1s\n  max: 4s\nimageCredentialsFile: {}\nregistries:\n  '{host}':\n    plainHTTP: true\n",
+        creds.display()
+    ));
+    env.start_agent();
+    env.write_manifest(
+        "b.yaml",
+        &pod_yaml("b", &sleeper(&format!("{host}/private/busybox:1"), "")),
+    );
+    env.wait_running("b-node1");
+    assert!(
+        front
+            .token_requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+    );
+    let log = env.agent_output();
+    assert!(
+        !log.contains("t0k3n-pass") && !log.contains(&basic) && !log.contains(TOKEN),
+        "a secret in the log"
+    );
 }
