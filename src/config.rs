@@ -53,6 +53,19 @@ pub struct Config {
     /// retried with the image pull backoff).
     #[serde(with = "humantime_serde")]
     pub image_pull_stall_timeout: Duration,
+    /// Image garbage collection starts when the filesystem of containerd's
+    /// snapshotter is this full (percent; 100 turns it off).
+    #[serde(rename = "imageGCHighThresholdPercent")]
+    pub image_gc_high_threshold_percent: u8,
+    /// ... and removes unused images until usage is down to this.
+    #[serde(rename = "imageGCLowThresholdPercent")]
+    pub image_gc_low_threshold_percent: u8,
+    /// Images first seen less than this ago are never collected.
+    #[serde(rename = "imageMinimumGCAge", with = "humantime_serde")]
+    pub image_minimum_gc_age: Duration,
+    /// How often the collector looks (the kubelet's is fixed at 5m).
+    #[serde(rename = "imageGCPeriod", with = "humantime_serde")]
+    pub image_gc_period: Duration,
     /// Node name used in static pod names (`<pod>-<nodeName>`). Defaults to the
     /// hostname, lower-cased.
     pub node_name: Option<String>,
@@ -221,6 +234,10 @@ impl Default for Config {
             registries: Default::default(),
             image_credentials_file: PathBuf::from("/var/lib/kubelet/config.json"),
             image_pull_stall_timeout: Duration::from_secs(60),
+            image_gc_high_threshold_percent: 85,
+            image_gc_low_threshold_percent: 80,
+            image_minimum_gc_age: Duration::from_secs(120),
+            image_gc_period: Duration::from_secs(300),
             node_name: None,
             containerd: ContainerdConfig::default(),
             cgroup_driver: Default::default(),
@@ -334,6 +351,24 @@ impl Config {
                 "imageCredentialsFile",
                 format!("{} is not absolute", self.image_credentials_file.display()),
             ));
+        }
+        if self.image_gc_high_threshold_percent > 100 {
+            return Err(invalid(
+                "imageGCHighThresholdPercent",
+                "must be between 0 and 100".into(),
+            ));
+        }
+        if self.image_gc_low_threshold_percent >= self.image_gc_high_threshold_percent {
+            return Err(invalid(
+                "imageGCLowThresholdPercent",
+                format!(
+                    "{} must be less than imageGCHighThresholdPercent ({})",
+                    self.image_gc_low_threshold_percent, self.image_gc_high_threshold_percent
+                ),
+            ));
+        }
+        if self.image_gc_period.is_zero() {
+            return Err(invalid("imageGCPeriod", "must be more than 0s".into()));
         }
         if self.image_pull_stall_timeout.is_zero() {
             return Err(invalid(
@@ -480,6 +515,16 @@ impl Config {
             credentials_file: self.image_credentials_file.clone(),
             connect_timeout: Duration::from_secs(10),
             stall_timeout: self.image_pull_stall_timeout,
+        }
+    }
+
+    /// The image garbage collector's settings.
+    pub fn image_gc_policy(&self) -> crate::runtime::image_gc::GcPolicy {
+        crate::runtime::image_gc::GcPolicy {
+            high_percent: self.image_gc_high_threshold_percent,
+            low_percent: self.image_gc_low_threshold_percent,
+            min_age: self.image_minimum_gc_age,
+            period: self.image_gc_period,
         }
     }
 

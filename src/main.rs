@@ -334,9 +334,14 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
         }
         _ = tokio::signal::ctrl_c() => return Ok(()),
     };
+    let rt = Arc::new(rt);
+    tokio::spawn(kubelet_lite::runtime::image_gc::run(
+        Arc::clone(&rt),
+        config.image_gc_policy(),
+    ));
     let env = Arc::new(worker::WorkerEnv {
         metrics,
-        rt: Arc::new(rt),
+        rt,
         cgroups: Arc::new(cgroups),
         sandboxes: Arc::new(worker::host::HostSandboxes(sandbox_host(&config)?)),
         volumes: Arc::new(worker::host::HostVolumes(

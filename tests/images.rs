@@ -845,3 +845,36 @@ fn a_bearer_token_challenge_is_answered_with_config_json_credentials() {
         "a secret in the log"
     );
 }
+
+#[test]
+fn unused_images_are_collected_when_the_disk_is_over_the_threshold() {
+    let mut env = env_without_archives("gc", "");
+    let reg = Registry::start(&env.dir, None);
+    let host = reg.host();
+    reg.push("test/keep:1", None);
+    reg.push("test/drop:1", None);
+    // Any disk is over 1 %: the collector removes whatever it may.
+    env.write_config(&format!(
+        "crashLoopBackOff:\n  initial: 1s\n  max: 4s\nimageGCHighThresholdPercent: 1\nimageGCLowThresholdPercent: 0\nimageMinimumGCAge: 3s\nimageGCPeriod: 1s\nregistries:\n  '{host}':\n    plainHTTP: true\n"
+    ));
+    env.start_agent();
+    let keep = format!("{host}/test/keep:1");
+    let dropped = format!("{host}/test/drop:1");
+    env.write_manifest("keep.yaml", &pod_yaml("keep", &sleeper(&keep, "")));
+    env.write_manifest("drop.yaml", &pod_yaml("drop", &sleeper(&dropped, "")));
+    env.wait_running("keep-node1");
+    env.wait_running("drop-node1");
+    env.remove_manifest("drop.yaml");
+    env.wait_for("drop's image collected", Duration::from_secs(30), || {
+        (!env.ctr(&["images", "ls", "-q"]).contains(&dropped)).then_some(())
+    });
+    // The image in use stays, several collections later.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(env.ctr(&["images", "ls", "-q"]).contains(&keep));
+    env.wait_running("keep-node1");
+    assert!(
+        env.agent_output()
+            .lines()
+            .any(|l| l.contains("removing unused image") && l.contains("test/drop:1"))
+    );
+}

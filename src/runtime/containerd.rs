@@ -273,6 +273,85 @@ impl Containerd {
         result
     }
 
+    /// Every image of our namespace with its size (for this platform), for
+    /// the image garbage collector.
+    pub(crate) async fn images_with_sizes(&self) -> Result<Vec<(String, u64)>, RuntimeError> {
+        let images = self
+            .client
+            .images()
+            .list(self.req(containerd_client::services::v1::ListImagesRequest { filters: vec![] }))
+            .await
+            .map_err(|s| status_error("listing images", s))?
+            .into_inner()
+            .images;
+        let mut out = Vec::new();
+        for i in images {
+            // An image whose content is partly gone counts as 0 bytes.
+            let size = self.image_size(&i.name).await.unwrap_or(0);
+            out.push((i.name, size));
+        }
+        Ok(out)
+    }
+
+    /// Names of the images that containers of our namespace were made from.
+    pub(crate) async fn images_in_use(
+        &self,
+    ) -> Result<std::collections::HashSet<String>, RuntimeError> {
+        Ok(self
+            .client
+            .containers()
+            .list(self.req(ListContainersRequest { filters: vec![] }))
+            .await
+            .map_err(|s| status_error("listing containers", s))?
+            .into_inner()
+            .containers
+            .into_iter()
+            .map(|c| c.image)
+            .collect())
+    }
+
+    /// Where the snapshotter keeps its data (its plugin's `root` export):
+    /// the filesystem the image garbage collector watches.
+    pub(crate) async fn snapshotter_root(&self) -> Result<Option<PathBuf>, RuntimeError> {
+        let plugins = self
+            .client
+            .introspection()
+            .plugins(self.req(containerd_client::services::v1::PluginsRequest {
+                filters: vec![format!(
+                    "type==io.containerd.snapshotter.v1,id=={}",
+                    self.snapshotter
+                )],
+            }))
+            .await
+            .map_err(|s| status_error("listing plugins", s))?
+            .into_inner()
+            .plugins;
+        Ok(plugins
+            .into_iter()
+            .find_map(|p| p.exports.get("root").map(PathBuf::from)))
+    }
+
+    /// Deletes an image record; containerd's garbage collector then frees
+    /// what no other image or container references.
+    pub(crate) async fn remove_image(&self, name: &str) -> Result<(), RuntimeError> {
+        match self
+            .client
+            .images()
+            .delete(
+                self.req(containerd_client::services::v1::DeleteImageRequest {
+                    name: name.to_string(),
+                    sync: true,
+                    target: None,
+                }),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(status_error("removing image", s)),
+        }
+    }
+
     /// Bytes of an image's manifest, config and layers for this platform.
     async fn image_size(&self, name: &str) -> Result<u64, RuntimeError> {
         let image = self

@@ -4,6 +4,7 @@
 
 mod client;
 pub mod containerd;
+pub mod image_gc;
 pub mod image_ref;
 pub mod images;
 mod import;
