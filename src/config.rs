@@ -705,6 +705,60 @@ mod tests {
     }
 
     #[test]
+    fn image_keys_are_read_and_checked() {
+        let c = parse(
+            "registries:\n  docker.io:\n    mirrors: ['http://127.0.0.1:5000']\n  registry.lan:5000:\n    plainHTTP: true\n    caFile: /etc/ca.pem\nimageCredentialsFile: /etc/kl/config.json\nimagePullStallTimeout: 5s\nimageGCHighThresholdPercent: 90\nimageGCLowThresholdPercent: 70\nimageMinimumGCAge: 1m\nimageGCPeriod: 30s\n",
+        )
+        .unwrap();
+        let r = c.registry_options();
+        assert_eq!(r.hosts["docker.io"].mirrors, ["http://127.0.0.1:5000"]);
+        assert!(r.hosts["registry.lan:5000"].plain_http);
+        assert_eq!(r.stall_timeout, Duration::from_secs(5));
+        let gc = c.image_gc_policy();
+        assert_eq!((gc.high_percent, gc.low_percent), (90, 70));
+        assert_eq!(gc.min_age, Duration::from_secs(60));
+        let d = Config::default();
+        assert_eq!(
+            d.image_credentials_file,
+            PathBuf::from("/var/lib/kubelet/config.json")
+        );
+        assert_eq!(
+            (
+                d.image_gc_high_threshold_percent,
+                d.image_gc_low_threshold_percent
+            ),
+            (85, 80)
+        );
+        for (text, field) in [
+            (
+                "registries:\n  docker.io:\n    mirrors: ['127.0.0.1:5000']\n",
+                "registries.docker.io.mirrors[0]",
+            ),
+            (
+                "registries:\n  docker.io:\n    caFile: ca.pem\n",
+                "registries.docker.io.caFile",
+            ),
+            ("registries:\n  docker.io:\n    mirror: []\n", "mirror"),
+            (
+                "imageCredentialsFile: config.json\n",
+                "imageCredentialsFile",
+            ),
+            (
+                "imageGCHighThresholdPercent: 101\n",
+                "imageGCHighThresholdPercent",
+            ),
+            (
+                "imageGCHighThresholdPercent: 50\nimageGCLowThresholdPercent: 50\n",
+                "imageGCLowThresholdPercent",
+            ),
+            ("imagePullStallTimeout: 0s\n", "imagePullStallTimeout"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn containerd_namespace_follows_containerd_rule() {
         for good in ["kubelet-lite", "k8s.io", "a", "A_1.b-2", &"x".repeat(76)] {
             assert_eq!(check_containerd_namespace(good), Ok(()), "{good}");
