@@ -237,7 +237,9 @@ impl Containerd {
             {
                 let mut found = self.resolve(name).await?;
                 if found.is_none() {
-                    // Imported earlier, then removed from containerd.
+                    // Imported earlier, then removed from containerd (its
+                    // snapshots may be gone too: forget the cached configs).
+                    self.configs.lock().unwrap().clear();
                     super::import::import_matching(&self.calls, &self.archives, dir, name, true)
                         .await?;
                     found = self.resolve(name).await?;
@@ -256,6 +258,10 @@ impl Containerd {
             image = name,
             "no archive provides the image; pulling from its registry"
         );
+        // The parsed-config cache trusts that an image's snapshots exist;
+        // a pulled image may have been removed (by the image garbage
+        // collector, or by hand) since it was cached: unpack again.
+        self.configs.lock().unwrap().clear();
         let lease = super::import::Lease::create(&self.calls).await?;
         let result = async {
             let fetched = super::pull::fetch(&self.calls, &lease, &self.registries, name).await?;
@@ -334,6 +340,7 @@ impl Containerd {
     /// Deletes an image record; containerd's garbage collector then frees
     /// what no other image or container references.
     pub(crate) async fn remove_image(&self, name: &str) -> Result<(), RuntimeError> {
+        self.configs.lock().unwrap().clear();
         match self
             .client
             .images()
