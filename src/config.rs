@@ -42,6 +42,30 @@ pub struct Config {
     /// OCI or Docker image archives (`*.tar`) imported on demand. Defaults to
     /// `<rootDir>/images`.
     pub images_dir: Option<PathBuf>,
+    /// Registries by host (`docker.io`, `127.0.0.1:5000`): `mirrors`
+    /// (URLs tried in order before the registry), `plainHTTP`, `caFile`.
+    pub registries: std::collections::BTreeMap<String, crate::runtime::registry::HostConfig>,
+    /// Docker `config.json` with registry credentials (the kubelet reads
+    /// `/var/lib/kubelet/config.json`); a missing file means anonymous
+    /// pulls.
+    pub image_credentials_file: PathBuf,
+    /// A registry pull that receives no byte for this long fails (and is
+    /// retried with the image pull backoff).
+    #[serde(with = "humantime_serde")]
+    pub image_pull_stall_timeout: Duration,
+    /// Image garbage collection starts when the filesystem of containerd's
+    /// snapshotter is this full (percent; 100 turns it off).
+    #[serde(rename = "imageGCHighThresholdPercent")]
+    pub image_gc_high_threshold_percent: u8,
+    /// ... and removes unused images until usage is down to this.
+    #[serde(rename = "imageGCLowThresholdPercent")]
+    pub image_gc_low_threshold_percent: u8,
+    /// Images first seen less than this ago are never collected.
+    #[serde(rename = "imageMinimumGCAge", with = "humantime_serde")]
+    pub image_minimum_gc_age: Duration,
+    /// How often the collector looks (the kubelet's is fixed at 5m).
+    #[serde(rename = "imageGCPeriod", with = "humantime_serde")]
+    pub image_gc_period: Duration,
     /// Node name used in static pod names (`<pod>-<nodeName>`). Defaults to the
     /// hostname, lower-cased.
     pub node_name: Option<String>,
@@ -210,6 +234,13 @@ impl Default for Config {
             root_dir: PathBuf::from("/var/lib/kubelet-lite"),
             pod_logs_dir: PathBuf::from("/var/log/pods"),
             images_dir: None,
+            registries: Default::default(),
+            image_credentials_file: PathBuf::from("/var/lib/kubelet/config.json"),
+            image_pull_stall_timeout: Duration::from_secs(60),
+            image_gc_high_threshold_percent: 85,
+            image_gc_low_threshold_percent: 80,
+            image_minimum_gc_age: Duration::from_secs(120),
+            image_gc_period: Duration::from_secs(300),
             node_name: None,
             containerd: ContainerdConfig::default(),
             cgroup_driver: Default::default(),
@@ -313,6 +344,41 @@ impl Config {
             return Err(invalid(
                 "imagesDir",
                 format!("{} is not absolute", dir.display()),
+            ));
+        }
+        for (host, h) in &self.registries {
+            if let Err((field, message)) = crate::runtime::registry::validate_host(host, h) {
+                return Err(invalid("registries", format!("{field}: {message}")));
+            }
+        }
+        if !self.image_credentials_file.is_absolute() {
+            return Err(invalid(
+                "imageCredentialsFile",
+                format!("{} is not absolute", self.image_credentials_file.display()),
+            ));
+        }
+        if self.image_gc_high_threshold_percent > 100 {
+            return Err(invalid(
+                "imageGCHighThresholdPercent",
+                "must be between 0 and 100".into(),
+            ));
+        }
+        if self.image_gc_low_threshold_percent >= self.image_gc_high_threshold_percent {
+            return Err(invalid(
+                "imageGCLowThresholdPercent",
+                format!(
+                    "{} must be less than imageGCHighThresholdPercent ({})",
+                    self.image_gc_low_threshold_percent, self.image_gc_high_threshold_percent
+                ),
+            ));
+        }
+        if self.image_gc_period.is_zero() {
+            return Err(invalid("imageGCPeriod", "must be more than 0s".into()));
+        }
+        if self.image_pull_stall_timeout.is_zero() {
+            return Err(invalid(
+                "imagePullStallTimeout",
+                "must be more than 0s".into(),
             ));
         }
         if let Some(name) = &self.node_name
@@ -445,6 +511,26 @@ impl Config {
         self.http_token_file
             .clone()
             .unwrap_or_else(|| self.root_dir.join(crate::http::token::GENERATED_FILE))
+    }
+
+    /// What the runtime needs to reach registries.
+    pub fn registry_options(&self) -> crate::runtime::registry::RegistryOptions {
+        crate::runtime::registry::RegistryOptions {
+            hosts: self.registries.clone(),
+            credentials_file: self.image_credentials_file.clone(),
+            connect_timeout: Duration::from_secs(10),
+            stall_timeout: self.image_pull_stall_timeout,
+        }
+    }
+
+    /// The image garbage collector's settings.
+    pub fn image_gc_policy(&self) -> crate::runtime::image_gc::GcPolicy {
+        crate::runtime::image_gc::GcPolicy {
+            high_percent: self.image_gc_high_threshold_percent,
+            low_percent: self.image_gc_low_threshold_percent,
+            min_age: self.image_minimum_gc_age,
+            period: self.image_gc_period,
+        }
     }
 
     pub fn images_dir(&self) -> PathBuf {
@@ -621,6 +707,60 @@ mod tests {
                 .unwrap()
                 .single_process_oom_kill
         );
+    }
+
+    #[test]
+    fn image_keys_are_read_and_checked() {
+        let c = parse(
+            "registries:\n  docker.io:\n    mirrors: ['http://127.0.0.1:5000']\n  registry.lan:5000:\n    plainHTTP: true\n    caFile: /etc/ca.pem\nimageCredentialsFile: /etc/kl/config.json\nimagePullStallTimeout: 5s\nimageGCHighThresholdPercent: 90\nimageGCLowThresholdPercent: 70\nimageMinimumGCAge: 1m\nimageGCPeriod: 30s\n",
+        )
+        .unwrap();
+        let r = c.registry_options();
+        assert_eq!(r.hosts["docker.io"].mirrors, ["http://127.0.0.1:5000"]);
+        assert!(r.hosts["registry.lan:5000"].plain_http);
+        assert_eq!(r.stall_timeout, Duration::from_secs(5));
+        let gc = c.image_gc_policy();
+        assert_eq!((gc.high_percent, gc.low_percent), (90, 70));
+        assert_eq!(gc.min_age, Duration::from_secs(60));
+        let d = Config::default();
+        assert_eq!(
+            d.image_credentials_file,
+            PathBuf::from("/var/lib/kubelet/config.json")
+        );
+        assert_eq!(
+            (
+                d.image_gc_high_threshold_percent,
+                d.image_gc_low_threshold_percent
+            ),
+            (85, 80)
+        );
+        for (text, field) in [
+            (
+                "registries:\n  docker.io:\n    mirrors: ['127.0.0.1:5000']\n",
+                "registries.docker.io.mirrors[0]",
+            ),
+            (
+                "registries:\n  docker.io:\n    caFile: ca.pem\n",
+                "registries.docker.io.caFile",
+            ),
+            ("registries:\n  docker.io:\n    mirror: []\n", "mirror"),
+            (
+                "imageCredentialsFile: config.json\n",
+                "imageCredentialsFile",
+            ),
+            (
+                "imageGCHighThresholdPercent: 101\n",
+                "imageGCHighThresholdPercent",
+            ),
+            (
+                "imageGCHighThresholdPercent: 50\nimageGCLowThresholdPercent: 50\n",
+                "imageGCLowThresholdPercent",
+            ),
+            ("imagePullStallTimeout: 0s\n", "imagePullStallTimeout"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -212,6 +212,7 @@ async fn connect(config: &Config, health: &RuntimeHealth) -> anyhow::Result<Cont
             logger: std::env::current_exe().context("locating own binary for the log writer")?,
             systemd_cgroup: config.cgroup_driver == cgroup::Driver::Systemd,
             call_timeout: config.runtime_request_timeout,
+            registries: config.registry_options(),
         };
         match Containerd::connect(opts).await {
             Ok(c) => return Ok(c),
@@ -465,6 +466,10 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => return Ok(()),
     };
     tokio::spawn(watch_runtime(Arc::clone(&rt), runtime_health));
+    tokio::spawn(kubelet_lite::runtime::image_gc::run(
+        Arc::clone(&rt),
+        config.image_gc_policy(),
+    ));
     let env = Arc::new(worker::WorkerEnv {
         metrics,
         rt,

@@ -502,7 +502,7 @@ fn bad_manifests_are_reported_and_do_not_stop_good_ones() {
         "broken.yaml",
         "apiVersion: v1\nkind: Pod\nmetadata: {name: x\n",
     );
-    env.write_manifest("noimage.yaml", &pod_yaml("noimage", "  containers:\n  - name: a\n    image: example.invalid/nothing:1\n    imagePullPolicy: IfNotPresent\n"));
+    env.write_manifest("noimage.yaml", &pod_yaml("noimage", "  containers:\n  - name: a\n    image: 127.0.0.1:1/nothing:1\n    imagePullPolicy: IfNotPresent\n"));
     env.write_manifest("web.yaml~", "editor backup: ignored");
     env.write_manifest(".hidden.yaml", "hidden: ignored");
     // Not regular files: refused at once, never read or waited on.
@@ -565,8 +565,8 @@ fn bad_manifests_are_reported_and_do_not_stop_good_ones() {
             .any(|l| l.contains("c-shadow.yaml: metadata.name") && l.contains("b-shadow.yaml")),
         "{log}"
     );
-    // An image nobody can provide is said plainly (the failed pull's
-    // event), and the pod waits in ImagePullBackOff, as the kubelet shows it.
+    // An image nobody can provide (its registry refuses connections) is
+    // said plainly (the failed pull's event), and the pod waits in ImagePullBackOff, as the kubelet shows it.
     let pod = env.wait_for("ImagePullBackOff", Duration::from_secs(20), || {
         let p = env.pod("noimage-node1")?;
         let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
@@ -574,7 +574,7 @@ fn bad_manifests_are_reported_and_do_not_stop_good_ones() {
     });
     let waiting = &pod["status"]["containerStatuses"][0]["state"]["waiting"];
     assert_eq!(
-        waiting["message"], "Back-off pulling image \"example.invalid/nothing:1\"",
+        waiting["message"], "Back-off pulling image \"127.0.0.1:1/nothing:1\"",
         "{waiting}"
     );
     let events = pod["status"]["events"].as_array().unwrap();
@@ -584,7 +584,7 @@ fn bad_manifests_are_reported_and_do_not_stop_good_ones() {
             && e["message"]
                 .as_str()
                 .unwrap()
-                .contains("pulling from registries is not supported")),
+                .contains("failed to pull image \"127.0.0.1:1/nothing:1\" from 127.0.0.1:1")),
         "{events:?}"
     );
     assert!(env.agent_is_alive());

@@ -31,6 +31,9 @@ pub enum PodError {
     /// `imagePullPolicy: Never` and the image is not there.
     #[error("{0}")]
     ImageNeverPull(String),
+    /// The image reference cannot be parsed.
+    #[error("{0}")]
+    InvalidImageName(String),
     /// The container's configuration cannot be made: a missing configMap
     /// key for its env, a subPath that escapes, an invalid spec.
     #[error("{0}")]
@@ -73,7 +76,8 @@ impl PodError {
             PodError::Mount(_) => reason::FAILED_MOUNT,
             PodError::Sync(_) => reason::FAILED_SYNC,
             PodError::ImagePull(_) => "ErrImagePull",
-            PodError::ImageNeverPull(_) => "ErrImageNeverPull",
+            PodError::ImageNeverPull(_) => reason::ERR_IMAGE_NEVER_PULL,
+            PodError::InvalidImageName(_) => "InvalidImageName",
             PodError::CreateContainerConfig(_) => "CreateContainerConfigError",
             PodError::CreateContainer(_) => "CreateContainerError",
             PodError::RunContainer(_) => "RunContainerError",
@@ -104,6 +108,11 @@ pub mod reason {
     pub const CRASH_LOOP_BACK_OFF: &str = "CrashLoopBackOff";
     /// A container waits for the back-off after a failed pull.
     pub const IMAGE_PULL_BACK_OFF: &str = "ImagePullBackOff";
+    /// Events of the image manager.
+    pub const PULLING: &str = "Pulling";
+    pub const PULLED: &str = "Pulled";
+    pub const ERR_IMAGE_NEVER_PULL: &str = "ErrImageNeverPull";
+    pub const INSPECT_FAILED: &str = "InspectFailed";
     /// Event: a container is restarted after a back-off.
     pub const BACK_OFF: &str = "BackOff";
     /// Event: a container start failed.

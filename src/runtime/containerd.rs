@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -26,9 +26,15 @@ use tracing::{debug, info};
 
 use super::client::{Calls, status_error, to_system_time};
 use super::{
-    ContainerRecord, Exit, Image, ImageConfig, NewContainer, PullPolicy, Runtime, RuntimeError,
+    ContainerRecord, Exit, Image, ImageConfig, NewContainer, PulledImage, Runtime, RuntimeError,
     TaskState,
 };
+
+/// The last outcome of a pull of one name, and when it ended: a pull that
+/// waited for another of the same name takes its result.
+type PullSlot = std::sync::Arc<
+    tokio::sync::Mutex<Option<(std::time::Instant, Result<PulledImage, RuntimeError>)>>,
+>;
 
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 
@@ -49,6 +55,9 @@ pub struct Containerd {
     /// Serializes imports so that two pods of one image import it once.
     import_lock: tokio::sync::Mutex<()>,
     archives: super::import::ArchiveCache,
+    registries: super::registry::Registries,
+    /// One transfer per image name at a time (single flight).
+    pulls: Mutex<HashMap<String, PullSlot>>,
 }
 
 pub struct ContainerdOptions {
@@ -63,6 +72,8 @@ pub struct ContainerdOptions {
     /// Deadline of one call (but waits and data transfers): the kubelet's
     /// `runtimeRequestTimeout`.
     pub call_timeout: Duration,
+    /// Mirrors, TLS and credentials for registry pulls.
+    pub registries: super::registry::RegistryOptions,
 }
 
 impl Containerd {
@@ -85,6 +96,8 @@ impl Containerd {
             configs: Mutex::new(HashMap::new()),
             import_lock: tokio::sync::Mutex::new(()),
             archives: Default::default(),
+            registries: super::registry::Registries::new(opts.registries),
+            pulls: Mutex::new(HashMap::new()),
         };
         let req = c.req(CreateNamespaceRequest {
             namespace: Some(containerd_client::services::v1::Namespace {
@@ -142,13 +155,19 @@ impl Containerd {
         let Some(target) = image.and_then(|i| i.target) else {
             return Ok(None);
         };
+        self.load(name, target).await.map(Some)
+    }
+
+    /// The image whose record points at `target`, its layers unpacked
+    /// (the content must be in the store).
+    async fn load(&self, name: &str, target: Descriptor) -> Result<Image, RuntimeError> {
         let manifest_desc = self.platform_manifest(target, name).await?;
         if let Some((chain_id, config)) = self.configs.lock().unwrap().get(&manifest_desc.digest) {
-            return Ok(Some(Image {
+            return Ok(Image {
                 name: name.to_string(),
                 chain_id: chain_id.clone(),
                 config: config.clone(),
-            }));
+            });
         }
         let manifest: ImageManifest =
             parse_json(&self.calls.read_blob(&manifest_desc.digest).await?, name)?;
@@ -180,11 +199,11 @@ impl Containerd {
             manifest_desc.digest.clone(),
             (chain_id.clone(), image_config.clone()),
         );
-        Ok(Some(Image {
+        Ok(Image {
             name: name.to_string(),
             chain_id,
             config: image_config,
-        }))
+        })
     }
 
     /// Follows an index (multi-platform image) to this machine's manifest.
@@ -215,6 +234,162 @@ impl Containerd {
             size: i64::try_from(chosen.size()).unwrap_or(i64::MAX),
             annotations: HashMap::new(),
         })
+    }
+
+    /// One pull: an archive of the images directory if one provides the
+    /// name (air-gapped nodes), else the registry. Content goes in under a
+    /// lease; the image record is created only once every layer is
+    /// unpacked, so a failed pull leaves no image, and its content goes
+    /// with the lease.
+    async fn pull_now(&self, name: &str) -> Result<PulledImage, RuntimeError> {
+        let started = std::time::Instant::now();
+        {
+            let _guard = self.import_lock.lock().await;
+            let dir = &self.images_dir;
+            if super::import::import_matching(&self.calls, &self.archives, dir, name, false).await?
+            {
+                let mut found = self.resolve(name).await?;
+                if found.is_none() {
+                    // Imported earlier, then removed from containerd (its
+                    // snapshots may be gone too: forget the cached configs).
+                    self.configs.lock().unwrap().clear();
+                    super::import::import_matching(&self.calls, &self.archives, dir, name, true)
+                        .await?;
+                    found = self.resolve(name).await?;
+                }
+                if let Some(image) = found {
+                    let size = self.image_size(name).await.unwrap_or(0);
+                    return Ok(PulledImage {
+                        image,
+                        size,
+                        took: started.elapsed(),
+                    });
+                }
+            }
+        }
+        debug!(
+            image = name,
+            "no archive provides the image; pulling from its registry"
+        );
+        // The parsed-config cache trusts that an image's snapshots exist;
+        // a pulled image may have been removed (by the image garbage
+        // collector, or by hand) since it was cached: unpack again.
+        self.configs.lock().unwrap().clear();
+        let lease = super::import::Lease::create(&self.calls).await?;
+        let result = async {
+            let fetched = super::pull::fetch(&self.calls, &lease, &self.registries, name).await?;
+            let image = self.load(name, fetched.target.clone()).await?;
+            super::import::create_image(&self.calls, name, fetched.target).await?;
+            info!(image = name, from = %fetched.from, bytes = fetched.size, "pulled image");
+            Ok(PulledImage {
+                image,
+                size: fetched.size,
+                took: started.elapsed(),
+            })
+        }
+        .await;
+        lease.delete(&self.calls).await;
+        result
+    }
+
+    /// Every image of our namespace with its size (for this platform), for
+    /// the image garbage collector.
+    pub(crate) async fn images_with_sizes(&self) -> Result<Vec<(String, u64)>, RuntimeError> {
+        let images = self
+            .client
+            .images()
+            .list(self.req(containerd_client::services::v1::ListImagesRequest { filters: vec![] }))
+            .await
+            .map_err(|s| status_error("listing images", s))?
+            .into_inner()
+            .images;
+        let mut out = Vec::new();
+        for i in images {
+            // An image whose content is partly gone counts as 0 bytes.
+            let size = self.image_size(&i.name).await.unwrap_or(0);
+            out.push((i.name, size));
+        }
+        Ok(out)
+    }
+
+    /// Names of the images that containers of our namespace were made from.
+    pub(crate) async fn images_in_use(
+        &self,
+    ) -> Result<std::collections::HashSet<String>, RuntimeError> {
+        Ok(self
+            .client
+            .containers()
+            .list(self.req(ListContainersRequest { filters: vec![] }))
+            .await
+            .map_err(|s| status_error("listing containers", s))?
+            .into_inner()
+            .containers
+            .into_iter()
+            .map(|c| c.image)
+            .collect())
+    }
+
+    /// Where the snapshotter keeps its data (its plugin's `root` export):
+    /// the filesystem the image garbage collector watches.
+    pub(crate) async fn snapshotter_root(&self) -> Result<Option<PathBuf>, RuntimeError> {
+        let plugins = self
+            .client
+            .introspection()
+            .plugins(self.req(containerd_client::services::v1::PluginsRequest {
+                filters: vec![format!(
+                    "type==io.containerd.snapshotter.v1,id=={}",
+                    self.snapshotter
+                )],
+            }))
+            .await
+            .map_err(|s| status_error("listing plugins", s))?
+            .into_inner()
+            .plugins;
+        Ok(plugins
+            .into_iter()
+            .find_map(|p| p.exports.get("root").map(PathBuf::from)))
+    }
+
+    /// Deletes an image record; containerd's garbage collector then frees
+    /// what no other image or container references.
+    pub(crate) async fn remove_image(&self, name: &str) -> Result<(), RuntimeError> {
+        self.configs.lock().unwrap().clear();
+        match self
+            .client
+            .images()
+            .delete(
+                self.req(containerd_client::services::v1::DeleteImageRequest {
+                    name: name.to_string(),
+                    sync: true,
+                    target: None,
+                }),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(status_error("removing image", s)),
+        }
+    }
+
+    /// Bytes of an image's manifest, config and layers for this platform.
+    async fn image_size(&self, name: &str) -> Result<u64, RuntimeError> {
+        let image = self
+            .client
+            .images()
+            .get(self.req(GetImageRequest {
+                name: name.to_string(),
+            }))
+            .await
+            .map_err(|s| status_error("getting image", s))?
+            .into_inner()
+            .image
+            .and_then(|i| i.target)
+            .ok_or_else(|| RuntimeError::ImageNotFound(name.to_string()))?;
+        let m = self.platform_manifest(image, name).await?;
+        let manifest: ImageManifest = parse_json(&self.calls.read_blob(&m.digest).await?, name)?;
+        let layers: u64 = manifest.layers().iter().map(|l| l.size()).sum();
+        Ok(layers + manifest.config().size() + u64::try_from(m.size).unwrap_or(0))
     }
 
     async fn snapshot_exists(&self, key: &str) -> Result<bool, RuntimeError> {
@@ -258,7 +433,7 @@ impl Containerd {
         let lease = super::import::Lease::create(&self.calls).await?;
         let result = async {
             let mut parent = String::new();
-            for (layer, chain) in manifest.layers().iter().zip(&chains) {
+            for (i, (layer, chain)) in manifest.layers().iter().zip(&chains).enumerate() {
                 if !self.snapshot_exists(chain).await? {
                     let key = format!("extract-{}-{}", std::process::id(), chain);
                     let mounts = self
@@ -289,9 +464,25 @@ impl Containerd {
                             sync_fs: false,
                         })))
                         .await;
-                    if let Err(s) = applied {
+                    let applied = match applied {
+                        Ok(r) => r.into_inner().applied,
+                        Err(s) => {
+                            let _ = self.remove_snapshot(&key).await;
+                            return Err(status_error("applying layer", s));
+                        }
+                    };
+                    // The uncompressed layer must be the one the config
+                    // names: a registry cannot swap layers under a config.
+                    if let Some(a) = applied
+                        && Some(&a.digest) != diff_ids.get(i)
+                    {
                         let _ = self.remove_snapshot(&key).await;
-                        return Err(status_error("applying layer", s));
+                        return Err(RuntimeError::Pull(format!(
+                            "{name}: layer {} unpacks to {}, the config says {}",
+                            layer.digest(),
+                            a.digest,
+                            diff_ids.get(i).map_or("nothing", String::as_str)
+                        )));
                     }
                     let committed = self
                         .client
@@ -480,40 +671,29 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
 
 #[async_trait]
 impl Runtime for Containerd {
-    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<Image, RuntimeError> {
-        let name = super::image_ref::normalize(image).map_err(RuntimeError::ImageNotFound)?;
-        if policy != PullPolicy::Always
-            && let Some(img) = self.resolve(&name).await?
+    async fn image_status(&self, name: &str) -> Result<Option<Image>, RuntimeError> {
+        self.resolve(name).await
+    }
+
+    async fn pull_image(&self, name: &str) -> Result<PulledImage, RuntimeError> {
+        let slot = Arc::clone(
+            self.pulls
+                .lock()
+                .unwrap()
+                .entry(name.to_string())
+                .or_default(),
+        );
+        let asked = std::time::Instant::now();
+        let mut last = slot.lock().await;
+        if let Some((ended, result)) = &*last
+            && *ended >= asked
         {
-            return Ok(img);
+            // Another pull of this name ran while we waited.
+            return result.clone();
         }
-        if policy == PullPolicy::Never {
-            return Err(RuntimeError::ImageNotFound(format!(
-                "container image {name:?} is not present with pull policy of Never"
-            )));
-        }
-        // "Pulling" is importing from the images directory: nodes are air-gapped.
-        let _guard = self.import_lock.lock().await;
-        let dir = &self.images_dir;
-        let provided =
-            super::import::import_matching(&self.calls, &self.archives, dir, &name, false).await?;
-        if !provided && policy == PullPolicy::Always {
-            debug!(image = %name, "no archive provides the image; using the one in containerd");
-        }
-        let mut found = self.resolve(&name).await?;
-        if found.is_none() && provided {
-            // Imported earlier, then removed from containerd behind our back.
-            super::import::import_matching(&self.calls, &self.archives, dir, &name, true).await?;
-            found = self.resolve(&name).await?;
-        }
-        match found {
-            Some(img) => Ok(img),
-            None => Err(RuntimeError::ImageNotFound(format!(
-                "image {name:?} is not in containerd (namespace {:?}) and no archive in {} provides it; pulling from registries is not supported",
-                self.namespace,
-                self.images_dir.display()
-            ))),
-        }
+        let result = self.pull_now(name).await;
+        *last = Some((std::time::Instant::now(), result.clone()));
+        result
     }
 
     async fn create(&self, c: &NewContainer) -> Result<(), RuntimeError> {

@@ -469,7 +469,7 @@ async fn import(c: &Calls, path: &Path, plan: &Plan) -> Result<(), RuntimeError>
             }
         }
         for image in &plan.images {
-            create_image(c, image).await?;
+            create_image(c, &image.name, image.target.clone()).await?;
         }
         Ok(())
     }
@@ -531,11 +531,17 @@ async fn write_blob(
     }
 }
 
-async fn create_image(c: &Calls, image: &ArchiveImage) -> Result<(), RuntimeError> {
+/// Creates the image record `name` -> `target`, or points an existing one
+/// there.
+pub(super) async fn create_image(
+    c: &Calls,
+    name: &str,
+    target: Descriptor,
+) -> Result<(), RuntimeError> {
     let record = ImageRecord {
-        name: image.name.clone(),
+        name: name.to_string(),
         labels: HashMap::new(),
-        target: Some(image.target.clone()),
+        target: Some(target),
         created_at: None,
         updated_at: None,
     };

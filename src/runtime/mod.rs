@@ -5,8 +5,12 @@
 mod client;
 pub mod containerd;
 pub mod health;
+pub mod image_gc;
 pub mod image_ref;
+pub mod images;
 mod import;
+pub mod pull;
+pub mod registry;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -42,6 +46,9 @@ pub enum RuntimeError {
     /// directory.
     #[error("{0}")]
     ImageNotFound(String),
+    /// A registry pull failed; the message has the registry's words.
+    #[error("{0}")]
+    Pull(String),
     #[error("{op}: {message}")]
     Failed { op: &'static str, message: String },
 }
@@ -69,6 +76,17 @@ pub struct Image {
     /// Snapshot of the unpacked top layer, parent of container snapshots.
     pub chain_id: String,
     pub config: ImageConfig,
+}
+
+/// An image a pull made available.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PulledImage {
+    pub image: Image,
+    /// Bytes of manifest, config and layers (as the kubelet's event says).
+    pub size: u64,
+    /// Time of the transfer itself (without waiting for another pull of
+    /// the same image).
+    pub took: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,8 +136,13 @@ pub struct ContainerRecord {
 /// pure logic may implement it with a recording fake.
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
-    /// Finds or imports `image` following `policy`.
-    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<Image, RuntimeError>;
+    /// The image of that (normalized) name if the node has it, unpacked.
+    async fn image_status(&self, name: &str) -> Result<Option<Image>, RuntimeError>;
+    /// Pulls the (normalized) image: from an archive of the images
+    /// directory if one provides it, else from its registry. Concurrent
+    /// pulls of one name share one transfer. The policy is decided by
+    /// [`images::ensure`].
+    async fn pull_image(&self, name: &str) -> Result<PulledImage, RuntimeError>;
     /// Creates the snapshot, the container and its task (not started).
     async fn create(&self, c: &NewContainer) -> Result<(), RuntimeError>;
     /// Starts a created task; returns its PID.
@@ -142,34 +165,4 @@ pub trait Runtime: Send + Sync + 'static {
         id: &str,
         labels: HashMap<String, String>,
     ) -> Result<(), RuntimeError>;
-}
-
-impl RuntimeError {
-    /// The pod's view of an image that could not be had, under the pull
-    /// policy in force (`Never`: ErrImageNeverPull).
-    pub fn into_image_error(self, never_pull: bool) -> crate::pod::PodError {
-        use crate::pod::PodError;
-        match self {
-            RuntimeError::ImageNotFound(m) if never_pull => PodError::ImageNeverPull(m),
-            RuntimeError::ImageNotFound(m) => PodError::ImagePull(m),
-            e => PodError::ImagePull(e.to_string()),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::RuntimeError;
-
-    #[test]
-    fn image_failures_get_the_kubelets_reasons() {
-        let missing = || RuntimeError::ImageNotFound("not in containerd".into());
-        assert_eq!(missing().into_image_error(false).reason(), "ErrImagePull");
-        assert_eq!(
-            missing().into_image_error(true).reason(),
-            "ErrImageNeverPull"
-        );
-        let down = RuntimeError::Unavailable("containerd down".into());
-        assert_eq!(down.into_image_error(true).reason(), "ErrImagePull");
-    }
 }

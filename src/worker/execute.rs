@@ -13,7 +13,8 @@ use super::adopt::{self, FoundState};
 use super::{Msg, Worker, container_id, now, waiting};
 use crate::pod::error::{event, reason};
 use crate::pod::{Action, ContainerState, PodError, Retry, StopView};
-use crate::runtime::{Exit, NewContainer, PullPolicy, RuntimeError, labels};
+use crate::runtime::images::{self, ImageEvent};
+use crate::runtime::{Exit, NewContainer, RuntimeError, labels};
 use crate::{cgroup, logs, oci, sandbox};
 
 /// Bytes of a termination message kept, as the kubelet keeps them.
@@ -236,7 +237,10 @@ impl Worker {
             )
             .await
         };
-        for ((i, attempt), result) in requests.into_iter().zip(results) {
+        for ((i, attempt), (result, image_events)) in requests.into_iter().zip(results) {
+            for e in image_events {
+                self.event(e.kind, e.reason, e.message);
+            }
             match result {
                 Ok((id, pid)) => self.started(i, attempt, id, pid).await,
                 Err(e) => {
@@ -271,16 +275,19 @@ impl Worker {
         i: usize,
         attempt: u32,
         ctx: &oci::PodContext,
-    ) -> Result<(String, u32), PodError> {
+    ) -> (Result<(String, u32), PodError>, Vec<ImageEvent>) {
         let mut made = Made::default();
-        let result = self.try_launch(i, attempt, ctx, &mut made).await;
+        let mut events = Vec::new();
+        let result = self
+            .try_launch(i, attempt, ctx, &mut made, &mut events)
+            .await;
         if result.is_err() {
             // Nothing of a failed attempt stays: its files and its subPath
             // binds (no container of this slot runs, so none is in use).
             let volumes = Arc::clone(&self.env.volumes);
             tokio::task::spawn_blocking(move || made.undo(volumes.as_ref()));
         }
-        result
+        (result, events)
     }
 
     async fn try_launch(
@@ -289,23 +296,13 @@ impl Worker {
         attempt: u32,
         ctx: &oci::PodContext,
         made: &mut Made,
+        image_events: &mut Vec<ImageEvent>,
     ) -> Result<(String, u32), PodError> {
         let rt = &self.env.rt;
         let c = &self.slots[i].spec;
         let image_name = c.image.clone().unwrap_or_default();
-        let policy = match c
-            .image_pull_policy
-            .as_deref()
-            .unwrap_or_else(|| crate::runtime::image_ref::default_pull_policy(&image_name))
-        {
-            "Never" => PullPolicy::Never,
-            "IfNotPresent" => PullPolicy::IfNotPresent,
-            _ => PullPolicy::Always,
-        };
-        let image = rt
-            .ensure_image(&image_name, policy)
-            .await
-            .map_err(|e| e.into_image_error(policy == PullPolicy::Never))?;
+        let policy = images::policy_of(&image_name, c.image_pull_policy.as_deref());
+        let image = images::ensure(rt.as_ref(), &image_name, policy, image_events).await?;
         let id = container_id(&self.pod.uid, &c.name, attempt);
         let log_path = logs::container_log_path(
             &self.env.pod_logs_dir,

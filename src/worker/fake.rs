@@ -16,7 +16,7 @@ use crate::cgroup::{self, CgroupLimits, QosClass, WeightFormula};
 use crate::oci::PodContext;
 use crate::pod::PodError;
 use crate::runtime::{
-    ContainerRecord, Exit, Image, ImageConfig, NewContainer, PullPolicy, Runtime, RuntimeError,
+    ContainerRecord, Exit, Image, ImageConfig, NewContainer, PulledImage, Runtime, RuntimeError,
     TaskState, labels,
 };
 use crate::sandbox::SandboxSpec;
@@ -116,26 +116,47 @@ impl FakeRuntime {
     }
 }
 
-#[async_trait]
-impl Runtime for FakeRuntime {
-    async fn ensure_image(&self, image: &str, _policy: PullPolicy) -> Result<Image, RuntimeError> {
-        self.lock().calls.push(format!("image {image}"));
-        if self
-            .missing_images
+fn fake_image(name: &str) -> Image {
+    Image {
+        name: name.to_string(),
+        chain_id: "sha256:chain".into(),
+        config: ImageConfig {
+            cmd: vec!["sh".into()],
+            ..Default::default()
+        },
+    }
+}
+
+impl FakeRuntime {
+    /// Whether `name` (normalized) is one of `missing_images` (as written
+    /// in manifests).
+    fn is_missing(&self, name: &str) -> bool {
+        self.missing_images
             .lock()
             .unwrap()
             .iter()
-            .any(|m| m == image)
-        {
-            return Err(RuntimeError::ImageNotFound(format!("{image} not found")));
+            .any(|m| crate::runtime::image_ref::normalize(m).is_ok_and(|n| n == name))
+    }
+}
+
+#[async_trait]
+impl Runtime for FakeRuntime {
+    async fn image_status(&self, name: &str) -> Result<Option<Image>, RuntimeError> {
+        self.lock().calls.push(format!("image_status {name}"));
+        Ok((!self.is_missing(name)).then(|| fake_image(name)))
+    }
+
+    async fn pull_image(&self, name: &str) -> Result<PulledImage, RuntimeError> {
+        self.lock().calls.push(format!("pull {name}"));
+        if self.is_missing(name) {
+            return Err(RuntimeError::Pull(format!(
+                "failed to pull image {name:?}: manifest unknown"
+            )));
         }
-        Ok(Image {
-            name: image.to_string(),
-            chain_id: "sha256:chain".into(),
-            config: ImageConfig {
-                cmd: vec!["sh".into()],
-                ..Default::default()
-            },
+        Ok(PulledImage {
+            image: fake_image(name),
+            size: 1234,
+            took: std::time::Duration::from_millis(1200),
         })
     }
 

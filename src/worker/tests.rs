@@ -426,21 +426,74 @@ async fn a_missing_image_keeps_the_container_waiting_with_the_kubelets_reason() 
     .await;
     let (_, message) = waiting_reason(&p.container("c")).unwrap();
     assert_eq!(message, "Back-off pulling image \"nope:1\"");
+    let (_, never) = waiting_reason(&p.container("n")).unwrap();
+    assert_eq!(
+        never,
+        "Container image \"nope:1\" is not present with pull policy of Never"
+    );
     let events = p.entry().unwrap().status.events;
-    assert!(
+    let has = |reason: &str, text: &str| {
         events
             .iter()
-            .any(|e| e.reason == "Failed" && e.message.contains("ErrImagePull"))
-    );
-    // Tried again after 10 s, then 20 s.
-    let tries = || p.rt.calls().iter().filter(|c| *c == "image nope:1").count();
-    assert_eq!(tries(), 2, "c and n once each");
+            .any(|e| e.reason == reason && e.message.contains(text))
+    };
+    assert!(has("Failed", "ErrImagePull"));
+    assert!(has("Pulling", "Pulling image \"nope:1\""));
+    assert!(has(
+        "Failed",
+        "Failed to pull image \"nope:1\": failed to pull image \"docker.io/library/nope:1\": manifest unknown"
+    ));
+    assert!(has("ErrImageNeverPull", "pull policy of Never"));
+    assert!(has(
+        "Pulled",
+        "Successfully pulled image \"busybox\" in 1.2s ("
+    ));
+    assert!(has("Pulled", "Image size: 1234 bytes."));
+    // Pulled again after 10 s, then 20 s.
+    let tries = || {
+        p.rt.calls()
+            .iter()
+            .filter(|c| *c == "pull docker.io/library/nope:1")
+            .count()
+    };
+    assert_eq!(tries(), 1, "n never pulls");
     tokio::time::sleep(Duration::from_secs(11)).await;
-    assert_eq!(tries(), 4);
+    assert_eq!(tries(), 2);
     tokio::time::sleep(Duration::from_secs(11)).await;
-    assert_eq!(tries(), 4, "the second wait is 20 s");
+    assert_eq!(tries(), 2, "the second wait is 20 s");
     tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(tries(), 6);
+    assert_eq!(tries(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pull_policies_decide_between_the_node_and_the_registry() {
+    let p = Pod::run(
+        manifest(
+            "  containers:\n  - {name: a, image: 'busybox'}\n  - {name: b, image: 'busybox:1.36'}\n  - {name: c, image: 'busybox:1.36', imagePullPolicy: Always}\n",
+        ),
+        FakeRuntime::default(),
+        FakeHost::default(),
+    );
+    p.until("a, b, c run", |p| {
+        p.running("a") && p.running("b") && p.running("c")
+    })
+    .await;
+    let calls = p.rt.calls();
+    // busybox (:latest, Always) and the explicit Always pull without asking;
+    // busybox:1.36 (IfNotPresent) is on the node and is not pulled.
+    assert!(calls.contains(&"pull docker.io/library/busybox:latest".to_string()));
+    assert!(calls.contains(&"image_status docker.io/library/busybox:1.36".to_string()));
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| *c == "pull docker.io/library/busybox:1.36")
+            .count(),
+        1,
+        "{calls:?}"
+    );
+    let events = p.entry().unwrap().status.events;
+    assert!(events.iter().any(|e| e.reason == "Pulled"
+        && e.message == "Container image \"busybox:1.36\" already present on machine"));
 }
 
 #[tokio::test(start_paused = true)]

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod net;
+pub mod registry;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
