@@ -238,8 +238,9 @@ impl Worker {
             .await
         };
         for ((i, attempt), (result, image_events)) in requests.into_iter().zip(results) {
+            let name = self.slots[i].spec.name.clone();
             for e in image_events {
-                self.event(e.kind, e.reason, e.message);
+                self.container_event(&name, e.kind, e.reason, e.message);
             }
             match result {
                 Ok((id, pid)) => self.started(i, attempt, id, pid).await,
