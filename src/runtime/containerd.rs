@@ -26,14 +26,14 @@ use tracing::{debug, info};
 
 use super::client::{Calls, status_error, to_system_time};
 use super::{
-    ContainerRecord, Exit, Image, ImageConfig, NewContainer, PullPolicy, Runtime, RuntimeError,
-    TaskState,
+    ContainerRecord, ExecOutput, ExecRequest, Exit, Image, ImageConfig, NewContainer, PullPolicy,
+    Runtime, RuntimeError, TaskState,
 };
 
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 
 pub struct Containerd {
-    client: Client,
+    pub(super) client: Client,
     /// The same connection, with the namespace and deadline, as the image
     /// import uses it.
     calls: Calls,
@@ -49,6 +49,8 @@ pub struct Containerd {
     /// Serializes imports so that two pods of one image import it once.
     import_lock: tokio::sync::Mutex<()>,
     archives: super::import::ArchiveCache,
+    /// Exec FIFOs and container process specs (see [`super::exec`]).
+    pub(super) exec: super::exec::ExecState,
 }
 
 pub struct ContainerdOptions {
@@ -85,6 +87,7 @@ impl Containerd {
             configs: Mutex::new(HashMap::new()),
             import_lock: tokio::sync::Mutex::new(()),
             archives: Default::default(),
+            exec: Default::default(),
         };
         let req = c.req(CreateNamespaceRequest {
             namespace: Some(containerd_client::services::v1::Namespace {
@@ -649,6 +652,7 @@ impl Runtime for Containerd {
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.exec.forget(id);
         if let Err(e) = self.delete_task(id).await {
             // Still running (FailedPrecondition): kill it and try again.
             if e.is_transient() {
@@ -754,6 +758,10 @@ impl Runtime for Containerd {
             });
         }
         Ok(out)
+    }
+
+    async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecOutput, RuntimeError> {
+        self.exec_process(id, req).await
     }
 
     async fn set_labels(

@@ -12,6 +12,7 @@ mod execute;
 mod fake;
 pub mod host;
 pub mod manager;
+mod probes;
 pub mod teardown;
 #[cfg(test)]
 mod tests;
@@ -56,6 +57,8 @@ pub struct WorkerEnv {
     /// The agent's own directories (root, logs, manifests): never inside a
     /// volume the agent empties.
     pub protected_dirs: Vec<PathBuf>,
+    /// Makes the sockets of probes that connect inside a pod's network.
+    pub probe_sockets: Arc<crate::probe::netns::NetnsSockets>,
 }
 
 impl WorkerEnv {
@@ -81,6 +84,11 @@ enum Msg {
     },
     Stop {
         done: oneshot::Sender<()>,
+    },
+    Probe {
+        slot: usize,
+        id: String,
+        report: crate::probe::lane::Report,
     },
 }
 
@@ -149,6 +157,7 @@ struct Slot {
     pull_failed: bool,
     stopping: Option<StopView>,
     status: ContainerStatus,
+    probes: probes::SlotProbes,
 }
 
 impl Slot {
@@ -210,13 +219,17 @@ impl Worker {
     fn new(pod: StaticPod, env: Arc<WorkerEnv>, tx: mpsc::UnboundedSender<Msg>) -> Worker {
         let spec = pod.spec();
         let mut slots = Vec::new();
+        let mut probe_problems = vec![];
         let groups = [
             (true, spec.init_containers.clone().unwrap_or_default()),
             (false, spec.containers.clone()),
         ];
         for (init, containers) in groups {
             for c in containers {
+                let (specs, problems) = probes::resolve(&c);
+                probe_problems.extend(problems);
                 slots.push(Slot {
+                    probes: probes::SlotProbes::new(specs),
                     status: ContainerStatus {
                         name: c.name.clone(),
                         image: c.image.clone().unwrap_or_default(),
@@ -232,6 +245,8 @@ impl Worker {
                         last_state: None,
                         restart_count: 0,
                         pid: None,
+                        ready: false,
+                        started: false,
                     },
                     spec: c,
                     init,
@@ -252,6 +267,9 @@ impl Worker {
         let qos = cgroup::qos::qos_class(spec);
         let mut status = PodStatus::new();
         status.qos_class = Some(qos);
+        for p in probe_problems {
+            status.push_event(event::WARNING, reason::UNHEALTHY, p);
+        }
         let retry = Retry::new(Duration::from_secs(1), env.backoff_max);
         Worker {
             pod,
@@ -298,23 +316,27 @@ impl Worker {
         }
     }
 
-    fn publish(&self) {
-        let mut status = self.status.clone();
-        status.init_containers = self
+    fn publish(&mut self) {
+        for s in &mut self.slots {
+            s.status.started = s.running && s.probes.started;
+            s.status.ready = s.running && s.probes.ready();
+        }
+        self.status.init_containers = self
             .slots
             .iter()
             .filter(|s| s.init)
             .map(|s| s.status.clone())
             .collect();
-        status.containers = self
+        self.status.containers = self
             .slots
             .iter()
             .filter(|s| !s.init)
             .map(|s| s.status.clone())
             .collect();
+        self.status.update_conditions(SystemTime::now());
         self.env.store.publish(PodEntry {
             pod: self.pod.clone(),
-            status,
+            status: self.status.clone(),
         });
     }
 
@@ -420,6 +442,7 @@ impl Worker {
     async fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Exited { slot, id, result } => self.exited(slot, &id, result).await,
+            Msg::Probe { slot, id, report } => self.probed(slot, &id, report),
             Msg::Stop { done } => {
                 self.waiting_for_stop.push(done);
                 if self.deleting.is_none() {
