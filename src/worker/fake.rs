@@ -44,8 +44,8 @@ pub struct FakeRuntime {
     pub ignore_term: std::sync::atomic::AtomicBool,
     /// Images that are not there.
     pub missing_images: Mutex<Vec<String>>,
-    /// How execs in a container (by name) end; exit 0 without output when
-    /// not set.
+    /// How execs end, by `<container> <argv joined>` or else by container
+    /// name; exit 0 without output when not set.
     pub execs: Mutex<HashMap<String, FakeExec>>,
 }
 
@@ -266,13 +266,14 @@ impl Runtime for FakeRuntime {
             s.calls.push(format!("exec {name} {}", req.argv.join(" ")));
             name
         };
-        let how = self
-            .execs
-            .lock()
-            .unwrap()
-            .get(&name)
-            .cloned()
-            .unwrap_or_default();
+        let how = {
+            let execs = self.execs.lock().unwrap();
+            execs
+                .get(&format!("{name} {}", req.argv.join(" ")))
+                .or_else(|| execs.get(&name))
+                .cloned()
+                .unwrap_or_default()
+        };
         if how.hang {
             match req.timeout {
                 Some(t) => tokio::time::sleep(t).await,
@@ -300,14 +301,16 @@ impl Runtime for FakeRuntime {
 }
 
 impl FakeRuntime {
-    /// Sets how execs in container `name` end from now on.
+    /// Sets how execs in container `name` end from now on (`name` may be
+    /// followed by the command line, for that command only).
     pub fn set_exec(&self, name: &str, exec: FakeExec) {
         self.execs.lock().unwrap().insert(name.to_string(), exec);
     }
 
-    /// Execs run so far in container `name`.
-    pub fn execs_in(&self, name: &str) -> usize {
-        let prefix = format!("exec {name} ");
+    /// Execs run so far of `what` (`<container> <command line>`, or its
+    /// start).
+    pub fn execs_of(&self, what: &str) -> usize {
+        let prefix = format!("exec {what}");
         self.calls().iter().filter(|c| c.starts_with(&prefix)).count()
     }
 }

@@ -9,7 +9,7 @@
 pub mod adopt;
 mod execute;
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 pub mod host;
 pub mod manager;
 mod probes;
