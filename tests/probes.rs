@@ -242,7 +242,9 @@ fn exec_probe_timeouts_and_startup_gating() {
     let unhealthy = events(&pod, "Unhealthy");
     assert!(!unhealthy.is_empty());
     assert!(
-        unhealthy.iter().all(|m| m.starts_with("Startup probe failed")),
+        unhealthy
+            .iter()
+            .all(|m| m.starts_with("Startup probe failed")),
         "{unhealthy:?}"
     );
 }

@@ -732,9 +732,7 @@ mod tests {
         assert!(p.errors.is_empty(), "{:?}", p.errors);
         assert_eq!(
             p.pods[0].warnings,
-            vec![
-                "spec.containers.0.lifecycle: not supported by kubelet-lite, ignored".to_string()
-            ]
+            vec!["spec.containers.0.lifecycle: not supported by kubelet-lite, ignored".to_string()]
         );
     }
 

@@ -188,7 +188,9 @@ impl PodStatus {
         let pending_init: Vec<&str> = self
             .init_containers
             .iter()
-            .filter(|c| !matches!(c.state, ContainerState::Terminated { exit_code: 0, .. }) && !c.ready)
+            .filter(|c| {
+                !matches!(c.state, ContainerState::Terminated { exit_code: 0, .. }) && !c.ready
+            })
             .map(|c| c.name.as_str())
             .collect();
         vec![
@@ -400,7 +402,10 @@ mod tests {
         // No change: the time stays.
         s.update_conditions(t(20));
         let v = serde_json::to_value(s.to_api()).unwrap();
-        assert_eq!(cond(&v, "Ready")["lastTransitionTime"], "1970-01-01T00:00:10Z");
+        assert_eq!(
+            cond(&v, "Ready")["lastTransitionTime"],
+            "1970-01-01T00:00:10Z"
+        );
         s.containers[0].ready = true;
         s.update_conditions(t(30));
         let v = serde_json::to_value(s.to_api()).unwrap();
@@ -416,7 +421,10 @@ mod tests {
         s.containers[0].ready = false;
         s.update_conditions(t(40));
         let v = serde_json::to_value(s.to_api()).unwrap();
-        assert_eq!(cond(&v, "ContainersReady")["lastTransitionTime"], "1970-01-01T00:00:40Z");
+        assert_eq!(
+            cond(&v, "ContainersReady")["lastTransitionTime"],
+            "1970-01-01T00:00:40Z"
+        );
     }
 
     #[test]

@@ -136,7 +136,8 @@ async fn resolve(host: Option<&str>, port: u16, ctx: &Context<'_>) -> Result<Soc
 /// Connects to `addr`: from inside the pod's network namespace for a
 /// loopback address of a pod that has one, from the node otherwise.
 async fn dial(addr: SocketAddr, ctx: &Context<'_>) -> Result<TcpStream, Dial> {
-    let failed = |e: io::Error| Dial::Failed(format!("dial tcp {addr}: connect: {}", errno_text(&e)));
+    let failed =
+        |e: io::Error| Dial::Failed(format!("dial tcp {addr}: connect: {}", errno_text(&e)));
     let socket = match (&ctx.target.netns, addr.ip().is_loopback()) {
         (Some(ns), true) => {
             let fd = ctx
@@ -239,11 +240,7 @@ impl Url {
     }
 }
 
-async fn get(
-    url: &Url,
-    headers: &[(String, String)],
-    ctx: &Context<'_>,
-) -> Result<Answer, Dial> {
+async fn get(url: &Url, headers: &[(String, String)], ctx: &Context<'_>) -> Result<Answer, Dial> {
     let host = url.host_text(ctx.target.pod_ip);
     let addr = resolve(url.host.as_deref(), url.port, ctx).await?;
     let tcp = dial(addr, ctx).await?;
@@ -502,7 +499,10 @@ async fn grpc(port: u16, service: Option<&str>, timeout: Duration, ctx: &Context
             .await
             .map_err(|e| connect_failed(e.to_string()))?;
         let mut client = tonic::client::Grpc::new(channel);
-        client.ready().await.map_err(|e| connect_failed(e.to_string()))?;
+        client
+            .ready()
+            .await
+            .map_err(|e| connect_failed(e.to_string()))?;
         let codec = tonic_prost::ProstCodec::<HealthCheckRequest, HealthCheckResponse>::default();
         client
             .unary(

@@ -43,7 +43,9 @@ const RESULTS: [&str; 3] = ["successful", "failed", "unknown"];
 
 fn duration_histogram() -> Histogram {
     // Prometheus' default buckets, as the kubelet's histogram has them.
-    Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
 }
 
 pub struct ProbeMetrics {
@@ -68,7 +70,8 @@ impl ProbeMetrics {
     pub fn new() -> ProbeMetrics {
         let mut registry = Registry::default();
         let total = Family::<TotalLabels, Counter>::default();
-        let duration = Family::<DurationLabels, Histogram>::new_with_constructor(duration_histogram);
+        let duration =
+            Family::<DurationLabels, Histogram>::new_with_constructor(duration_histogram);
         // The text encoder adds `_total` to counters.
         registry.register(
             "prober_probe",
@@ -163,7 +166,10 @@ mod tests {
             "prober_probe_total{probe_type=\"Liveness\",result=\"successful\",container=\"web\",pod=\"web-node1\",namespace=\"default\",pod_uid=\"u1\"} 1"
         ), "{text}");
         assert!(text.contains("result=\"failed\""), "{text}");
-        assert!(text.contains("probe_type=\"Readiness\",result=\"unknown\""), "{text}");
+        assert!(
+            text.contains("probe_type=\"Readiness\",result=\"unknown\""),
+            "{text}"
+        );
         assert!(text.contains(
             "prober_probe_duration_seconds_count{probe_type=\"Liveness\",container=\"web\",pod=\"web-node1\",namespace=\"default\"} 2"
         ), "{text}");

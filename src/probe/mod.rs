@@ -279,7 +279,10 @@ mod tests {
             all.iter().map(|p| p.kind).collect::<Vec<_>>(),
             [Kind::Startup, Kind::Liveness, Kind::Readiness]
         );
-        assert_eq!(all[0].handler, Handler::Exec(vec!["cat".into(), "/ok".into()]));
+        assert_eq!(
+            all[0].handler,
+            Handler::Exec(vec!["cat".into(), "/ok".into()])
+        );
         assert_eq!(all[0].termination_grace, Some(Duration::from_secs(5)));
         assert_eq!(
             all[1].handler,
@@ -352,7 +355,10 @@ mod tests {
         let mut ready = Tracker::new(Kind::Readiness, timing(2, 1));
         assert_eq!(ready.verdict(), Some(false));
         assert_eq!(ready.record(&Outcome::Success), None);
-        assert_eq!(ready.record(&Outcome::Warning("redirect".into())), Some(true));
+        assert_eq!(
+            ready.record(&Outcome::Warning("redirect".into())),
+            Some(true)
+        );
         assert_eq!(ready.record(&fail()), Some(false));
 
         let mut startup = Tracker::new(Kind::Startup, timing(1, 2));

@@ -39,10 +39,19 @@ impl std::fmt::Debug for NetnsSockets {
 /// Creates one non-blocking TCP socket in `netns`, then returns the
 /// calling thread to `home`. An error returning home is fatal for the
 /// thread (it would make the next sockets in the wrong namespace).
-fn make(home: &File, netns: &Path, family: AddressFamily) -> Result<io::Result<OwnedFd>, io::Error> {
+fn make(
+    home: &File,
+    netns: &Path,
+    family: AddressFamily,
+) -> Result<io::Result<OwnedFd>, io::Error> {
     let ns = match File::open(netns) {
         Ok(f) => f,
-        Err(e) => return Ok(Err(io::Error::new(e.kind(), format!("{}: {e}", netns.display())))),
+        Err(e) => {
+            return Ok(Err(io::Error::new(
+                e.kind(),
+                format!("{}: {e}", netns.display()),
+            )));
+        }
     };
     if let Err(e) = setns(&ns, CloneFlags::CLONE_NEWNET) {
         return Ok(Err(io::Error::other(format!(
@@ -57,8 +66,9 @@ fn make(home: &File, netns: &Path, family: AddressFamily) -> Result<io::Result<O
         None,
     )
     .map_err(io::Error::from);
-    setns(home, CloneFlags::CLONE_NEWNET)
-        .map_err(|e| io::Error::other(format!("returning to the agent's network namespace: {e}")))?;
+    setns(home, CloneFlags::CLONE_NEWNET).map_err(|e| {
+        io::Error::other(format!("returning to the agent's network namespace: {e}"))
+    })?;
     Ok(s)
 }
 
@@ -102,7 +112,10 @@ impl NetnsSockets {
             reply,
         };
         {
-            let mut tx = self.tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut tx = self
+                .tx
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             for _ in 0..2 {
                 let sender = match tx.as_ref() {
                     Some(s) => s.clone(),
@@ -143,10 +156,7 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("/nonexistent/ns/net"), "{e}");
         // The thread is still there for the next one.
-        let own = s
-            .tcp(Path::new("/proc/self/ns/net"), false)
-            .await
-            .unwrap();
+        let own = s.tcp(Path::new("/proc/self/ns/net"), false).await.unwrap();
         drop(own);
     }
 }

@@ -189,12 +189,11 @@ impl Containerd {
         req: &ExecRequest,
     ) -> Result<ExecOutput, RuntimeError> {
         let base = self.base_process(id).await?;
-        let spec = serde_json::to_vec(&process_spec(&base, req)).map_err(|e| {
-            RuntimeError::Failed {
+        let spec =
+            serde_json::to_vec(&process_spec(&base, req)).map_err(|e| RuntimeError::Failed {
                 op: "encoding process spec",
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         let exec_id = new_exec_id()?;
         let fifos = Fifos::make(&self.exec.dir, &exec_id).map_err(io_error)?;
         let open = |p: &Path| -> Result<(pipe::Receiver, pipe::Sender), RuntimeError> {

@@ -311,7 +311,10 @@ impl FakeRuntime {
     /// start).
     pub fn execs_of(&self, what: &str) -> usize {
         let prefix = format!("exec {what}");
-        self.calls().iter().filter(|c| c.starts_with(&prefix)).count()
+        self.calls()
+            .iter()
+            .filter(|c| c.starts_with(&prefix))
+            .count()
     }
 }
 

@@ -582,13 +582,17 @@ async fn a_failing_liveness_probe_restarts_the_container_after_three_failures() 
         ["Container web failed liveness probe, will be restarted"]
     );
     // SIGTERM, then SIGKILL after the probe's grace period (not the pod's).
-    p.until("SIGKILL", |p| p.rt.calls().contains(&"kill web 9".to_string()))
-        .await;
+    p.until("SIGKILL", |p| {
+        p.rt.calls().contains(&"kill web 9".to_string())
+    })
+    .await;
     let calls = p.rt.calls();
     assert!(calls.contains(&"kill web 15".to_string()), "{calls:?}");
     p.rt.ignore_term.store(false, Ordering::SeqCst);
-    p.until("restarted", |p| p.rt.created("web") == 2 && p.running("web"))
-        .await;
+    p.until("restarted", |p| {
+        p.rt.created("web") == 2 && p.running("web")
+    })
+    .await;
     assert_eq!(p.container("web").restart_count, 1);
     // The new container's probe starts afresh (and fails again).
     let n = events_of(&p, "Unhealthy").len();
@@ -617,9 +621,13 @@ async fn readiness_flips_ready_and_conditions_both_ways_without_restarts() {
     let (ready, since) = condition(&p, "Ready");
     assert!(ready && condition(&p, "ContainersReady").0);
     let api = p.entry().unwrap().status.to_api();
-    assert_eq!(api.container_statuses.unwrap()[0].ready, true);
+    assert!(api.container_statuses.unwrap()[0].ready);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(condition(&p, "Ready"), (true, since), "no change, same time");
+    assert_eq!(
+        condition(&p, "Ready"),
+        (true, since),
+        "no change, same time"
+    );
     p.rt.set_exec("web", failing("gone"));
     p.until("not ready", |p| !p.container("web").ready).await;
     assert!(!condition(&p, "Ready").0);
@@ -646,8 +654,10 @@ async fn a_startup_probe_holds_liveness_and_readiness_back_until_it_succeeds() {
         FakeHost::default(),
     );
     p.until("web runs", |p| p.running("web")).await;
-    p.until("startup probed", |p| p.rt.execs_of("web test -f /started") >= 5)
-        .await;
+    p.until("startup probed", |p| {
+        p.rt.execs_of("web test -f /started") >= 5
+    })
+    .await;
     assert_eq!(
         (p.rt.execs_of("web live"), p.rt.execs_of("web ready")),
         (0, 0),

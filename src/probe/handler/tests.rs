@@ -91,7 +91,10 @@ async fn loopback_is_reached_inside_the_pods_network_namespace() {
         ..local()
     };
     let o = probe(Handler::Tcp { host: None, port }, &gone, &rt).await;
-    assert!(matches!(o, Outcome::Error(ref m) if m.contains("/nonexistent/ns/net")), "{o:?}");
+    assert!(
+        matches!(o, Outcome::Error(ref m) if m.contains("/nonexistent/ns/net")),
+        "{o:?}"
+    );
 }
 
 /// Serves canned answers by path; records the requests' headers.
@@ -160,7 +163,10 @@ fn get(port: u16, path: &str) -> Handler {
 async fn http_gets_follow_the_kubelets_rules() {
     let rt = FakeRuntime::default();
     let (port, seen) = http_server().await;
-    assert_eq!(probe(get(port, "/ok"), &local(), &rt).await, Outcome::Success);
+    assert_eq!(
+        probe(get(port, "/ok"), &local(), &rt).await,
+        Outcome::Success
+    );
     assert_eq!(
         probe(get(port, "/bad"), &local(), &rt).await,
         Outcome::Failure("HTTP probe failed with statuscode: 500".into())
@@ -234,7 +240,10 @@ async fn exec_probes_report_output_and_timeouts() {
     let id = "c1";
     rt.leave(
         id,
-        HashMap::from([(crate::runtime::labels::CONTAINER_NAME.to_string(), "web".to_string())]),
+        HashMap::from([(
+            crate::runtime::labels::CONTAINER_NAME.to_string(),
+            "web".to_string(),
+        )]),
         crate::runtime::TaskState::Running { pid: 7 },
     );
     let cat = || Handler::Exec(vec!["cat".into(), "/tmp/healthy".into()]);
