@@ -248,3 +248,121 @@ fn exec_probe_timeouts_and_startup_gating() {
         "{unhealthy:?}"
     );
 }
+
+/// A grpc.health.v1 server on h2, in the test process: service "" is
+/// SERVING, "down" NOT_SERVING.
+mod health {
+    use prost::Message;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Request {
+        #[prost(string, tag = "1")]
+        pub service: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Response {
+        #[prost(int32, tag = "1")]
+        pub status: i32,
+    }
+
+    async fn answer(
+        req: http::Request<h2::RecvStream>,
+        mut respond: h2::server::SendResponse<bytes::Bytes>,
+    ) {
+        let ok_path = req.uri().path() == "/grpc.health.v1.Health/Check";
+        let mut body = req.into_body();
+        let mut data = vec![];
+        while let Some(Ok(chunk)) = body.data().await {
+            let _ = body.flow_control().release_capacity(chunk.len());
+            data.extend_from_slice(&chunk);
+        }
+        let head = http::Response::builder()
+            .status(200)
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let Ok(mut stream) = respond.send_response(head, false) else {
+            return;
+        };
+        let mut trailers = http::HeaderMap::new();
+        if ok_path && data.len() >= 5 {
+            let req = Request::decode(&data[5..]).unwrap_or_default();
+            let status = if req.service == "down" { 2 } else { 1 };
+            let msg = Response { status }.encode_to_vec();
+            let mut framed = vec![0u8];
+            framed.extend_from_slice(&u32::try_from(msg.len()).unwrap().to_be_bytes());
+            framed.extend_from_slice(&msg);
+            let _ = stream.send_data(framed.into(), false);
+            trailers.insert("grpc-status", "0".parse().unwrap());
+        } else {
+            trailers.insert("grpc-status", "12".parse().unwrap());
+        }
+        let _ = stream.send_trailers(trailers);
+    }
+
+    /// Serves on `listener` until the runtime goes.
+    pub async fn serve(listener: tokio::net::TcpListener) {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(s).await else {
+                    return;
+                };
+                while let Some(Ok((req, respond))) = conn.accept().await {
+                    tokio::spawn(answer(req, respond));
+                }
+            });
+        }
+    }
+}
+
+#[test]
+fn grpc_probes_of_a_host_network_pod() {
+    let mut env = Env::new("probes-grpc");
+    env.start_agent();
+    let port = common::free_port();
+    // Probed on the node's address, where the test's server listens.
+    env.write_manifest(
+        "grpc.yaml",
+        &pod_yaml(
+            "grpc",
+            &format!(
+                "  hostNetwork: true\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: up\n    image: busybox\n    command: [sleep, '3600']\n    readinessProbe: {{grpc: {{port: {port}}}, periodSeconds: 1}}\n  - name: down\n    image: busybox\n    command: [sleep, '3600']\n    readinessProbe: {{grpc: {{port: {port}, service: down}}, periodSeconds: 1}}\n"
+            ),
+        ),
+    );
+    let pod = env.wait_running("grpc-node1");
+    let ip = pod["status"]["podIP"].as_str().unwrap().to_string();
+    assert_eq!(Some(ip.as_str()), pod["status"]["hostIP"].as_str());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind((ip.as_str(), port)))
+        .unwrap();
+    rt.spawn(health::serve(listener));
+    let pod = env.wait_for("up ready", Duration::from_secs(20), || {
+        env.pod("grpc-node1")
+            .filter(|p| container(p, "up")["ready"] == true)
+    });
+    assert_eq!(container(&pod, "down")["ready"], false);
+    env.wait_for("NOT_SERVING reported", Duration::from_secs(20), || {
+        let pod = env.pod("grpc-node1")?;
+        events(&pod, "Unhealthy")
+            .iter()
+            .any(|m| {
+                m == "Readiness probe failed: service unhealthy (responded with \"NOT_SERVING\")"
+            })
+            .then_some(())
+    });
+    env.remove_manifest("grpc.yaml");
+    env.wait_for("pod gone", Duration::from_secs(30), || {
+        env.pods().is_empty().then_some(())
+    });
+    drop(rt);
+}
