@@ -368,3 +368,79 @@ async fn grpc_health_checks() {
         "{o:?}"
     );
 }
+
+#[tokio::test]
+async fn https_gets_do_not_check_the_certificate() {
+    // A self-signed certificate for another name: the kubelet's probes
+    // skip verification (InsecureSkipVerify).
+    let dir = std::env::temp_dir().join(format!("kl-probe-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let made = std::process::Command::new("openssl")
+        .current_dir(&dir)
+        .args([
+            "req",
+            "-x509",
+            "-nodes",
+            "-days",
+            "1",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-subj",
+            "/CN=somewhere.else",
+        ])
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{made:?}");
+    let config = crate::http::tls::server_config(&crate::http::tls::Files {
+        cert: &dir.join("cert.pem"),
+        key: &dir.join("key.pem"),
+        client_ca: None,
+    })
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut s) = acceptor.accept(s).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let answer = if req.starts_with("GET /ok ") {
+                    "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                } else {
+                    "HTTP/1.1 503 Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                };
+                let _ = s.write_all(answer.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let rt = FakeRuntime::default();
+    let https = |path: &str| {
+        Handler::Http(HttpGet {
+            https: true,
+            host: None,
+            port,
+            path: path.into(),
+            headers: vec![],
+        })
+    };
+    assert_eq!(probe(https("/ok"), &local(), &rt).await, Outcome::Success);
+    assert_eq!(
+        probe(https("/down"), &local(), &rt).await,
+        Outcome::Failure("HTTP probe failed with statuscode: 503".into())
+    );
+}
