@@ -50,8 +50,8 @@ fn cpu_with_children(pid: u32) -> f64 {
     (field(11) + field(12) + field(13) + field(14)) as f64 / hz
 }
 
-/// CPU of the test's containerd and all its shims.
-fn containerd_cpu(dir: &Path) -> f64 {
+/// CPU of the test's containerd and all its shims (not the agent's).
+fn containerd_cpu(dir: &Path, agent: u32) -> f64 {
     let sock = dir.join("containerd.sock");
     let needles = [
         dir.join("containerd.toml").display().to_string(),
@@ -62,12 +62,12 @@ fn containerd_cpu(dir: &Path) -> f64 {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
+        if pid == agent {
+            continue;
+        }
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains("containerd")
-            && !cmdline.contains("kubelet-lite")
-            && needles.iter().any(|n| cmdline.contains(n.as_str()))
-        {
+        if cmdline.contains("containerd") && needles.iter().any(|n| cmdline.contains(n.as_str())) {
             total += cpu_with_children(pid);
         }
     }
@@ -180,10 +180,10 @@ fn main() {
     std::thread::sleep(Duration::from_secs(5));
     let agent = env.agent_pid().unwrap();
     let m0 = env.get("/metrics/probes").unwrap();
-    let (a0, c0) = (cpu_with_children(agent), containerd_cpu(&env.dir));
+    let (a0, c0) = (cpu_with_children(agent), containerd_cpu(&env.dir, agent));
     std::thread::sleep(window);
     let m1 = env.get("/metrics/probes").unwrap();
-    let (a1, c1) = (cpu_with_children(agent), containerd_cpu(&env.dir));
+    let (a1, c1) = (cpu_with_children(agent), containerd_cpu(&env.dir, agent));
     let delta = |metric: &str, filter: &str| sum(&m1, metric, filter) - sum(&m0, metric, filter);
     let exec_probes = delta("prober_probe_total", "probe_type=\"Liveness\"");
     let http_probes = delta("prober_probe_total", "probe_type=\"Readiness\"");
@@ -227,9 +227,9 @@ fn main() {
         "kl-bench-probes-raw",
     ));
     rt.block_on(raw.create_start("raw-exec"));
-    let c2 = containerd_cpu(&env.dir);
+    let c2 = containerd_cpu(&env.dir, agent);
     let mut raw_latency = rt.block_on(raw_execs(&sock, "raw-exec", pods, window));
-    let c3 = containerd_cpu(&env.dir);
+    let c3 = containerd_cpu(&env.dir, agent);
     rt.block_on(raw.remove("raw-exec"));
     raw.clean();
     let raw_cpu_per_exec = (c3 - c2) / raw_latency.len() as f64;

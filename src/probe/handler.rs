@@ -143,7 +143,6 @@ async fn dial(addr: SocketAddr, ctx: &Context<'_>) -> Result<TcpStream, Dial> {
             let fd = ctx
                 .sockets
                 .tcp(ns, addr.is_ipv6())
-                .await
                 .map_err(|e| Dial::NoAddress(format!("socket in the pod's network: {e}")))?;
             TcpSocket::from_std_stream(std::net::TcpStream::from(fd))
         }

@@ -326,6 +326,52 @@ mod tests {
         );
     }
 
+    #[test]
+    fn kubeadm_style_probes() {
+        // etcd as kubeadm writes it: host 127.0.0.1 on a hostNetwork pod,
+        // a query in the path, long timeouts.
+        let c = container(
+            "name: etcd
+livenessProbe:
+  failureThreshold: 8
+  httpGet: {host: 127.0.0.1, path: '/health?exclude=NOSPACE&serializable=true', port: 2381, scheme: HTTP}
+  initialDelaySeconds: 10
+  periodSeconds: 10
+  timeoutSeconds: 15
+startupProbe:
+  failureThreshold: 24
+  httpGet: {host: 127.0.0.1, path: '/health?serializable=false', port: 2381, scheme: HTTPS}
+  initialDelaySeconds: 10
+  periodSeconds: 10
+  timeoutSeconds: 15
+",
+        );
+        let all: Vec<ProbeSpec> = ProbeSpec::all_of(&c)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let Handler::Http(live) = &all[1].handler else {
+            panic!("{all:?}")
+        };
+        assert_eq!(live.host.as_deref(), Some("127.0.0.1"));
+        assert_eq!(live.path, "/health?exclude=NOSPACE&serializable=true");
+        assert!(!live.https);
+        assert_eq!(
+            all[1].timing,
+            Timing {
+                initial_delay: Duration::from_secs(10),
+                period: Duration::from_secs(10),
+                timeout: Duration::from_secs(15),
+                success_threshold: 1,
+                failure_threshold: 8,
+            }
+        );
+        let Handler::Http(startup) = &all[0].handler else {
+            panic!("{all:?}")
+        };
+        assert!(startup.https);
+    }
+
     fn timing(success: u32, failure: u32) -> Timing {
         Timing {
             initial_delay: Duration::ZERO,

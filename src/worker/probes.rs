@@ -159,16 +159,18 @@ impl Worker {
         let Some(verdict) = report.verdict else {
             return;
         };
-        match report.kind {
-            Kind::Readiness => {
+        match (report.kind, verdict) {
+            (Kind::Readiness, _) => {
                 self.slots[i].probes.ready = Some(verdict);
                 info!(pod = %self.pod.key(), container = %name, ready = verdict, "container readiness");
             }
-            Kind::Startup if verdict => {
+            (Kind::Startup, true) => {
                 self.slots[i].probes.started = true;
                 info!(pod = %self.pod.key(), container = %name, "container started (startup probe)");
             }
-            Kind::Liveness | Kind::Startup => {
+            // A liveness verdict only ever changes to "failed".
+            (Kind::Liveness, true) => {}
+            (Kind::Liveness | Kind::Startup, false) => {
                 // The kubelet kills with the probe's grace period when it
                 // has one, else the pod's (kuberuntime killContainer).
                 let probe_grace = self.slots[i]
