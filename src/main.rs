@@ -8,6 +8,7 @@ use tracing::{error, info, warn};
 
 use kubelet_lite::config::{Config, PodNetwork};
 use kubelet_lite::runtime::containerd::{Containerd, ContainerdOptions};
+use kubelet_lite::runtime::health::{self, RuntimeHealth};
 use kubelet_lite::{cgroup, http, logs, network, node, source, worker};
 
 /// A node agent that runs Kubernetes static pods on containerd.
@@ -129,7 +130,7 @@ fn check(config: &Config, files: &[PathBuf], output: Output) -> std::process::Ex
     }
 }
 
-async fn connect(config: &Config) -> anyhow::Result<Containerd> {
+async fn connect(config: &Config, health: &RuntimeHealth) -> anyhow::Result<Containerd> {
     let mut retry =
         kubelet_lite::pod::Retry::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
@@ -146,11 +147,40 @@ async fn connect(config: &Config) -> anyhow::Result<Containerd> {
         match Containerd::connect(opts).await {
             Ok(c) => return Ok(c),
             Err(e) if e.is_transient() => {
+                health.down(&e);
                 let wait = retry.failed();
                 warn!("{e}; retrying in {wait:?}");
                 tokio::time::sleep(wait).await;
             }
             Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Asks containerd every [`health::CHECK_PERIOD`] whether it answers, as
+/// the kubelet asks its runtime, and logs when that changes.
+async fn watch_runtime(rt: Arc<Containerd>, health: Arc<RuntimeHealth>) {
+    let mut tick = tokio::time::interval(health::CHECK_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match tokio::time::timeout(health::CHECK_PERIOD, rt.version()).await {
+            Ok(Ok(version)) => {
+                if health.up(version.clone()) {
+                    info!(%version, "container runtime is up");
+                }
+            }
+            Ok(Err(e)) => {
+                if health.down(&e) {
+                    warn!("container runtime is down: {e}");
+                }
+            }
+            Err(_) => {
+                let e = format!("no answer within {:?}", health::CHECK_PERIOD);
+                if health.down(&e) {
+                    warn!("container runtime is down: {e}");
+                }
+            }
         }
     }
 }
@@ -284,6 +314,7 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
         .context("creating the kubepods cgroups")?;
     let metrics = Arc::new(kubelet_lite::metrics::AgentMetrics::new());
     let volume_stats = Arc::new(kubelet_lite::stats::volumes::VolumeStats::default());
+    let runtime_health = Arc::new(RuntimeHealth::default());
     let shared = Arc::new(http::Shared {
         store: store.clone(),
         cgroups: cgroups.clone(),
@@ -296,6 +327,9 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
         specs: Default::default(),
         scrape_slots: http::Shared::scrape_slots(),
         volume_stats: Arc::clone(&volume_stats),
+        runtime: Arc::clone(&runtime_health),
+        capacity,
+        allocatable,
     });
     {
         let store = store.clone();
@@ -326,16 +360,17 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
     // The endpoints answer while containerd is away; pods wait for it.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let rt = tokio::select! {
-        rt = connect(&config) => rt?,
+        rt = connect(&config, &runtime_health) => Arc::new(rt?),
         _ = term.recv() => {
             info!("SIGTERM before containerd answered: exiting");
             return Ok(());
         }
         _ = tokio::signal::ctrl_c() => return Ok(()),
     };
+    tokio::spawn(watch_runtime(Arc::clone(&rt), runtime_health));
     let env = Arc::new(worker::WorkerEnv {
         metrics,
-        rt: Arc::new(rt),
+        rt,
         cgroups: Arc::new(cgroups),
         sandboxes: Arc::new(worker::host::HostSandboxes(sandbox_host(&config)?)),
         volumes: Arc::new(worker::host::HostVolumes(

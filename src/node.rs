@@ -76,6 +76,16 @@ pub fn oom_score_floor() -> i32 {
         .unwrap_or(0)
 }
 
+/// A CPU amount as a Kubernetes quantity: whole cores plain (`2`), else
+/// millicores (`1500m`).
+pub fn cpu_quantity(milli: i64) -> String {
+    if milli % 1000 == 0 {
+        (milli / 1000).to_string()
+    } else {
+        format!("{milli}m")
+    }
+}
+
 /// Capacity minus what is reserved for the system, never negative.
 pub fn allocatable(capacity: Resources, reserved: Resources) -> Resources {
     Resources {
@@ -133,6 +143,13 @@ mod tests {
             memory,
             pods: 0,
         }
+    }
+
+    #[test]
+    fn cpu_quantities() {
+        assert_eq!(cpu_quantity(2000), "2");
+        assert_eq!(cpu_quantity(1500), "1500m");
+        assert_eq!(cpu_quantity(0), "0");
     }
 
     #[test]

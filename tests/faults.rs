@@ -71,6 +71,17 @@ fn the_agent_killed_during_churn_leaves_nothing_behind() {
     assert!(!env.agent_output().contains("panicked"));
 }
 
+/// The status and message of the node's `Ready` condition (`/node`).
+fn node_ready(env: &Env) -> (String, String) {
+    let node: serde_json::Value = serde_json::from_str(&env.get("/node").unwrap()).unwrap();
+    let c = &node["status"]["conditions"][0];
+    assert_eq!(c["type"], "Ready", "{node}");
+    (
+        c["status"].as_str().unwrap_or_default().to_string(),
+        c["message"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
 #[test]
 fn containerd_killed_and_restarted_is_reconnected_to_without_duplicates() {
     let mut env = Env::new("ctrdrestart");
@@ -81,9 +92,18 @@ fn containerd_killed_and_restarted_is_reconnected_to_without_duplicates() {
     env.wait_running("b-node1");
     let before = env.tasks();
 
+    assert_eq!(node_ready(&env).0, "True");
     env.kill_containerd();
-    // Meanwhile the agent answers, and a new pod waits.
-    std::thread::sleep(Duration::from_secs(2));
+    // Meanwhile the agent answers, says the runtime is down, and a new pod
+    // waits.
+    let message = env.wait_for("the node not ready", Duration::from_secs(15), || {
+        let (status, message) = node_ready(&env);
+        (status == "False").then_some(message)
+    });
+    assert!(
+        message.starts_with("container runtime is down: "),
+        "{message}"
+    );
     let mut healthz = Healthz::default();
     healthz.sample(&env);
     healthz.assert_quick();
@@ -92,6 +112,9 @@ fn containerd_killed_and_restarted_is_reconnected_to_without_duplicates() {
     env.start_containerd();
 
     env.wait_running("c-node1");
+    env.wait_for("the node ready again", Duration::from_secs(15), || {
+        (node_ready(&env).0 == "True").then_some(())
+    });
     let a = env.wait_running("a-node1");
     assert_eq!(a["status"]["containerStatuses"][0]["restartCount"], 0);
     // The same tasks still run (the shims outlived containerd), once each.
@@ -117,8 +140,15 @@ fn the_agent_starts_before_containerd_and_catches_up() {
         std::thread::sleep(Duration::from_millis(300));
     }
     healthz.assert_quick();
+    let (status, message) = node_ready(&env);
+    assert_eq!(status, "False");
+    assert!(
+        message.starts_with("container runtime is down: "),
+        "{message}"
+    );
     env.start_containerd();
     env.wait_running("a-node1");
+    assert_eq!(node_ready(&env).0, "True");
     env.remove_manifest("a.yaml");
     env.wait_for("no pods", Duration::from_secs(60), || {
         env.pods().is_empty().then_some(())

@@ -231,7 +231,7 @@ fn pods_are_reached_by_address_and_host_port_and_keep_them_across_restarts() {
     env.wait_for("addresses released", Duration::from_secs(30), || {
         net.reservations().is_empty().then_some(())
     });
-    assert_eq!(net.leftover_rules(), []);
+    net.wait_rules_gone();
     env.stop_agent(libc::SIGTERM);
     assert_eq!(net.clean(), []);
 }
@@ -302,7 +302,7 @@ fn fifty_pods_get_fifty_addresses_and_give_them_back() {
         "50 pods: running after {started:?}, all gone after {:?}",
         t1.elapsed()
     );
-    assert_eq!(net.leftover_rules(), []);
+    net.wait_rules_gone();
     env.stop_agent(libc::SIGTERM);
     assert_eq!(net.clean(), []);
 }
@@ -387,7 +387,7 @@ fn an_exhausted_subnet_keeps_the_next_pod_waiting() {
     env.wait_for("address released", Duration::from_secs(30), || {
         net.reservations().is_empty().then_some(())
     });
-    assert_eq!(net.leftover_rules(), []);
+    net.wait_rules_gone();
     env.stop_agent(libc::SIGTERM);
     assert_eq!(net.clean(), []);
 }

@@ -53,6 +53,10 @@ pub struct Shared {
     pub scrape_slots: Arc<Semaphore>,
     /// Volume usage, measured in the background.
     pub volume_stats: Arc<VolumeStats>,
+    /// Whether containerd answers: the node's `Ready` condition.
+    pub runtime: Arc<crate::runtime::health::RuntimeHealth>,
+    pub capacity: crate::node::Resources,
+    pub allocatable: crate::node::Resources,
 }
 
 impl Shared {
@@ -170,6 +174,40 @@ async fn pods(State(s): State<AppState>) -> Result<Response, HandlerError> {
     json_response(&list)
 }
 
+/// `/node`: this node as a Node object's status shows it: the `Ready`
+/// condition (false while containerd does not answer), the runtime's
+/// version, capacity and allocatable.
+async fn node(State(s): State<AppState>) -> Result<Response, HandlerError> {
+    json_response(&node_object(&s))
+}
+
+fn node_object(s: &Shared) -> serde_json::Value {
+    let quantities = |r: &crate::node::Resources| {
+        serde_json::json!({
+            "cpu": crate::node::cpu_quantity(r.cpu_milli),
+            "memory": format!("{}Ki", r.memory / 1024),
+            "pods": r.pods.to_string(),
+        })
+    };
+    let runtime = s.runtime.state();
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": s.node_name},
+        "status": {
+            "conditions": [s.runtime.ready_condition()],
+            "capacity": quantities(&s.capacity),
+            "allocatable": quantities(&s.allocatable),
+            "nodeInfo": {
+                "containerRuntimeVersion": runtime.version.unwrap_or_default(),
+                "kubeletVersion": concat!("kubelet-lite/", env!("CARGO_PKG_VERSION")),
+                "operatingSystem": "linux",
+                "architecture": crate::runtime::containerd::go_arch(),
+            },
+        },
+    })
+}
+
 async fn metrics_cadvisor(State(s): State<AppState>) -> Result<Response, HandlerError> {
     let s2 = Arc::clone(&s);
     let body = scrape(&s.scrape_slots, move || {
@@ -270,6 +308,7 @@ pub fn router(shared: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/pods", get(pods))
+        .route("/node", get(node))
         .route("/metrics", get(agent_metrics))
         .route("/metrics/probes", get(metrics_probes))
         .route("/metrics/cadvisor", get(metrics_cadvisor))

@@ -526,7 +526,11 @@ const SUPPORTED_POD: &[&str] = &[
     "spec.hostIPC",
     "spec.hostPID",
     "spec.hostname",
+    "spec.subdomain",
+    "spec.setHostnameAsFQDN",
+    "spec.hostAliases",
     "spec.dnsPolicy",
+    "spec.dnsConfig",
     "spec.nodeName",
     "spec.securityContext.runAsUser",
     "spec.securityContext.runAsGroup",
@@ -734,6 +738,17 @@ mod tests {
             p.pods[0].warnings,
             vec!["spec.containers.0.lifecycle: not supported by kubelet-lite, ignored".to_string()]
         );
+    }
+
+    #[test]
+    fn the_pod_names_and_dns_fields_are_acted_on() {
+        let text = GOOD.replace(
+            "spec:\n",
+            "spec:\n  hostname: h\n  subdomain: s\n  setHostnameAsFQDN: true\n  hostAliases: [{ip: 10.0.0.1, hostnames: [db]}]\n  dnsPolicy: None\n  dnsConfig: {nameservers: [10.0.0.53]}\n",
+        );
+        let p = parse(&text);
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        assert!(p.pods[0].warnings.is_empty(), "{:?}", p.pods[0].warnings);
     }
 
     #[test]

@@ -389,6 +389,16 @@ impl Cni {
         // but they hold no lock of ours.
         let out = stdout.join().unwrap_or_default();
         let err = stderr.join().unwrap_or_default();
+        tracing::debug!(
+            plugin,
+            command,
+            container = inv.container_id,
+            netns = inv.netns,
+            %status,
+            took = ?(self.timeout - deadline.saturating_duration_since(Instant::now())),
+            stderr = %String::from_utf8_lossy(&err),
+            "CNI plugin ran"
+        );
         if status.success() {
             return Ok(out);
         }

@@ -104,6 +104,19 @@ impl Containerd {
         Ok(c)
     }
 
+    /// containerd's version as the kubelet names the runtime
+    /// (`containerd://1.6.20`): the cheap call that tells whether it answers.
+    pub async fn version(&self) -> Result<String, RuntimeError> {
+        let v = self
+            .client
+            .version()
+            .version(self.req(()))
+            .await
+            .map_err(|s| status_error("asking the version", s))?
+            .into_inner();
+        Ok(format!("containerd://{}", v.version))
+    }
+
     /// [`Calls::req`].
     pub(super) fn req<T>(&self, msg: T) -> Request<T> {
         self.calls.req(msg)
@@ -431,7 +444,7 @@ fn is_index(media_type: &str) -> bool {
 }
 
 /// GOARCH spelling of this machine's architecture, as image platforms use.
-pub(super) fn go_arch() -> &'static str {
+pub fn go_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",

@@ -5,6 +5,7 @@
 mod client;
 pub mod containerd;
 mod exec;
+pub mod health;
 pub mod image_ref;
 mod import;
 

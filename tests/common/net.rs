@@ -104,6 +104,25 @@ impl Net {
             .collect()
     }
 
+    /// Waits until the rules added since the start are gone, and fails
+    /// with those left after 20 s. The bridge plugin's DEL releases the
+    /// address before it removes the pod's masquerade chain, so the rules
+    /// go a moment after the address.
+    pub fn wait_rules_gone(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let left = self.leftover_rules();
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "iptables rules left behind: {left:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// Removes the bridge and every rule and chain added since the start,
     /// restores forwarding; returns the rules then left that were not there
     /// before (none, when all went well).
