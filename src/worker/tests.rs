@@ -581,11 +581,18 @@ async fn a_failing_liveness_probe_restarts_the_container_after_three_failures() 
         events_of(&p, "Killing"),
         ["Container web failed liveness probe, will be restarted"]
     );
-    // SIGTERM, then SIGKILL after the probe's grace period (not the pod's).
+    // SIGTERM, then SIGKILL after the probe's grace period (2 s, not the
+    // pod's 30 s).
+    let killing = tokio::time::Instant::now();
     p.until("SIGKILL", |p| {
         p.rt.calls().contains(&"kill web 9".to_string())
     })
     .await;
+    let waited = killing.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1800) && waited <= Duration::from_secs(3),
+        "SIGKILL after {waited:?}"
+    );
     let calls = p.rt.calls();
     assert!(calls.contains(&"kill web 15".to_string()), "{calls:?}");
     p.rt.ignore_term.store(false, Ordering::SeqCst);
