@@ -6,7 +6,8 @@
 //! ([`worker`], deciding with [`pod`]) -> side effects through containerd
 //! ([`runtime`], with specs from [`oci`]), namespaces ([`sandbox`]) and
 //! their CNI networks ([`network`]), cgroups ([`cgroup`]) and logs
-//! ([`logs`]) -> status served over HTTP ([`http`]).
+//! ([`logs`]) -> status served over HTTP ([`http`]). Probes ([`probe`]) run
+//! beside the workers and report to them.
 
 pub mod cgroup;
 pub mod check;
@@ -22,6 +23,7 @@ pub mod network;
 pub mod node;
 pub mod oci;
 pub mod pod;
+pub mod probe;
 pub mod runtime;
 pub mod sandbox;
 pub mod source;

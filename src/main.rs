@@ -495,6 +495,7 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
             std::fs::canonicalize(&config.static_pod_path)
                 .unwrap_or_else(|_| config.static_pod_path.clone()),
         ],
+        probe_sockets: Default::default(),
     });
 
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(source::Desired::default()));

@@ -24,6 +24,8 @@ pub struct AgentMetrics {
     pub sync_errors: Counter,
     pub manifest_errors: Gauge<i64, std::sync::atomic::AtomicI64>,
     pub containerd: Family<Operation, Histogram>,
+    /// Served apart, on `/metrics/probes`, as the kubelet does.
+    pub probes: std::sync::Arc<crate::probe::metrics::ProbeMetrics>,
 }
 
 impl std::fmt::Debug for AgentMetrics {
@@ -76,6 +78,7 @@ impl AgentMetrics {
             sync_errors,
             manifest_errors,
             containerd,
+            probes: Default::default(),
         }
     }
 

@@ -4,7 +4,8 @@
 //! - `/events`: the node's recent events, as a Kubernetes `EventList`;
 //! - `/metrics/cadvisor`, `/metrics/resource`, `/stats/summary`: container
 //!   statistics as a kubelet serves them (see [`cadvisor`]);
-//! - `/metrics`: the agent's own metrics.
+//! - `/metrics`: the agent's own metrics;
+//! - `/metrics/probes`: probe results and durations, as the kubelet's.
 //!
 //! Everything but `/healthz` needs a bearer token (see [`token`]) or a
 //! client certificate signed by `tlsClientCAFile`; the metrics paths may be
@@ -289,8 +290,23 @@ async fn agent_metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
+async fn metrics_probes(State(s): State<AppState>) -> Response {
+    let ct = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, ct)],
+        s.metrics.probes.encode(),
+    )
+        .into_response()
+}
+
 /// Paths served without a token when `metricsAnonymous` is set.
-const METRICS_PATHS: [&str; 3] = ["/metrics", "/metrics/cadvisor", "/metrics/resource"];
+const METRICS_PATHS: [&str; 4] = [
+    "/metrics",
+    "/metrics/cadvisor",
+    "/metrics/probes",
+    "/metrics/resource",
+];
 
 /// Who may read what: `/healthz` is open; the metrics paths are open with
 /// `metricsAnonymous`; the rest (pod specs with their env values, volume
@@ -323,6 +339,7 @@ pub fn router(shared: AppState) -> Router {
         .route("/events", get(events))
         .route("/node", get(node))
         .route("/metrics", get(agent_metrics))
+        .route("/metrics/probes", get(metrics_probes))
         .route("/metrics/cadvisor", get(metrics_cadvisor))
         .route("/metrics/resource", get(metrics_resource))
         .route("/stats/summary", get(stats_summary))

@@ -564,6 +564,9 @@ const SUPPORTED_CONTAINER: &[&str] = &[
     "securityContext.allowPrivilegeEscalation",
     "securityContext.readOnlyRootFilesystem",
     "securityContext.capabilities",
+    "livenessProbe",
+    "readinessProbe",
+    "startupProbe",
 ];
 
 fn supported_patterns() -> Vec<Vec<String>> {
@@ -727,16 +730,13 @@ mod tests {
     fn unsupported_fields_warn() {
         let text = GOOD.replace(
             "    command:",
-            "    livenessProbe: {exec: {command: [/bin/true]}}\n    command:",
+            "    lifecycle: {preStop: {exec: {command: [/bin/true]}}}\n    livenessProbe: {exec: {command: [/bin/true]}}\n    command:",
         );
         let p = parse(&text);
         assert!(p.errors.is_empty(), "{:?}", p.errors);
         assert_eq!(
             p.pods[0].warnings,
-            vec![
-                "spec.containers.0.livenessProbe: not supported by kubelet-lite, ignored"
-                    .to_string()
-            ]
+            vec!["spec.containers.0.lifecycle: not supported by kubelet-lite, ignored".to_string()]
         );
     }
 

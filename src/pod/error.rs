@@ -120,6 +120,10 @@ pub mod reason {
     pub const STARTED: &str = "Started";
     /// Event: a container is being stopped.
     pub const KILLING: &str = "Killing";
+    /// Event: a probe failed (or could not run).
+    pub const UNHEALTHY: &str = "Unhealthy";
+    /// Event: a probe succeeded with a warning (a redirect not followed).
+    pub const PROBE_WARNING: &str = "ProbeWarning";
     pub const OOM_KILLED: &str = "OOMKilled";
     pub const COMPLETED: &str = "Completed";
     pub const ERROR: &str = "Error";

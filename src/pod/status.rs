@@ -55,7 +55,25 @@ pub struct ContainerStatus {
     pub restart_count: u32,
     /// PID of the running container's first process (not in the API).
     pub pid: Option<u32>,
+    /// Running and passing its readiness probe (running and started when
+    /// it has none).
+    pub ready: bool,
+    /// Running and past its startup probe (running when it has none).
+    pub started: bool,
 }
+
+/// A pod condition the agent keeps, with when it last changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    pub kind: &'static str,
+    pub status: bool,
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    pub last_transition: SystemTime,
+}
+
+/// The conditions the agent reports, in the kubelet's order.
+pub const CONDITIONS: [&str; 4] = ["Initialized", "Ready", "ContainersReady", "PodScheduled"];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -94,6 +112,9 @@ pub struct PodStatus {
     pub pod_ips: Vec<std::net::IpAddr>,
     /// The node's address (`status.hostIP`).
     pub host_ip: Option<std::net::IpAddr>,
+    /// Kept by [`PodStatus::update_conditions`]; computed afresh by
+    /// [`PodStatus::to_api`] when empty.
+    pub conditions: Vec<Condition>,
 }
 
 impl PodStatus {
@@ -110,7 +131,84 @@ impl PodStatus {
             qos_class: None,
             pod_ips: vec![],
             host_ip: None,
+            conditions: vec![],
         }
+    }
+
+    /// The conditions as the containers make them now, as the kubelet's
+    /// status manager computes them (GeneratePodReadyCondition and
+    /// friends): `lastTransitionTime` moves only when a status flips.
+    pub fn update_conditions(&mut self, now: SystemTime) {
+        let computed = self.compute_conditions();
+        let old = std::mem::take(&mut self.conditions);
+        self.conditions = computed
+            .into_iter()
+            .map(|(kind, status, reason, message)| {
+                let last_transition = old
+                    .iter()
+                    .find(|c| c.kind == kind && c.status == status)
+                    .map_or(now, |c| c.last_transition);
+                Condition {
+                    kind,
+                    status,
+                    reason,
+                    message,
+                    last_transition,
+                }
+            })
+            .collect();
+    }
+
+    /// (type, status, reason, message) of each condition.
+    fn compute_conditions(&self) -> Vec<(&'static str, bool, Option<String>, Option<String>)> {
+        let init_done = self
+            .init_containers
+            .iter()
+            .all(|c| c.ready || matches!(c.state, ContainerState::Terminated { exit_code: 0, .. }));
+        let unready: Vec<&str> = self
+            .containers
+            .iter()
+            .filter(|c| !c.ready)
+            .map(|c| c.name.as_str())
+            .collect();
+        let (ready, reason, message) = if matches!(self.phase, Phase::Succeeded | Phase::Failed) {
+            (false, Some("PodCompleted".to_string()), None)
+        } else if unready.is_empty() {
+            (true, None, None)
+        } else {
+            (
+                false,
+                Some("ContainersNotReady".to_string()),
+                Some(format!(
+                    "containers with unready status: [{}]",
+                    unready.join(" ")
+                )),
+            )
+        };
+        let pending_init: Vec<&str> = self
+            .init_containers
+            .iter()
+            .filter(|c| {
+                !matches!(c.state, ContainerState::Terminated { exit_code: 0, .. }) && !c.ready
+            })
+            .map(|c| c.name.as_str())
+            .collect();
+        vec![
+            (
+                "Initialized",
+                init_done,
+                (!init_done).then(|| "ContainersNotInitialized".to_string()),
+                (!init_done).then(|| {
+                    format!(
+                        "containers with incomplete status: [{}]",
+                        pending_init.join(" ")
+                    )
+                }),
+            ),
+            ("Ready", ready, reason.clone(), message.clone()),
+            ("ContainersReady", ready, reason, message),
+            ("PodScheduled", true, None, None),
+        ]
     }
 
     /// `status.podIP`: the first of the pod's addresses.
@@ -196,9 +294,8 @@ fn container_to_api(c: &ContainerStatus) -> api::ContainerStatus {
         state: Some(state_to_api(&c.state)),
         last_state: c.last_state.as_ref().map(state_to_api),
         restart_count: i32::try_from(c.restart_count).unwrap_or(i32::MAX),
-        // Without probes a running container is ready, as the kubelet says.
-        ready: running,
-        started: Some(running),
+        ready: c.ready && running,
+        started: Some(c.started && running),
         ..Default::default()
     }
 }
@@ -206,20 +303,13 @@ fn container_to_api(c: &ContainerStatus) -> api::ContainerStatus {
 impl PodStatus {
     /// The status as the Kubernetes API type.
     pub fn to_api(&self) -> api::PodStatus {
-        let ready = self.phase == Phase::Running
-            && self
-                .containers
-                .iter()
-                .all(|c| matches!(c.state, ContainerState::Running { .. }));
-        let condition = |t: &str, ok: bool| api::PodCondition {
-            type_: t.to_string(),
-            status: if ok { "True" } else { "False" }.to_string(),
-            ..Default::default()
+        let conditions = if self.conditions.is_empty() {
+            let mut fresh = self.clone();
+            fresh.update_conditions(SystemTime::now());
+            fresh.conditions
+        } else {
+            self.conditions.clone()
         };
-        let init_done = self
-            .init_containers
-            .iter()
-            .all(|c| matches!(c.state, ContainerState::Terminated { exit_code: 0, .. }));
         api::PodStatus {
             phase: Some(self.phase.as_str().to_string()),
             reason: self.reason.clone(),
@@ -236,12 +326,19 @@ impl PodStatus {
                     .map(|ip| api::PodIP { ip: ip.to_string() })
                     .collect()
             }),
-            conditions: Some(vec![
-                condition("PodScheduled", true),
-                condition("Initialized", init_done),
-                condition("ContainersReady", ready),
-                condition("Ready", ready),
-            ]),
+            conditions: Some(
+                conditions
+                    .iter()
+                    .map(|c| api::PodCondition {
+                        type_: c.kind.to_string(),
+                        status: if c.status { "True" } else { "False" }.to_string(),
+                        reason: c.reason.clone(),
+                        message: c.message.clone(),
+                        last_transition_time: Some(to_time(c.last_transition)),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
             init_container_statuses: (!self.init_containers.is_empty())
                 .then(|| self.init_containers.iter().map(container_to_api).collect()),
             container_statuses: Some(self.containers.iter().map(container_to_api).collect()),
@@ -254,6 +351,81 @@ impl PodStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn container(name: &str, running: bool, ready: bool) -> ContainerStatus {
+        ContainerStatus {
+            name: name.into(),
+            image: "busybox".into(),
+            container_id: None,
+            state: if running {
+                ContainerState::Running {
+                    started_at: SystemTime::UNIX_EPOCH,
+                }
+            } else {
+                ContainerState::Waiting {
+                    reason: "ContainerCreating".into(),
+                    message: String::new(),
+                }
+            },
+            last_state: None,
+            restart_count: 0,
+            pid: None,
+            ready,
+            started: running,
+        }
+    }
+
+    #[test]
+    fn ready_conditions_follow_containers_and_keep_their_transition_time() {
+        let t = |s| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s);
+        let mut s = PodStatus::new();
+        s.phase = Phase::Running;
+        s.containers = vec![container("web", true, false), container("log", true, true)];
+        s.update_conditions(t(10));
+        let v = serde_json::to_value(s.to_api()).unwrap();
+        let cond = |v: &serde_json::Value, kind: &str| {
+            v["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == kind)
+                .cloned()
+                .unwrap()
+        };
+        let ready = cond(&v, "Ready");
+        assert_eq!(ready["status"], "False");
+        assert_eq!(ready["reason"], "ContainersNotReady");
+        assert_eq!(ready["message"], "containers with unready status: [web]");
+        assert_eq!(ready["lastTransitionTime"], "1970-01-01T00:00:10Z");
+        assert_eq!(v["containerStatuses"][0]["ready"], false);
+        assert_eq!(v["containerStatuses"][1]["ready"], true);
+        // No change: the time stays.
+        s.update_conditions(t(20));
+        let v = serde_json::to_value(s.to_api()).unwrap();
+        assert_eq!(
+            cond(&v, "Ready")["lastTransitionTime"],
+            "1970-01-01T00:00:10Z"
+        );
+        s.containers[0].ready = true;
+        s.update_conditions(t(30));
+        let v = serde_json::to_value(s.to_api()).unwrap();
+        for kind in ["Ready", "ContainersReady"] {
+            let c = cond(&v, kind);
+            assert_eq!(
+                (c["status"].as_str(), c["lastTransitionTime"].as_str()),
+                (Some("True"), Some("1970-01-01T00:00:30Z")),
+                "{kind}"
+            );
+        }
+        assert_eq!(cond(&v, "Initialized")["status"], "True");
+        s.containers[0].ready = false;
+        s.update_conditions(t(40));
+        let v = serde_json::to_value(s.to_api()).unwrap();
+        assert_eq!(
+            cond(&v, "ContainersReady")["lastTransitionTime"],
+            "1970-01-01T00:00:40Z"
+        );
+    }
 
     #[test]
     fn addresses_in_the_api_status() {

@@ -26,8 +26,8 @@ use tracing::{debug, info};
 
 use super::client::{Calls, status_error, to_system_time};
 use super::{
-    ContainerRecord, Exit, Image, ImageConfig, NewContainer, PulledImage, Runtime, RuntimeError,
-    TaskState,
+    ContainerRecord, ExecOutput, ExecRequest, Exit, Image, ImageConfig, NewContainer, PulledImage,
+    Runtime, RuntimeError, TaskState,
 };
 
 /// The last outcome of a pull of one name, and when it ended: a pull that
@@ -39,7 +39,7 @@ type PullSlot = std::sync::Arc<
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 
 pub struct Containerd {
-    client: Client,
+    pub(super) client: Client,
     /// The same connection, with the namespace and deadline, as the image
     /// import uses it.
     calls: Calls,
@@ -58,6 +58,8 @@ pub struct Containerd {
     registries: super::registry::Registries,
     /// One transfer per image name at a time (single flight).
     pulls: Mutex<HashMap<String, PullSlot>>,
+    /// Exec FIFOs and container process specs (see [`super::exec`]).
+    pub(super) exec: super::exec::ExecState,
 }
 
 pub struct ContainerdOptions {
@@ -98,6 +100,7 @@ impl Containerd {
             archives: Default::default(),
             registries: super::registry::Registries::new(opts.registries),
             pulls: Mutex::new(HashMap::new()),
+            exec: Default::default(),
         };
         let req = c.req(CreateNamespaceRequest {
             namespace: Some(containerd_client::services::v1::Namespace {
@@ -842,6 +845,7 @@ impl Runtime for Containerd {
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.exec.forget(id);
         if let Err(e) = self.delete_task(id).await {
             // Still running (FailedPrecondition): kill it and try again.
             if e.is_transient() {
@@ -947,6 +951,10 @@ impl Runtime for Containerd {
             });
         }
         Ok(out)
+    }
+
+    async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecOutput, RuntimeError> {
+        self.exec_process(id, req).await
     }
 
     async fn set_labels(

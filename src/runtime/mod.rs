@@ -4,6 +4,7 @@
 
 mod client;
 pub mod containerd;
+mod exec;
 pub mod health;
 pub mod image_gc;
 pub mod image_ref;
@@ -14,7 +15,7 @@ pub mod registry;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
@@ -132,6 +133,36 @@ pub struct ContainerRecord {
     pub task: TaskState,
 }
 
+/// A process to run in a running container: exec probes, and what a
+/// `kubectl exec`-like verb needs (stdin and a terminal may come later).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    /// `NAME=value`, added to the container's environment (a name already
+    /// there is overridden).
+    pub env: Vec<String>,
+    /// The process is killed (SIGKILL) once this has passed.
+    pub timeout: Option<Duration>,
+    /// Bytes kept of stdout and of stderr each; the rest is read and
+    /// dropped, so that a chatty process never blocks on its pipe.
+    pub output_limit: usize,
+}
+
+/// How an exec ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// `None` when the process was killed at the timeout.
+    pub exit_code: Option<u32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl ExecOutput {
+    pub fn timed_out(&self) -> bool {
+        self.exit_code.is_none()
+    }
+}
+
 /// The operations the pod workers need. Implemented by containerd; tests of
 /// pure logic may implement it with a recording fake.
 #[async_trait]
@@ -165,4 +196,8 @@ pub trait Runtime: Send + Sync + 'static {
         id: &str,
         labels: HashMap<String, String>,
     ) -> Result<(), RuntimeError>;
+    /// Runs a process in the running container `id` with the container's
+    /// user, working directory, capabilities and environment, and waits
+    /// for it (or for its timeout, after which it is killed and reaped).
+    async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecOutput, RuntimeError>;
 }

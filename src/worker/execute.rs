@@ -168,6 +168,7 @@ impl Worker {
                         started_at: found.created_at.unwrap_or_else(SystemTime::now),
                     };
                     info!(pod = %self.pod.key(), container = %slot.spec.name, id = %found.id, "adopted running container");
+                    self.start_probes(i, &found.id);
                     self.watch(i, found.id);
                 }
                 FoundState::Exited { code, at, reaped } => {
@@ -473,6 +474,7 @@ impl Worker {
             reason::STARTED,
             format!("Started container {name}"),
         );
+        self.start_probes(i, &id);
         self.watch(i, id);
         if let Some(prev) = previous
             && let Err(e) = self.env.rt.remove(&prev).await
@@ -497,6 +499,7 @@ impl Worker {
         if self.slots[i].current.as_deref() != Some(id) || !self.slots[i].running {
             return;
         }
+        self.stop_probes(i);
         let (code, at) = match result {
             Ok(e) => (e.code.cast_signed(), e.at),
             Err(e) => {
@@ -588,12 +591,12 @@ impl Worker {
             killed: false,
         });
         let name = self.slots[i].spec.name.clone();
-        self.container_event(
-            &name,
-            event::NORMAL,
-            reason::KILLING,
-            format!("Stopping container {name}"),
-        );
+        let message = self.slots[i]
+            .probes
+            .kill_message
+            .take()
+            .unwrap_or_else(|| format!("Stopping container {name}"));
+        self.container_event(&name, event::NORMAL, reason::KILLING, message);
         Some((self.slots[i].current.clone()?, libc::SIGTERM))
     }
 
@@ -610,6 +613,7 @@ impl Worker {
         // Its containers have stopped: the pod leaves the status store now
         // (as the kubelet deletes a terminated pod's mirror); what is left
         // to remove goes next, and a successor of the same name waits for it.
+        self.forget_probes();
         self.forget();
         super::teardown::cleanup(
             &self.env,

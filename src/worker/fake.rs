@@ -16,8 +16,8 @@ use crate::cgroup::{self, CgroupLimits, QosClass, WeightFormula};
 use crate::oci::PodContext;
 use crate::pod::PodError;
 use crate::runtime::{
-    ContainerRecord, Exit, Image, ImageConfig, NewContainer, PulledImage, Runtime, RuntimeError,
-    TaskState, labels,
+    ContainerRecord, ExecOutput, ExecRequest, Exit, Image, ImageConfig, NewContainer, PulledImage,
+    Runtime, RuntimeError, TaskState, labels,
 };
 use crate::sandbox::SandboxSpec;
 use crate::volume::Volume;
@@ -44,6 +44,18 @@ pub struct FakeRuntime {
     pub ignore_term: std::sync::atomic::AtomicBool,
     /// Images that are not there.
     pub missing_images: Mutex<Vec<String>>,
+    /// How execs end, by `<container> <argv joined>` or else by container
+    /// name; exit 0 without output when not set.
+    pub execs: Mutex<HashMap<String, FakeExec>>,
+}
+
+/// How an exec in the fake runtime ends.
+#[derive(Debug, Clone, Default)]
+pub struct FakeExec {
+    pub code: u32,
+    pub output: String,
+    /// Never ends by itself: killed at the request's timeout.
+    pub hang: bool,
 }
 
 impl FakeRuntime {
@@ -263,6 +275,40 @@ impl Runtime for FakeRuntime {
             .collect())
     }
 
+    async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecOutput, RuntimeError> {
+        let name = {
+            let mut s = self.lock();
+            let c = s
+                .containers
+                .get(id)
+                .filter(|c| matches!(c.task, TaskState::Running { .. }))
+                .ok_or_else(|| RuntimeError::NotFound(format!("no running task {id}")))?;
+            let name = c.labels[labels::CONTAINER_NAME].clone();
+            s.calls.push(format!("exec {name} {}", req.argv.join(" ")));
+            name
+        };
+        let how = {
+            let execs = self.execs.lock().unwrap();
+            execs
+                .get(&format!("{name} {}", req.argv.join(" ")))
+                .or_else(|| execs.get(&name))
+                .cloned()
+                .unwrap_or_default()
+        };
+        if how.hang {
+            match req.timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+            return Ok(ExecOutput::default());
+        }
+        Ok(ExecOutput {
+            exit_code: Some(how.code),
+            stdout: how.output.into_bytes(),
+            stderr: vec![],
+        })
+    }
+
     async fn set_labels(
         &self,
         id: &str,
@@ -272,6 +318,24 @@ impl Runtime for FakeRuntime {
             c.labels.extend(labels);
         }
         Ok(())
+    }
+}
+
+impl FakeRuntime {
+    /// Sets how execs in container `name` end from now on (`name` may be
+    /// followed by the command line, for that command only).
+    pub fn set_exec(&self, name: &str, exec: FakeExec) {
+        self.execs.lock().unwrap().insert(name.to_string(), exec);
+    }
+
+    /// Execs run so far of `what` (`<container> <command line>`, or its
+    /// start).
+    pub fn execs_of(&self, what: &str) -> usize {
+        let prefix = format!("exec {what}");
+        self.calls()
+            .iter()
+            .filter(|c| c.starts_with(&prefix))
+            .count()
     }
 }
 
@@ -425,5 +489,6 @@ pub fn env(rt: Arc<FakeRuntime>, host: Arc<FakeHost>) -> Arc<super::WorkerEnv> {
         store: crate::pod::Store::default(),
         events: crate::events::Recorder::default(),
         protected_dirs: vec![],
+        probe_sockets: Default::default(),
     })
 }

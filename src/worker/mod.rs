@@ -9,9 +9,10 @@
 pub mod adopt;
 mod execute;
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 pub mod host;
 pub mod manager;
+mod probes;
 pub mod teardown;
 #[cfg(test)]
 mod tests;
@@ -58,6 +59,8 @@ pub struct WorkerEnv {
     /// The agent's own directories (root, logs, manifests): never inside a
     /// volume the agent empties.
     pub protected_dirs: Vec<PathBuf>,
+    /// Makes the sockets of probes that connect inside a pod's network.
+    pub probe_sockets: Arc<crate::probe::netns::NetnsSockets>,
 }
 
 impl WorkerEnv {
@@ -83,6 +86,11 @@ enum Msg {
     },
     Stop {
         done: oneshot::Sender<()>,
+    },
+    Probe {
+        slot: usize,
+        id: String,
+        report: crate::probe::lane::Report,
     },
 }
 
@@ -151,6 +159,7 @@ struct Slot {
     pull_failed: bool,
     stopping: Option<StopView>,
     status: ContainerStatus,
+    probes: probes::SlotProbes,
 }
 
 impl Slot {
@@ -212,13 +221,17 @@ impl Worker {
     fn new(pod: StaticPod, env: Arc<WorkerEnv>, tx: mpsc::UnboundedSender<Msg>) -> Worker {
         let spec = pod.spec();
         let mut slots = Vec::new();
+        let mut probe_problems = vec![];
         let groups = [
             (true, spec.init_containers.clone().unwrap_or_default()),
             (false, spec.containers.clone()),
         ];
         for (init, containers) in groups {
             for c in containers {
+                let (specs, problems) = probes::resolve(&c);
+                probe_problems.extend(problems);
                 slots.push(Slot {
+                    probes: probes::SlotProbes::new(specs),
                     status: ContainerStatus {
                         name: c.name.clone(),
                         image: c.image.clone().unwrap_or_default(),
@@ -234,6 +247,8 @@ impl Worker {
                         last_state: None,
                         restart_count: 0,
                         pid: None,
+                        ready: false,
+                        started: false,
                     },
                     spec: c,
                     init,
@@ -254,6 +269,9 @@ impl Worker {
         let qos = cgroup::qos::qos_class(spec);
         let mut status = PodStatus::new();
         status.qos_class = Some(qos);
+        for p in probe_problems {
+            status.push_event(event::WARNING, reason::UNHEALTHY, p);
+        }
         let retry = Retry::new(Duration::from_secs(1), env.backoff_max);
         Worker {
             pod,
@@ -300,23 +318,27 @@ impl Worker {
         }
     }
 
-    fn publish(&self) {
-        let mut status = self.status.clone();
-        status.init_containers = self
+    fn publish(&mut self) {
+        for s in &mut self.slots {
+            s.status.started = s.running && s.probes.started;
+            s.status.ready = s.running && s.probes.ready();
+        }
+        self.status.init_containers = self
             .slots
             .iter()
             .filter(|s| s.init)
             .map(|s| s.status.clone())
             .collect();
-        status.containers = self
+        self.status.containers = self
             .slots
             .iter()
             .filter(|s| !s.init)
             .map(|s| s.status.clone())
             .collect();
+        self.status.update_conditions(SystemTime::now());
         self.env.store.publish(PodEntry {
             pod: self.pod.clone(),
-            status,
+            status: self.status.clone(),
         });
     }
 
@@ -456,6 +478,7 @@ impl Worker {
     async fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Exited { slot, id, result } => self.exited(slot, &id, result).await,
+            Msg::Probe { slot, id, report } => self.probed(slot, &id, report),
             Msg::Stop { done } => {
                 self.waiting_for_stop.push(done);
                 if self.deleting.is_none() {

@@ -612,3 +612,211 @@ async fn events_reach_the_node_ring_with_the_containers_field_path() {
         4
     );
 }
+
+// Probes: lanes on the paused clock, exec through the fake runtime.
+
+fn events_of(p: &Pod, reason: &str) -> Vec<String> {
+    p.entry()
+        .unwrap()
+        .status
+        .events
+        .iter()
+        .filter(|e| e.reason == reason)
+        .map(|e| e.message.clone())
+        .collect()
+}
+
+fn condition(p: &Pod, kind: &str) -> (bool, SystemTime) {
+    let c = p
+        .entry()
+        .unwrap()
+        .status
+        .conditions
+        .into_iter()
+        .find(|c| c.kind == kind)
+        .unwrap();
+    (c.status, c.last_transition)
+}
+
+use super::fake::FakeExec;
+
+fn failing(output: &str) -> FakeExec {
+    FakeExec {
+        code: 1,
+        output: output.into(),
+        hang: false,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_liveness_probe_restarts_the_container_after_three_failures() {
+    let p = Pod::run(
+        manifest(
+            "  terminationGracePeriodSeconds: 30\n  containers:\n  - name: web\n    image: busybox\n    livenessProbe: {exec: {command: [cat, /tmp/healthy]}, periodSeconds: 1, terminationGracePeriodSeconds: 2}\n",
+        ),
+        FakeRuntime::default(),
+        FakeHost::default(),
+    );
+    p.until("web runs", |p| p.running("web")).await;
+    p.until("probed", |p| p.rt.execs_of("web cat /tmp/healthy") >= 2)
+        .await;
+    assert_eq!(p.rt.created("web"), 1, "healthy: no restart");
+    p.rt.ignore_term.store(true, Ordering::SeqCst);
+    let before = p.rt.execs_of("web");
+    p.rt.set_exec("web", failing("cat: can't open '/tmp/healthy'"));
+    p.until("killed", |p| !events_of(p, "Killing").is_empty())
+        .await;
+    // Exactly failureThreshold failures, one event each.
+    assert_eq!(p.rt.execs_of("web") - before, 3);
+    assert_eq!(
+        events_of(&p, "Unhealthy"),
+        vec!["Liveness probe failed: cat: can't open '/tmp/healthy'".to_string(); 3]
+    );
+    assert_eq!(
+        events_of(&p, "Killing"),
+        ["Container web failed liveness probe, will be restarted"]
+    );
+    // SIGTERM, then SIGKILL after the probe's grace period (2 s, not the
+    // pod's 30 s).
+    let killing = tokio::time::Instant::now();
+    p.until("SIGKILL", |p| {
+        p.rt.calls().contains(&"kill web 9".to_string())
+    })
+    .await;
+    let waited = killing.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1800) && waited <= Duration::from_secs(3),
+        "SIGKILL after {waited:?}"
+    );
+    let calls = p.rt.calls();
+    assert!(calls.contains(&"kill web 15".to_string()), "{calls:?}");
+    p.rt.ignore_term.store(false, Ordering::SeqCst);
+    p.until("restarted", |p| {
+        p.rt.created("web") == 2 && p.running("web")
+    })
+    .await;
+    assert_eq!(p.container("web").restart_count, 1);
+    // The new container's probe starts afresh (and fails again).
+    let n = events_of(&p, "Unhealthy").len();
+    p.until("probed again", |p| events_of(p, "Unhealthy").len() > n)
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_flips_ready_and_conditions_both_ways_without_restarts() {
+    let rt = FakeRuntime::default();
+    rt.set_exec("web", failing("not yet"));
+    let p = Pod::run(
+        manifest(
+            "  containers:\n  - name: web\n    image: busybox\n    readinessProbe: {exec: {command: [cat, /tmp/ready]}, periodSeconds: 1, failureThreshold: 2}\n",
+        ),
+        rt,
+        FakeHost::default(),
+    );
+    p.until("web runs", |p| p.running("web")).await;
+    p.until("probed", |p| p.rt.execs_of("web") >= 3).await;
+    assert!(!p.container("web").ready);
+    assert!(p.container("web").started);
+    assert!(!condition(&p, "Ready").0);
+    p.rt.set_exec("web", FakeExec::default());
+    p.until("ready", |p| p.container("web").ready).await;
+    let (ready, since) = condition(&p, "Ready");
+    assert!(ready && condition(&p, "ContainersReady").0);
+    let api = p.entry().unwrap().status.to_api();
+    assert!(api.container_statuses.unwrap()[0].ready);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        condition(&p, "Ready"),
+        (true, since),
+        "no change, same time"
+    );
+    p.rt.set_exec("web", failing("gone"));
+    p.until("not ready", |p| !p.container("web").ready).await;
+    assert!(!condition(&p, "Ready").0);
+    p.rt.set_exec("web", FakeExec::default());
+    p.until("ready again", |p| p.container("web").ready).await;
+    assert_eq!(p.rt.created("web"), 1, "readiness never restarts");
+    assert!(events_of(&p, "Killing").is_empty());
+    assert!(
+        events_of(&p, "Unhealthy")
+            .iter()
+            .any(|m| m == "Readiness probe failed: gone")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_startup_probe_holds_liveness_and_readiness_back_until_it_succeeds() {
+    let rt = FakeRuntime::default();
+    rt.set_exec("web test -f /started", failing(""));
+    let p = Pod::run(
+        manifest(
+            "  containers:\n  - name: web\n    image: busybox\n    startupProbe: {exec: {command: [test, -f, /started]}, periodSeconds: 1, failureThreshold: 30}\n    livenessProbe: {exec: {command: [live]}, periodSeconds: 1}\n    readinessProbe: {exec: {command: [ready]}, periodSeconds: 1}\n",
+        ),
+        rt,
+        FakeHost::default(),
+    );
+    p.until("web runs", |p| p.running("web")).await;
+    p.until("startup probed", |p| {
+        p.rt.execs_of("web test -f /started") >= 5
+    })
+    .await;
+    assert_eq!(
+        (p.rt.execs_of("web live"), p.rt.execs_of("web ready")),
+        (0, 0),
+        "held back"
+    );
+    let c = p.container("web");
+    assert!(!c.started && !c.ready);
+    p.rt.set_exec("web test -f /started", FakeExec::default());
+    p.until("started and ready", |p| {
+        let c = p.container("web");
+        c.started && c.ready
+    })
+    .await;
+    let startups = p.rt.execs_of("web test -f /started");
+    p.until("liveness runs", |p| p.rt.execs_of("web live") >= 2)
+        .await;
+    assert_eq!(
+        p.rt.execs_of("web test -f /started"),
+        startups,
+        "the startup probe ends with its success"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_startup_probe_that_never_succeeds_kills_the_container() {
+    let rt = FakeRuntime::default();
+    // Hangs past its timeout: a failure each time.
+    rt.set_exec(
+        "web",
+        FakeExec {
+            hang: true,
+            ..Default::default()
+        },
+    );
+    let p = Pod::run(
+        manifest(
+            "  restartPolicy: Never\n  containers:\n  - name: web\n    image: busybox\n    startupProbe: {exec: {command: [sleep, '10']}, periodSeconds: 2, timeoutSeconds: 1, failureThreshold: 3}\n    livenessProbe: {exec: {command: [live]}, periodSeconds: 1}\n",
+        ),
+        rt,
+        FakeHost::default(),
+    );
+    p.until("web runs", |p| p.running("web")).await;
+    p.until("killed", |p| !events_of(p, "Killing").is_empty())
+        .await;
+    assert_eq!(
+        events_of(&p, "Unhealthy"),
+        vec!["Startup probe failed: command \"sleep 10\" timed out".to_string(); 3]
+    );
+    assert_eq!(
+        events_of(&p, "Killing"),
+        ["Container web failed startup probe"],
+        "restartPolicy Never: not restarted"
+    );
+    assert_eq!(p.rt.execs_of("web live"), 0);
+    p.until("phase Failed", |p| {
+        p.entry().unwrap().status.phase == Phase::Failed
+    })
+    .await;
+    assert_eq!(p.rt.created("web"), 1);
+}
