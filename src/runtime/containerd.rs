@@ -113,7 +113,7 @@ impl Containerd {
             Err(s) if s.code() == Code::AlreadyExists => {}
             Err(s) => return Err(status_error("creating namespace", s)),
         }
-        super::import::Lease::release_stale(&c.calls).await?;
+        super::content::Lease::release_stale(&c.calls).await?;
         Ok(c)
     }
 
@@ -278,7 +278,7 @@ impl Containerd {
         // a pulled image may have been removed (by the image garbage
         // collector, or by hand) since it was cached: unpack again.
         self.configs.lock().unwrap().clear();
-        let lease = super::import::Lease::create(&self.calls).await?;
+        let lease = super::content::Lease::create(&self.calls).await?;
         let result = async {
             let fetched = super::pull::fetch(&self.calls, &lease, &self.registries, name).await?;
             let image = self.load(name, fetched.target.clone()).await?;
@@ -433,7 +433,7 @@ impl Containerd {
                 ),
             });
         }
-        let lease = super::import::Lease::create(&self.calls).await?;
+        let lease = super::content::Lease::create(&self.calls).await?;
         let result = async {
             let mut parent = String::new();
             for (i, (layer, chain)) in manifest.layers().iter().zip(&chains).enumerate() {

@@ -11,14 +11,12 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use containerd_client::services::v1::{
-    CreateImageRequest, CreateRequest as CreateLeaseRequest, DeleteRequest as DeleteLeaseRequest,
-    Image as ImageRecord, ListRequest as ListLeasesRequest, UpdateImageRequest, WriteAction,
-    WriteContentRequest,
+    CreateImageRequest, Image as ImageRecord, UpdateImageRequest,
 };
-use containerd_client::tonic::{Code, Request};
+use containerd_client::tonic::Code;
 use containerd_client::types::Descriptor;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -26,85 +24,13 @@ use tracing::{info, warn};
 
 use super::RuntimeError;
 use super::client::{Calls, status_error};
+use super::content::Lease;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
 const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-
-/// A containerd lease: content and snapshots written under it are safe from
-/// the garbage collector until it is deleted (or expires, if we crash).
-pub(super) struct Lease {
-    id: String,
-}
-
-impl Lease {
-    pub(super) async fn create(c: &Calls) -> Result<Lease, RuntimeError> {
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        let id = format!("kubelet-lite-{}-{nanos}", std::process::id());
-        let expire = jiff::Timestamp::now() + Duration::from_secs(3600);
-        let mut leases =
-            containerd_client::services::v1::leases_client::LeasesClient::new(c.channel());
-        leases
-            .create(c.req(CreateLeaseRequest {
-                id: id.clone(),
-                labels: HashMap::from([(
-                    "containerd.io/gc.expire".to_string(),
-                    expire.to_string(),
-                )]),
-            }))
-            .await
-            .map_err(|s| status_error("creating lease", s))?;
-        Ok(Lease { id })
-    }
-
-    /// Deletes the leases an earlier run of the agent left (killed during
-    /// an import): their content would otherwise be kept until they expire.
-    pub(super) async fn release_stale(c: &Calls) -> Result<(), RuntimeError> {
-        let mut leases =
-            containerd_client::services::v1::leases_client::LeasesClient::new(c.channel());
-        let mine = format!("kubelet-lite-{}-", std::process::id());
-        let all = leases
-            .list(c.req(ListLeasesRequest { filters: vec![] }))
-            .await
-            .map_err(|s| status_error("listing leases", s))?
-            .into_inner()
-            .leases;
-        for l in all {
-            if l.id.starts_with("kubelet-lite-") && !l.id.starts_with(&mine) {
-                tracing::info!(lease = %l.id, "deleting a lease an earlier run left");
-                Lease { id: l.id }.delete(c).await;
-            }
-        }
-        Ok(())
-    }
-
-    pub(super) fn wrap<T>(&self, mut r: Request<T>) -> Request<T> {
-        r.metadata_mut().insert(
-            "containerd-lease",
-            self.id.parse().expect("lease ids are ASCII"),
-        );
-        r
-    }
-
-    pub(super) async fn delete(self, c: &Calls) {
-        let mut leases =
-            containerd_client::services::v1::leases_client::LeasesClient::new(c.channel());
-        if let Err(s) = leases
-            .delete(c.req(DeleteLeaseRequest {
-                id: self.id.clone(),
-                sync: false,
-            }))
-            .await
-        {
-            warn!(lease = %self.id, "deleting lease: {}", s.message());
-        }
-    }
-}
 
 /// One image an archive provides.
 #[derive(Debug, Clone)]
@@ -460,12 +386,12 @@ async fn import(c: &Calls, path: &Path, plan: &Plan) -> Result<(), RuntimeError>
                 op: "reading archive",
                 message: format!("{}: {e}", path.display()),
             })?;
-            write_blob(c, &lease, &d, data, labels).await?;
+            super::content::write_blob(c, &lease, &d, data, labels).await?;
         }
         let _ = reader.await;
         for (d, data, labels) in &plan.generated {
             if !c.has_blob(&d.digest).await? {
-                write_blob(c, &lease, d, data.clone(), labels.clone()).await?;
+                super::content::write_blob(c, &lease, d, data.clone(), labels.clone()).await?;
             }
         }
         for image in &plan.images {
@@ -476,59 +402,6 @@ async fn import(c: &Calls, path: &Path, plan: &Plan) -> Result<(), RuntimeError>
     .await;
     lease.delete(c).await;
     result
-}
-
-/// Content.Write: data in chunks, then a commit that checks size and digest.
-async fn write_blob(
-    c: &Calls,
-    lease: &Lease,
-    d: &Descriptor,
-    data: Vec<u8>,
-    labels: HashMap<String, String>,
-) -> Result<(), RuntimeError> {
-    const CHUNK: usize = 1 << 20;
-    let r#ref = format!("kubelet-lite-import-{}", d.digest);
-    let total = i64::try_from(data.len()).unwrap_or(i64::MAX);
-    let mut msgs = Vec::new();
-    for (i, chunk) in data.chunks(CHUNK).enumerate() {
-        msgs.push(WriteContentRequest {
-            action: WriteAction::Write as i32,
-            r#ref: r#ref.clone(),
-            total,
-            expected: d.digest.clone(),
-            offset: i64::try_from(i * CHUNK).unwrap_or(i64::MAX),
-            data: chunk.to_vec(),
-            labels: HashMap::new(),
-        });
-    }
-    msgs.push(WriteContentRequest {
-        action: WriteAction::Commit as i32,
-        r#ref,
-        total,
-        expected: d.digest.clone(),
-        offset: total,
-        data: vec![],
-        labels,
-    });
-    let mut content =
-        containerd_client::services::v1::content_client::ContentClient::new(c.channel());
-    let req = lease.wrap(c.req(tokio_stream::iter(msgs)));
-    match content.write(req).await {
-        Ok(resp) => {
-            let mut stream = resp.into_inner();
-            loop {
-                match stream.message().await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => break,
-                    Err(s) if s.code() == Code::AlreadyExists => break,
-                    Err(s) => return Err(status_error("writing content", s)),
-                }
-            }
-            Ok(())
-        }
-        Err(s) if s.code() == Code::AlreadyExists => Ok(()),
-        Err(s) => Err(status_error("writing content", s)),
-    }
 }
 
 /// Creates the image record `name` -> `target`, or points an existing one

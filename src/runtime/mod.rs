@@ -4,6 +4,7 @@
 
 mod client;
 pub mod containerd;
+mod content;
 mod exec;
 pub mod health;
 pub mod image_gc;

@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use containerd_client::services::v1::{WriteAction, WriteContentRequest};
-use containerd_client::tonic::Code;
 use containerd_client::types::Descriptor;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use oci_client::Reference;
@@ -22,8 +21,8 @@ use oci_client::manifest::OciDescriptor;
 use tracing::{info, warn};
 
 use super::RuntimeError;
-use super::client::{Calls, status_error};
-use super::import::Lease;
+use super::client::Calls;
+use super::content::Lease;
 use super::registry::{Endpoint, Registries};
 
 /// Layers downloaded at once per image (containerd's default is 3).
@@ -326,13 +325,13 @@ async fn fetch_from(
             l.digest.clone(),
         );
     }
-    write_small(c, lease, &manifest_desc, manifest.to_vec(), labels).await?;
+    super::content::write_blob(c, lease, &manifest_desc, manifest.to_vec(), labels).await?;
     if let Some((d, bytes)) = &index {
         let labels = HashMap::from([(
             "containerd.io/gc.ref.content.m.0".to_string(),
             manifest_desc.digest.clone(),
         )]);
-        write_small(c, lease, d, bytes.to_vec(), labels).await?;
+        super::content::write_blob(c, lease, d, bytes.to_vec(), labels).await?;
     }
     let size = blobs
         .iter()
@@ -345,15 +344,6 @@ async fn fetch_from(
         size,
         from: ep.host.clone(),
     })
-}
-
-/// A unique Content.Write ref: two pulls that share a layer write it
-/// side by side (the second commit finds it there) instead of one failing
-/// on the other's locked ref.
-fn write_ref(digest: &str) -> String {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("kubelet-lite-pull-{}-{n}-{digest}", std::process::id())
 }
 
 /// Streams one blob from the registry into the content store, unless
@@ -380,7 +370,7 @@ async fn copy_blob(
         .await
         .map_err(|e| RuntimeError::Pull(format!("{}: {}", d.digest, describe(&e))))?;
     let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(4);
-    let wref = write_ref(&d.digest);
+    let wref = super::content::write_ref(&d.digest);
     let total = d.size;
     let feed = async move {
         let mut offset: i64 = 0;
@@ -432,74 +422,10 @@ async fn copy_blob(
             .await;
         Ok(())
     };
-    let write = content_write(c, lease, tokio_stream::wrappers::ReceiverStream::new(rx));
+    let write = super::content::write(c, lease, tokio_stream::wrappers::ReceiverStream::new(rx));
     let (fed, written) = tokio::join!(feed, write);
     fed?;
     written
-}
-
-/// Drives one Content.Write call over `msgs`; an AlreadyExists (another
-/// pull committed the same blob first) is success.
-async fn content_write<S>(c: &Calls, lease: &Lease, msgs: S) -> Result<(), RuntimeError>
-where
-    S: futures::Stream<Item = WriteContentRequest> + Send + 'static,
-{
-    let mut content =
-        containerd_client::services::v1::content_client::ContentClient::new(c.channel());
-    match content.write(lease.wrap(c.req_unbounded(msgs))).await {
-        Ok(resp) => {
-            let mut stream = resp.into_inner();
-            loop {
-                match stream.message().await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => return Ok(()),
-                    Err(s) if s.code() == Code::AlreadyExists => return Ok(()),
-                    Err(s) if s.code() == Code::FailedPrecondition => {
-                        return Err(RuntimeError::Pull(format!(
-                            "content store refused the blob: {}",
-                            s.message()
-                        )));
-                    }
-                    Err(s) => return Err(status_error("writing content", s)),
-                }
-            }
-        }
-        Err(s) if s.code() == Code::AlreadyExists => Ok(()),
-        Err(s) => Err(status_error("writing content", s)),
-    }
-}
-
-/// Writes a manifest or index held in memory, with its GC labels.
-async fn write_small(
-    c: &Calls,
-    lease: &Lease,
-    d: &Descriptor,
-    data: Vec<u8>,
-    labels: HashMap<String, String>,
-) -> Result<(), RuntimeError> {
-    let wref = write_ref(&d.digest);
-    let total = i64::try_from(data.len()).unwrap_or(i64::MAX);
-    let msgs = vec![
-        WriteContentRequest {
-            action: WriteAction::Write as i32,
-            r#ref: wref.clone(),
-            total,
-            expected: d.digest.clone(),
-            offset: 0,
-            data,
-            labels: HashMap::new(),
-        },
-        WriteContentRequest {
-            action: WriteAction::Commit as i32,
-            r#ref: wref,
-            total,
-            expected: d.digest.clone(),
-            offset: total,
-            data: vec![],
-            labels,
-        },
-    ];
-    content_write(c, lease, tokio_stream::iter(msgs)).await
 }
 
 #[cfg(test)]

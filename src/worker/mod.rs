@@ -475,6 +475,18 @@ impl Worker {
         }
     }
 
+    /// The pod's `terminationGracePeriodSeconds` (the API's default: 30 s).
+    fn grace_period(&self) -> Duration {
+        let secs = self
+            .pod
+            .spec()
+            .termination_grace_period_seconds
+            .unwrap_or(30)
+            .max(0)
+            .cast_unsigned();
+        Duration::from_secs(secs)
+    }
+
     async fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Exited { slot, id, result } => self.exited(slot, &id, result).await,
@@ -482,14 +494,7 @@ impl Worker {
             Msg::Stop { done } => {
                 self.waiting_for_stop.push(done);
                 if self.deleting.is_none() {
-                    let grace = self
-                        .pod
-                        .spec()
-                        .termination_grace_period_seconds
-                        .unwrap_or(30)
-                        .max(0)
-                        .cast_unsigned();
-                    self.deleting = Some(Duration::from_secs(grace));
+                    self.deleting = Some(self.grace_period());
                     self.status.terminating_since = Some(SystemTime::now());
                     self.publish();
                 }

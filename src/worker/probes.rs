@@ -5,7 +5,6 @@
 //! planner stops it (and restarts it per restartPolicy, with back-off).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tracing::info;
 
@@ -179,14 +178,7 @@ impl Worker {
                     .iter()
                     .find(|s| s.kind == report.kind)
                     .and_then(|s| s.termination_grace);
-                let pod_grace = self
-                    .pod
-                    .spec()
-                    .termination_grace_period_seconds
-                    .unwrap_or(30)
-                    .max(0)
-                    .cast_unsigned();
-                let grace = probe_grace.unwrap_or(Duration::from_secs(pod_grace));
+                let grace = probe_grace.unwrap_or_else(|| self.grace_period());
                 let restart = if self.policy == RestartPolicy::Never {
                     ""
                 } else {
