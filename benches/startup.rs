@@ -232,6 +232,8 @@ fn main() {
     );
     assert!(left.is_empty(), "iptables rules left: {left:?}");
     if pm1.is_none() {
-        println!("podman not installed (apt-get install podman): no podman figures");
+        println!(
+            "no podman figures: podman is not installed (apt-get install podman catatonit) or failed (see above)"
+        );
     }
 }

@@ -4,7 +4,7 @@
 # podman kube play), scrape cost and idle cost, and the scale figures at
 # SCALE_PODS pods (default 100; the kubelet's maxPods is 110). Baselines
 # are measured in the same run on the same machine; the figures are ratios
-# to them. podman is optional: install it (apt-get install podman) for the
+# to them. podman is optional: install it (apt-get install podman catatonit) for the
 # peer's column.
 #   scripts/bench.sh            all benches
 #   BENCH_ROUNDS=30 SCALE_PODS=110 scripts/bench.sh
