@@ -99,7 +99,8 @@ pub async fn ensure(
                 reason::PULLED,
                 format!("Container image {image:?} already present on machine"),
             ));
-            Ok(present.expect("present"))
+            // pull_action uses what is present only when there is one.
+            present.ok_or_else(|| PodError::ImagePull(format!("image {image:?} is gone")))
         }
         PullAction::RefuseNeverPull => {
             let msg = format!("Container image {image:?} is not present with pull policy of Never");

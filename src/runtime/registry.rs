@@ -275,7 +275,12 @@ impl Registries {
             ep.plain_http,
             hex::encode(sha2::Sha256::digest(secret.as_bytes()))
         );
-        if let Some(c) = self.clients.lock().unwrap().get(&key) {
+        if let Some(c) = self
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
             return Ok(Arc::clone(c));
         }
         // reqwest is built without a TLS provider of its own: use ring,
@@ -308,7 +313,7 @@ impl Registries {
         );
         self.clients
             .lock()
-            .unwrap()
+            .unwrap_or_else(|e| e.into_inner())
             .insert(key, Arc::clone(&client));
         Ok(client)
     }
