@@ -9,10 +9,13 @@ use support::{Podman, Raw, env_number, mib, percentile, usage};
 
 const SHELL: &str = "trap 'exit 0' TERM; while :; do sleep 1 & wait; done";
 
+/// Two containers requesting 5m CPU each: 110 pods (the kubelet's maxPods)
+/// fit the allocatable CPU of a 2-core machine (with 10m, the pods past 100
+/// would be refused with `OutOfcpu`, as the kubelet refuses them).
 fn pod(name: &str) -> String {
     let c = |n: &str| {
         format!(
-            "  - name: {n}\n    image: busybox\n    command: [sh, -c, \"{SHELL}\"]\n    resources:\n      requests: {{cpu: 10m, memory: 8Mi}}\n      limits: {{cpu: 100m, memory: 32Mi}}\n"
+            "  - name: {n}\n    image: busybox\n    command: [sh, -c, \"{SHELL}\"]\n    resources:\n      requests: {{cpu: 5m, memory: 8Mi}}\n      limits: {{cpu: 100m, memory: 32Mi}}\n"
         )
     };
     pod_yaml(
