@@ -130,6 +130,11 @@ fn run_verb(
         Err(cli::Error::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
             std::process::ExitCode::SUCCESS
         }
+        // kubectl's words and the command's own exit code.
+        Err(e @ cli::Error::Exited(code)) => {
+            eprintln!("{e}");
+            std::process::ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX))
+        }
         Err(e) => {
             eprintln!("error: {e}");
             std::process::ExitCode::FAILURE
@@ -438,12 +443,14 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
         "serving /healthz, /pods, /metrics, /metrics/cadvisor, /metrics/resource, /stats/summary"
     );
     let cli_listener = cli::server::bind(&config.cli_socket)?;
-    info!(socket = %config.cli_socket.display(), "serving the command line (get, describe, logs, top, events)");
+    info!(socket = %config.cli_socket.display(), "serving the command line (get, describe, logs, exec, top, events)");
+    let exec_runtime = Arc::new(std::sync::OnceLock::new());
     let cli_server = tokio::spawn(cli::server::serve(
         cli_listener,
         Arc::new(cli::server::Agent {
             shared: Arc::clone(&shared),
             pod_logs_dir: config.pod_logs_dir.clone(),
+            runtime: Arc::clone(&exec_runtime),
         }),
     ));
     let server = tokio::spawn(http::server::serve(
@@ -465,6 +472,7 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
         }
         _ = tokio::signal::ctrl_c() => return Ok(()),
     };
+    let _ = exec_runtime.set(Arc::clone(&rt));
     tokio::spawn(watch_runtime(Arc::clone(&rt), runtime_health));
     tokio::spawn(kubelet_lite::runtime::image_gc::run(
         Arc::clone(&rt),

@@ -1,5 +1,5 @@
 //! The command line against a running agent and a real containerd: the
-//! built binary's `get`, `describe`, `logs`, `top` and `events`, as an
+//! built binary's `get`, `describe`, `logs`, `exec`, `top` and `events`, as an
 //! operator runs them, over the agent's Unix socket.
 
 mod common;
@@ -605,4 +605,215 @@ fn top_reads_cpu_and_memory() {
     let o = kl(&env, &["top", "pods", "-n", "other"]);
     assert_eq!(o.code, 1);
     assert!(o.stderr.contains("no running containers"), "{}", o.stderr);
+}
+
+/// The command line of a client run on a pseudo-terminal (util-linux
+/// `script`), with `stty` set first.
+fn on_pty(env: &Env, stty: &str, args: &str) -> Out {
+    let cmd = format!(
+        "stty {stty}; {} --socket {} {args}",
+        env!("CARGO_BIN_EXE_kubelet-lite"),
+        env.dir.join("agent.sock").display()
+    );
+    // stdin stays open (and empty) for as long as `script` runs.
+    let child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running script");
+    let out = child.wait_with_output().unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn exec_streams_exit_codes_terminals_and_disconnects() {
+    let mut env = Env::new("cli-exec");
+    env.start_agent();
+    env.write_manifest(
+        "two.yaml",
+        &pod_yaml("two", "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: app\n    image: busybox\n    command: [sleep, '3600']\n  - name: side\n    image: busybox\n    command: [sleep, '3601']\n"),
+    );
+    let pod = env.wait_running("two-node1");
+
+    // Output and exit code 0; the default container, with kubectl's notice.
+    let o = kl(&env, &["exec", "two-node1", "--", "echo", "hi"]);
+    assert_eq!((o.code, o.stdout.as_str()), (0, "hi\n"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("Defaulted container \"app\""),
+        "{}",
+        o.stderr
+    );
+    assert_eq!(
+        ok(
+            &env,
+            &[
+                "exec",
+                "two-node1",
+                "-c",
+                "side",
+                "--",
+                "cat",
+                "/proc/1/cmdline"
+            ]
+        ),
+        "sleep\03601\0"
+    );
+    // The exit code passes through; stderr stays stderr.
+    let o = kl(
+        &env,
+        &[
+            "exec",
+            "two-node1",
+            "-c",
+            "app",
+            "--",
+            "sh",
+            "-c",
+            "echo oops >&2; exit 7",
+        ],
+    );
+    assert_eq!(o.code, 7, "{}", o.stderr);
+    assert_eq!(o.stdout, "");
+    assert!(o.stderr.starts_with("oops\n"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("command terminated with exit code 7"),
+        "{}",
+        o.stderr
+    );
+
+    // stdin piped with -i, more than one pipe buffer of it.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kubelet-lite"))
+        .arg("--socket")
+        .arg(env.dir.join("agent.sock"))
+        .args([
+            "exec",
+            "-i",
+            "two-node1",
+            "-c",
+            "app",
+            "--",
+            "sh",
+            "-c",
+            "wc -c; echo done",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        stdin.write_all(&vec![b'x'; 200_000]).unwrap();
+    });
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200000\ndone\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success());
+    let o = {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kubelet-lite"))
+            .arg("--socket")
+            .arg(env.dir.join("agent.sock"))
+            .args(["exec", "-i", "two-node1", "--", "cat"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        c.stdin.take().unwrap().write_all(b"abc\n").unwrap();
+        c.wait_with_output().unwrap()
+    };
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "abc\n");
+
+    // -t: a real terminal in the container; with -i, its size follows
+    // ours, and the exit code still passes through.
+    let o = on_pty(&env, "cols 100 rows 30", "exec -t two-node1 -c app -- tty");
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    assert!(o.stdout.contains("/dev/pts/"), "{:?}", o.stdout);
+    let o = on_pty(
+        &env,
+        "cols 100 rows 30",
+        "exec -it two-node1 -c app -- sh -c 'sleep 1; stty size; echo $TERM; exit 3'",
+    );
+    assert_eq!(o.code, 3, "{}{}", o.stdout, o.stderr);
+    assert!(o.stdout.contains("30 100\r\nxterm\r\n"), "{:?}", o.stdout);
+    // Without a terminal on stdin, -t is dropped as kubectl drops it.
+    let o = kl(&env, &["exec", "-t", "two-node1", "-c", "app", "--", "tty"]);
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert_eq!(o.stdout, "not a tty\n");
+    assert!(o.stderr.contains("Unable to use a TTY"), "{}", o.stderr);
+
+    // Unknown names list what exists.
+    let o = kl(&env, &["exec", "two-node1", "-c", "nope", "--", "true"]);
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains("choose one of: [app side]"),
+        "{}",
+        o.stderr
+    );
+    let o = kl(&env, &["exec", "three", "--", "true"]);
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains("pods on this node: default/two-node1"),
+        "{}",
+        o.stderr
+    );
+    let o = kl(&env, &["exec", "two-node1", "--", "/no/such/binary"]);
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(o.stderr.contains("/no/such/binary"), "{}", o.stderr);
+
+    // A client killed mid-exec: the process goes, and the agent lets go.
+    let id = pod["status"]["containerStatuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "app")
+        .unwrap()["containerID"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("containerd://")
+        .to_string();
+    let task_pids = || env.ctr(&["tasks", "ps", &id]).lines().skip(1).count();
+    let before = task_pids();
+    let mut client = Command::new(env!("CARGO_BIN_EXE_kubelet-lite"))
+        .arg("--socket")
+        .arg(env.dir.join("agent.sock"))
+        .args(["exec", "two-node1", "-c", "app", "--", "sleep", "101"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ps = || ok(&env, &["exec", "two-node1", "-c", "app", "--", "ps"]);
+    env.wait_for("the exec's sleep", Duration::from_secs(10), || {
+        ps().contains("sleep 101").then_some(())
+    });
+    assert_eq!(task_pids(), before + 1);
+    client.kill().unwrap();
+    client.wait().unwrap();
+    env.wait_for("the exec killed", Duration::from_secs(5), || {
+        (!ps().contains("sleep 101") && task_pids() == before).then_some(())
+    });
+    let fifos_open = || {
+        let pid = env.agent_pid().unwrap();
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter(|l| l.to_string_lossy().contains("kubelet-lite-exec"))
+            .count()
+    };
+    env.wait_for("no connection or FIFO left", Duration::from_secs(5), || {
+        (socket_entries(&env) == 1 && fifos_open() == 0).then_some(())
+    });
 }

@@ -1,13 +1,14 @@
 //! The operator's command line: kubectl's verbs (`get pods`, `describe pod`,
-//! `logs`, `top pods`, `events`) answered by the running agent over a Unix
+//! `logs`, `exec`, `top pods`, `events`) answered by the running agent over a Unix
 //! socket that only root may open ([`server`], protocol in [`proto`]).
 //! The client side here is synchronous and small: it connects, sends one
 //! request line and prints what comes back with kubectl's printers
 //! ([`print`]).
 //!
-//! `exec` is not here yet: it needs the runtime's exec; its verb will be
-//! one more [`Verb`] and one more [`proto::Request`].
+//! `exec` runs a command in a container through containerd's exec, its
+//! streams framed over the same socket ([`proto::frame`]).
 
+mod exec;
 pub mod print;
 pub mod proto;
 pub mod server;
@@ -53,9 +54,31 @@ pub enum Verb {
     /// The node's recent events.
     #[command(after_help = "Examples:\n  kubelet-lite events\n  kubelet-lite events -A -w")]
     Events(EventsArgs),
-    // `exec POD [-c C] [-it] -- CMD...` goes here once the runtime can
-    // exec: a variant with its arguments, a `proto::Request::Exec`, and a
-    // stream of stdin/stdout/resize frames in `server`.
+    /// Run a command in a container (through containerd's exec).
+    #[command(
+        after_help = "The command's exit code is kubelet-lite's.\n\nExamples:\n  kubelet-lite exec web-node1 -- ls /data\n  kubelet-lite exec web-node1 -c sidecar -- cat /etc/hosts\n  echo hello | kubelet-lite exec -i web-node1 -- cat\n  kubelet-lite exec -it web-node1 -- sh"
+    )]
+    Exec(ExecArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    pub pod: String,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+    /// Namespace of the pod.
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+    /// Container (default: the only one, or the first).
+    #[arg(short, long)]
+    pub container: Option<String>,
+    /// Pass stdin to the command.
+    #[arg(short = 'i', long)]
+    pub stdin: bool,
+    /// Run the command on a terminal (with -i: this terminal, in raw mode).
+    #[arg(short, long)]
+    pub tty: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -206,6 +229,9 @@ pub enum Error {
     /// What the agent refused, as it said it.
     #[error("{0}")]
     Agent(String),
+    /// `exec`'s command ended with this code (not 0).
+    #[error("command terminated with exit code {0}")]
+    Exited(u32),
 }
 
 /// A connection to the agent with its request sent.
@@ -276,6 +302,7 @@ pub fn run(verb: Verb, socket: &Path) -> Result<(), Error> {
         Verb::Logs(a) => logs(a, socket),
         Verb::Top(a) => top(&a, socket),
         Verb::Events(a) => events(&a, socket),
+        Verb::Exec(a) => exec::run(a, socket),
     }
 }
 

@@ -22,7 +22,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use super::proto::{LogsRequest, MAX_REQUEST, Request};
+use super::proto::{ExecStart, LogsRequest, MAX_REQUEST, Request, frame};
 use crate::http::Shared;
 use crate::logs::read::{Follower, Select, render_lines};
 use crate::pod::{ContainerState, PodEntry};
@@ -42,6 +42,8 @@ const TOP_WINDOW: Duration = Duration::from_secs(1);
 pub struct Agent {
     pub shared: Arc<Shared>,
     pub pod_logs_dir: PathBuf,
+    /// containerd, once connected (`exec` needs it; the rest does not).
+    pub runtime: Arc<std::sync::OnceLock<Arc<crate::runtime::containerd::Containerd>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +195,7 @@ async fn handle(stream: UnixStream, agent: &Agent) -> std::io::Result<()> {
         Ok(Request::Logs(req)) => logs(agent, &mut rd, &mut wr, &req).await?,
         Ok(Request::Top) => top(agent).await,
         Ok(Request::Events { watch }) => events(agent, &mut rd, &mut wr, watch).await?,
+        Ok(Request::Exec(req)) => exec(agent, &mut rd, &mut wr, req).await?,
     };
     match result {
         Ok(Some(v)) => write_line(&mut wr, &v).await?,
@@ -297,6 +300,157 @@ fn describe(agent: &Agent, namespace: &str, name: &str) -> Answer {
         "warnings": entry.pod.warnings,
         "events": agent.shared.events.of_pod(&entry.pod.uid),
     })))
+}
+
+/// `exec`: the process runs while its output goes out as frames and the
+/// client's input and terminal sizes come in. The client going away (end
+/// of its stream, a broken or stuck connection) cancels the exec, which
+/// kills the process and deletes it from containerd; this task then ends.
+async fn exec(
+    agent: &Agent,
+    rd: &mut BufReader<OwnedReadHalf>,
+    wr: &mut OwnedWriteHalf,
+    req: ExecStart,
+) -> std::io::Result<Answer> {
+    use crate::runtime::{ExecStreams, OutputStream};
+    let chosen = (|| {
+        let entry = find(agent, &req.namespace, &req.pod)?;
+        let (c, defaulted) = pick_container(&entry, req.container.as_deref())?;
+        let id = match (&c.state, &c.container_id) {
+            (ContainerState::Running { .. }, Some(id)) => id.clone(),
+            _ => {
+                return Err(Refusal(format!(
+                    "container {:?} in pod {:?} is not running",
+                    c.name, req.pod
+                )));
+            }
+        };
+        if req.command.is_empty() {
+            return Err(Refusal("no command to run (give it after --)".into()));
+        }
+        let rt = agent.runtime.get().cloned().ok_or_else(|| {
+            Refusal("the agent is not connected to containerd yet; retry in a moment".into())
+        })?;
+        Ok((rt, id, c.name.clone(), defaulted))
+    })();
+    let (rt, id, name, defaulted) = match chosen {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e)),
+    };
+    write_line(wr, &json!({ "container": name, "defaulted": defaulted })).await?;
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(16);
+    let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let (resize_tx, resize_rx) = tokio::sync::mpsc::channel(4);
+    let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel();
+    let mut in_tx = req.stdin.then_some(in_tx);
+    let mut cancel_tx = Some(cancel_tx);
+    let running = rt.exec_streaming(
+        &id,
+        req.command.clone(),
+        ExecStreams {
+            tty: req.tty,
+            stdin: req.stdin.then_some(in_rx),
+            resize: resize_rx,
+            output: out_tx,
+            cancel: cancel_rx,
+        },
+    );
+    tokio::pin!(running);
+    let mut decoder = frame::Decoder::default();
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut gone = false;
+    let send = |stream: OutputStream, bytes: &[u8]| {
+        frame::encode(
+            match stream {
+                OutputStream::Stdout => frame::STDOUT,
+                OutputStream::Stderr => frame::STDERR,
+            },
+            bytes,
+        )
+    };
+    // Input frames not yet taken by the exec: the socket is not read while
+    // there are some, so a process that reads slowly slows the client.
+    let mut pending: std::collections::VecDeque<Vec<u8>> = Default::default();
+    let ran = loop {
+        tokio::select! {
+            r = &mut running => break r,
+            Some((stream, bytes)) = out_rx.recv() => {
+                if !gone && write_all(wr, &send(stream, &bytes)).await.is_err() {
+                    gone = true;
+                    cancel_tx.take();
+                }
+            }
+            permit = reserve(in_tx.clone()), if !pending.is_empty() => {
+                let chunk = pending.pop_front().unwrap_or_default();
+                let close = match permit {
+                    Some(p) if !chunk.is_empty() => {
+                        p.send(chunk);
+                        false
+                    }
+                    // The end of the input, or the exec closed it.
+                    other => {
+                        drop(other);
+                        true
+                    }
+                };
+                if close {
+                    in_tx = None;
+                    pending.clear();
+                }
+            }
+            n = rd.read(&mut buf), if !gone && pending.is_empty() => {
+                let n = n.unwrap_or(0);
+                if n == 0 {
+                    gone = true;
+                    cancel_tx.take();
+                    continue;
+                }
+                decoder.push(&buf[..n]);
+                loop {
+                    match decoder.next_frame() {
+                        Ok(Some((frame::STDIN, data))) => {
+                            if in_tx.is_some() {
+                                pending.push_back(data);
+                            }
+                        }
+                        Ok(Some((frame::RESIZE, data))) => {
+                            if let Some(size) = frame::parse_resize(&data) {
+                                let _ = resize_tx.try_send(size);
+                            }
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(e) => {
+                            debug!("exec: {e}; ending it");
+                            gone = true;
+                            cancel_tx.take();
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    if gone {
+        return Ok(Ok(None));
+    }
+    while let Ok((stream, bytes)) = out_rx.try_recv() {
+        write_all(wr, &send(stream, &bytes)).await?;
+    }
+    match ran {
+        Ok(Some(code)) => write_all(wr, &frame::encode(frame::EXIT, &code.to_be_bytes())).await?,
+        Ok(None) => {}
+        Err(e) => write_all(wr, &frame::encode(frame::ERROR, e.to_string().as_bytes())).await?,
+    }
+    drop(cancel_tx);
+    Ok(Ok(None))
+}
+
+/// Room for one more chunk of input; `None` once the input is closed.
+async fn reserve(
+    tx: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+) -> Option<tokio::sync::mpsc::OwnedPermit<Vec<u8>>> {
+    tx?.reserve_owned().await.ok()
 }
 
 /// The container a `logs` request is about, and whether it was chosen for

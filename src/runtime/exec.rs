@@ -17,12 +17,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use containerd_client::services::v1::{
-    DeleteProcessRequest, ExecProcessRequest, GetContainerRequest, KillRequest, StartRequest,
-    WaitRequest,
+    CloseIoRequest, DeleteProcessRequest, ExecProcessRequest, GetContainerRequest, KillRequest,
+    ResizePtyRequest, StartRequest, WaitRequest,
 };
 use oci_spec::runtime::{Process, Spec};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
+use tokio::sync::{mpsc, oneshot};
 
 use super::client::status_error;
 use super::containerd::Containerd;
@@ -90,19 +91,20 @@ fn new_exec_id() -> Result<String, RuntimeError> {
     Ok(format!("exec-{}", hex::encode(b)))
 }
 
-/// The stdout and stderr FIFOs of one exec, removed when dropped.
+/// The FIFOs of one exec (`{exec_id}.{name}` for each name), removed when
+/// dropped.
 struct Fifos {
-    paths: [PathBuf; 2],
+    paths: Vec<PathBuf>,
 }
 
 impl Fifos {
-    fn make(dir: &Path, exec_id: &str) -> io::Result<Fifos> {
+    fn make(dir: &Path, exec_id: &str, names: &[&str]) -> io::Result<Fifos> {
         std::fs::create_dir_all(dir)?;
         let fifos = Fifos {
-            paths: [
-                dir.join(format!("{exec_id}.stdout")),
-                dir.join(format!("{exec_id}.stderr")),
-            ],
+            paths: names
+                .iter()
+                .map(|n| dir.join(format!("{exec_id}.{n}")))
+                .collect(),
         };
         for p in &fifos.paths {
             nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600))
@@ -132,6 +134,16 @@ async fn read_into(rx: &mut pipe::Receiver, out: &mut Vec<u8>, limit: usize) {
             }
         }
     }
+}
+
+/// The read end of an output FIFO, and a write end that keeps it from
+/// seeing an end of file before the shim opened its own.
+fn open_output(p: &Path) -> Result<(pipe::Receiver, pipe::Sender), RuntimeError> {
+    let rx = pipe::OpenOptions::new()
+        .open_receiver(p)
+        .map_err(io_error)?;
+    let hold = pipe::OpenOptions::new().open_sender(p).map_err(io_error)?;
+    Ok((rx, hold))
 }
 
 fn io_error(e: io::Error) -> RuntimeError {
@@ -195,16 +207,10 @@ impl Containerd {
                 message: e.to_string(),
             })?;
         let exec_id = new_exec_id()?;
-        let fifos = Fifos::make(&self.exec.dir, &exec_id).map_err(io_error)?;
-        let open = |p: &Path| -> Result<(pipe::Receiver, pipe::Sender), RuntimeError> {
-            let rx = pipe::OpenOptions::new()
-                .open_receiver(p)
-                .map_err(io_error)?;
-            let hold = pipe::OpenOptions::new().open_sender(p).map_err(io_error)?;
-            Ok((rx, hold))
-        };
-        let (mut out_rx, out_hold) = open(&fifos.paths[0])?;
-        let (mut err_rx, err_hold) = open(&fifos.paths[1])?;
+        let fifos =
+            Fifos::make(&self.exec.dir, &exec_id, &["stdout", "stderr"]).map_err(io_error)?;
+        let (mut out_rx, out_hold) = open_output(&fifos.paths[0])?;
+        let (mut err_rx, err_hold) = open_output(&fifos.paths[1])?;
         self.client
             .tasks()
             .exec(self.req(ExecProcessRequest {
@@ -303,6 +309,273 @@ impl Containerd {
             .map_err(|s| status_error("killing exec", s))?;
         let _ = tokio::time::timeout(KILL_WAIT, wait()).await;
         Ok(None)
+    }
+}
+
+/// Which output stream a chunk of a streamed exec came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    Stdout,
+    /// Never with a terminal: the terminal merges it into stdout.
+    Stderr,
+}
+
+/// The wiring of a streamed exec (`kubelet-lite exec`): what goes in and
+/// out while the process runs.
+pub struct ExecStreams {
+    /// Run the process on a pseudo-terminal (`TERM=xterm` is added to its
+    /// environment, as the CRI plugin does).
+    pub tty: bool,
+    /// Input for the process; `None` gives it no stdin. An empty chunk, or
+    /// the sender dropped, is the end of the input.
+    pub stdin: Option<mpsc::Receiver<Vec<u8>>>,
+    /// Terminal sizes (columns, rows); ignored without a terminal.
+    pub resize: mpsc::Receiver<(u16, u16)>,
+    /// What the process writes, as it writes it. A receiver that went
+    /// away does not stop the process (`cancel` does).
+    pub output: mpsc::Sender<(OutputStream, Vec<u8>)>,
+    /// Fired (or dropped) when nobody wants the process any more: it is
+    /// killed with SIGKILL.
+    pub cancel: oneshot::Receiver<()>,
+}
+
+/// How long a write to the process's stdin may stay blocked (a process
+/// that does not read its input) before its input is closed.
+const STDIN_WRITE: Duration = Duration::from_secs(10);
+
+/// Forwards what `rx` yields to `tx` until its end.
+async fn pump(
+    rx: &mut pipe::Receiver,
+    stream: OutputStream,
+    tx: &mpsc::Sender<(OutputStream, Vec<u8>)>,
+) {
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut forward = true;
+    loop {
+        match rx.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                // Nobody listens any more: keep draining the FIFO so the
+                // shim never blocks on it.
+                if forward && tx.send((stream, buf[..n].to_vec())).await.is_err() {
+                    forward = false;
+                }
+            }
+        }
+    }
+}
+
+/// The next chunk of input, or never when there is no input (left).
+async fn next_input(stdin: &mut Option<(mpsc::Receiver<Vec<u8>>, pipe::Sender)>) -> Vec<u8> {
+    match stdin {
+        Some((rx, _)) => rx.recv().await.unwrap_or_default(),
+        None => std::future::pending().await,
+    }
+}
+
+impl Containerd {
+    /// Runs `argv` in the running container `id` with its streams wired
+    /// to `io`, and returns its exit code; `None` when it was cancelled
+    /// (killed). Whatever happens, the exec process is deleted from the
+    /// shim and its FIFOs removed before this returns.
+    pub async fn exec_streaming(
+        &self,
+        id: &str,
+        argv: Vec<String>,
+        io: ExecStreams,
+    ) -> Result<Option<u32>, RuntimeError> {
+        let base = self.base_process(id).await?;
+        let mut process = process_spec(
+            &base,
+            &ExecRequest {
+                argv,
+                env: if io.tty {
+                    vec!["TERM=xterm".to_string()]
+                } else {
+                    vec![]
+                },
+                ..Default::default()
+            },
+        );
+        process.set_terminal(Some(io.tty));
+        let spec = serde_json::to_vec(&process).map_err(|e| RuntimeError::Failed {
+            op: "encoding process spec",
+            message: e.to_string(),
+        })?;
+        let exec_id = new_exec_id()?;
+        let mut names = vec!["stdout"];
+        if !io.tty {
+            names.push("stderr");
+        }
+        if io.stdin.is_some() {
+            names.push("stdin");
+        }
+        let fifos = Fifos::make(&self.exec.dir, &exec_id, &names).map_err(io_error)?;
+        let (mut out_rx, out_hold) = open_output(&fifos.paths[0])?;
+        let (mut err_rx, err_hold) = if io.tty {
+            (None, None)
+        } else {
+            let (rx, hold) = open_output(&fifos.paths[1])?;
+            (Some(rx), Some(hold))
+        };
+        let stdin_path = io
+            .stdin
+            .as_ref()
+            .map(|_| fifos.paths[names.len() - 1].clone());
+        // Opened read-write, so that the open does not wait for the shim.
+        let stdin = match (io.stdin, &stdin_path) {
+            (Some(rx), Some(p)) => Some((
+                rx,
+                pipe::OpenOptions::new()
+                    .read_write(true)
+                    .open_sender(p)
+                    .map_err(io_error)?,
+            )),
+            _ => None,
+        };
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        self.client
+            .tasks()
+            .exec(self.req(ExecProcessRequest {
+                container_id: id.to_string(),
+                stdin: path(&stdin_path),
+                stdout: fifos.paths[0].to_string_lossy().into_owned(),
+                stderr: if io.tty {
+                    String::new()
+                } else {
+                    fifos.paths[1].to_string_lossy().into_owned()
+                },
+                terminal: io.tty,
+                spec: Some(prost_types::Any {
+                    type_url: PROCESS_TYPE_URL.to_string(),
+                    value: spec,
+                }),
+                exec_id: exec_id.clone(),
+            }))
+            .await
+            .map_err(|s| status_error("exec", s))?;
+        let ran = {
+            let output = io.output;
+            let pumping =
+                futures::future::join(pump(&mut out_rx, OutputStream::Stdout, &output), async {
+                    if let Some(rx) = err_rx.as_mut() {
+                        pump(rx, OutputStream::Stderr, &output).await;
+                    }
+                });
+            tokio::pin!(pumping);
+            let running = self.control(id, &exec_id, stdin, io.resize, io.cancel);
+            tokio::pin!(running);
+            let (ran, pumped) = tokio::select! {
+                r = &mut running => (r, false),
+                _ = &mut pumping => (running.await, true),
+            };
+            drop((out_hold, err_hold));
+            if !pumped {
+                let _ = tokio::time::timeout(DRAIN, &mut pumping).await;
+            }
+            ran
+        };
+        if let Err(s) = self
+            .client
+            .tasks()
+            .delete_process(self.req(DeleteProcessRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.clone(),
+            }))
+            .await
+        {
+            tracing::debug!(id, exec_id, "deleting exec process: {s}");
+        }
+        drop(fifos);
+        ran
+    }
+
+    /// Starts the exec, then feeds its input and terminal sizes until it
+    /// exits or is cancelled.
+    async fn control(
+        &self,
+        id: &str,
+        exec_id: &str,
+        mut stdin: Option<(mpsc::Receiver<Vec<u8>>, pipe::Sender)>,
+        mut resize: mpsc::Receiver<(u16, u16)>,
+        mut cancel: oneshot::Receiver<()>,
+    ) -> Result<Option<u32>, RuntimeError> {
+        self.client
+            .tasks()
+            .start(self.req(StartRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+            }))
+            .await
+            .map_err(|s| status_error("starting exec", s))?;
+        let wait = || async {
+            self.client
+                .tasks()
+                .wait(self.req_unbounded(WaitRequest {
+                    container_id: id.to_string(),
+                    exec_id: exec_id.to_string(),
+                }))
+                .await
+                .map(|r| r.into_inner().exit_status)
+                .map_err(|s| status_error("waiting for exec", s))
+        };
+        let waiting = wait();
+        tokio::pin!(waiting);
+        let mut resizing = true;
+        loop {
+            tokio::select! {
+                r = &mut waiting => return r.map(Some),
+                chunk = next_input(&mut stdin) => {
+                    let written = match (&mut stdin, chunk.is_empty()) {
+                        (Some((_, tx)), false) => {
+                            matches!(tokio::time::timeout(STDIN_WRITE, tx.write_all(&chunk)).await, Ok(Ok(())))
+                        }
+                        _ => false,
+                    };
+                    if !written {
+                        // The end of the input: the shim holds the FIFO
+                        // open too, until told to close it.
+                        stdin = None;
+                        if let Err(s) = self.client.tasks().close_io(self.req(CloseIoRequest {
+                            container_id: id.to_string(),
+                            exec_id: exec_id.to_string(),
+                            stdin: true,
+                        })).await {
+                            tracing::debug!(id, exec_id, "closing exec stdin: {s}");
+                        }
+                    }
+                }
+                size = resize.recv(), if resizing => match size {
+                    Some((width, height)) => {
+                        if let Err(s) = self.client.tasks().resize_pty(self.req(ResizePtyRequest {
+                            container_id: id.to_string(),
+                            exec_id: exec_id.to_string(),
+                            width: u32::from(width),
+                            height: u32::from(height),
+                        })).await {
+                            tracing::debug!(id, exec_id, "resizing exec terminal: {s}");
+                        }
+                    }
+                    None => resizing = false,
+                },
+                _ = &mut cancel => {
+                    if let Err(s) = self.client.tasks().kill(self.req(KillRequest {
+                        container_id: id.to_string(),
+                        exec_id: exec_id.to_string(),
+                        signal: 9,
+                        all: false,
+                    })).await {
+                        tracing::debug!(id, exec_id, "killing exec: {s}");
+                    }
+                    let _ = tokio::time::timeout(KILL_WAIT, &mut waiting).await;
+                    return Ok(None);
+                }
+            }
+        }
     }
 }
 

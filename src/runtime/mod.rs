@@ -6,6 +6,7 @@ mod client;
 pub mod containerd;
 mod content;
 mod exec;
+pub use exec::{ExecStreams, OutputStream};
 pub mod health;
 pub mod image_gc;
 pub mod image_ref;
@@ -134,8 +135,9 @@ pub struct ContainerRecord {
     pub task: TaskState,
 }
 
-/// A process to run in a running container: exec probes, and what a
-/// `kubectl exec`-like verb needs (stdin and a terminal may come later).
+/// A process to run in a running container with its output collected
+/// (exec probes); `kubelet-lite exec` streams instead, through
+/// [`containerd::Containerd::exec_streaming`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecRequest {
     pub argv: Vec<String>,
