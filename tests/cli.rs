@@ -662,7 +662,7 @@ fn exec_streams_exit_codes_terminals_and_disconnects() {
                 "/proc/1/cmdline"
             ]
         ),
-        "sleep\03601\0"
+        "sleep\x003601\x00"
     );
     // The exit code passes through; stderr stays stderr.
     let o = kl(
