@@ -22,7 +22,7 @@ use kubelet_lite::{cgroup, cli, http, logs, network, node, source, worker};
 #[command(
     version,
     about,
-    after_help = "Examples:\n  kubelet-lite --config /etc/kubelet-lite/config.yaml   run the agent\n  kubelet-lite check /etc/kubernetes/manifests/web.yaml  validate manifests offline\n  kubelet-lite get pods -A                              list the node's pods\n  kubelet-lite describe pod web-node1                   a pod, its containers and events\n  kubelet-lite logs web-node1 -f                        follow a container's log\n  kubelet-lite top pods                                 CPU and memory per pod\n  kubelet-lite events -w                                watch the node's events\n  kubelet-lite completion bash > /etc/bash_completion.d/kubelet-lite"
+    after_help = "Examples:\n  kubelet-lite --config /etc/kubelet-lite/config.yaml   run the agent\n  kubelet-lite check /etc/kubernetes/manifests/web.yaml  validate manifests offline\n  kubelet-lite get pods -A                              list the node's pods\n  kubelet-lite describe pod web-node1                   a pod, its containers and events\n  kubelet-lite logs web-node1 -f                        follow a container's log\n  kubelet-lite exec -it web-node1 -- sh                 a shell in a container\n  kubelet-lite top pods                                 CPU and memory per pod\n  kubelet-lite events -w                                watch the node's events\n  kubelet-lite completion bash > /etc/bash_completion.d/kubelet-lite"
 )]
 struct Cli {
     /// Agent configuration (YAML). Without it, built-in defaults apply.

@@ -1,11 +1,13 @@
 //! The agent's side of the command line: a Unix socket that only root may
 //! open (mode 0600, and the peer's credentials are checked), answering the
 //! requests of [`super::proto`] from the pod store, the event ring, the
-//! cgroup statistics and the CRI log files.
+//! cgroup statistics and the CRI log files, and running `exec` through
+//! containerd.
 //!
 //! Every connection is one task that owns everything it opened (a log file,
-//! a subscription). A stream ends when the client closes its end (a read
-//! returns EOF), when a write fails or stays blocked for [`WRITE_TIMEOUT`]:
+//! a subscription, an exec process). A stream ends when the client closes
+//! its end (a read returns EOF), when a write fails or stays blocked for
+//! [`WRITE_TIMEOUT`]:
 //! the task then returns and drops them, so a client that goes away
 //! mid-stream leaves nothing behind.
 
