@@ -744,10 +744,21 @@ fn exec_streams_exit_codes_terminals_and_disconnects() {
     let o = on_pty(
         &env,
         "cols 100 rows 30",
-        "exec -it two-node1 -c app -- sh -c 'sleep 1; stty size; echo $TERM; exit 3'",
+        "exec -it two-node1 -c app -- sh -c 'stty size; echo $TERM; exit 3'",
     );
     assert_eq!(o.code, 3, "{}{}", o.stdout, o.stderr);
     assert!(o.stdout.contains("30 100\r\nxterm\r\n"), "{:?}", o.stdout);
+    // SIGWINCH: the new size reaches the container's terminal.
+    let o = on_pty(
+        &env,
+        "cols 100 rows 30; (sleep 1; stty cols 120 rows 40 </dev/tty) & true",
+        "exec -it two-node1 -c app -- sh -c 'stty size; sleep 3; stty size'",
+    );
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    // (The terminal may echo a stray byte the size change sent in between.)
+    let first = o.stdout.find("30 100\r\n");
+    let second = o.stdout.find("40 120\r\n");
+    assert!(first.is_some() && second > first, "{:?}", o.stdout);
     // Without a terminal on stdin, -t is dropped as kubectl drops it.
     let o = kl(&env, &["exec", "-t", "two-node1", "-c", "app", "--", "tty"]);
     assert_eq!(o.code, 1, "{}", o.stdout);

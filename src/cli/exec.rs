@@ -82,6 +82,7 @@ pub fn run(a: ExecArgs, socket: &Path) -> Result<(), Error> {
         eprintln!("Unable to use a TTY - input is not a terminal or the right kind of file");
         tty = false;
     }
+    let size = if tty { window_size(0) } else { None };
     let mut c = Conn::open(
         socket,
         &Request::Exec(ExecStart {
@@ -91,6 +92,7 @@ pub fn run(a: ExecArgs, socket: &Path) -> Result<(), Error> {
             command: a.command,
             stdin: a.stdin,
             tty,
+            size,
         }),
     )?;
     let head = c.answer()?;
@@ -107,9 +109,6 @@ pub fn run(a: ExecArgs, socket: &Path) -> Result<(), Error> {
         None
     };
     if tty {
-        if let Some((cols, rows)) = window_size(0) {
-            send(&writer, &frame::resize(cols, rows))?;
-        }
         // SAFETY: the handler only stores to an atomic.
         unsafe {
             libc::signal(libc::SIGWINCH, on_winch as *const () as libc::sighandler_t);

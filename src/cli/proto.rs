@@ -45,6 +45,9 @@ pub struct ExecStart {
     pub stdin: bool,
     /// Run the command on a terminal; the client sends resize frames.
     pub tty: bool,
+    /// The terminal's size at the start (columns, rows), if known.
+    #[serde(default)]
+    pub size: Option<(u16, u16)>,
 }
 
 /// The binary streams of `exec`, after its first JSON line: each frame is

@@ -351,6 +351,7 @@ async fn exec(
         req.command.clone(),
         ExecStreams {
             tty: req.tty,
+            size: req.size,
             stdin: req.stdin.then_some(in_rx),
             resize: resize_rx,
             output: out_tx,

@@ -329,6 +329,8 @@ pub struct ExecStreams {
     /// Input for the process; `None` gives it no stdin. An empty chunk, or
     /// the sender dropped, is the end of the input.
     pub stdin: Option<mpsc::Receiver<Vec<u8>>>,
+    /// The terminal's size (columns, rows) when the process starts.
+    pub size: Option<(u16, u16)>,
     /// Terminal sizes (columns, rows); ignored without a terminal.
     pub resize: mpsc::Receiver<(u16, u16)>,
     /// What the process writes, as it writes it. A receiver that went
@@ -398,6 +400,17 @@ impl Containerd {
             },
         );
         process.set_terminal(Some(io.tty));
+        // runc sizes the terminal before the process starts; a resize
+        // after the start would race with what the process reads first.
+        if let (true, Some((width, height))) = (io.tty, io.size) {
+            process.set_console_size(
+                oci_spec::runtime::BoxBuilder::default()
+                    .width(u64::from(width))
+                    .height(u64::from(height))
+                    .build()
+                    .ok(),
+            );
+        }
         let spec = serde_json::to_vec(&process).map_err(|e| RuntimeError::Failed {
             op: "encoding process spec",
             message: e.to_string(),
