@@ -1092,9 +1092,9 @@ fn a_content_store_that_fills_during_the_pull_fails_the_pull_cleanly() {
         .find(|(r, m)| r == "Failed" && m.contains("no space left on device"))
         .unwrap();
     assert!(
-        failed
-            .1
-            .starts_with(&format!("Failed to pull image {image:?}")),
+        failed.1.starts_with(&format!(
+            "Failed to pull image {image:?}: writing to containerd's content store: write "
+        )),
         "{failed:?}"
     );
     env.wait_for("ImagePullBackOff", Duration::from_secs(30), || {
