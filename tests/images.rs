@@ -777,3 +777,344 @@ fn unused_images_are_collected_when_the_disk_is_over_the_threshold() {
             .any(|l| l.contains("removing unused image") && l.contains("test/drop:1"))
     );
 }
+
+/// Whether `image`'s pull succeeded for the pod, by its events.
+fn pulled(pod: &serde_json::Value, image: &str) -> bool {
+    events(pod).iter().any(|(r, m)| {
+        r == "Pulled"
+            && m.starts_with("Successfully pulled image")
+            && m.contains(&format!("{image:?}"))
+    })
+}
+
+/// Every container of the pod is past the image stage: running, exited, or
+/// waiting for something other than its image.
+fn past_the_image_stage(pod: &serde_json::Value) -> bool {
+    let statuses = pod["status"]["containerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    !statuses.is_empty()
+        && statuses.iter().all(|s| {
+            let w = s["state"]["waiting"]["reason"].as_str();
+            s["state"]["running"].is_object()
+                || s["state"]["terminated"].is_object()
+                || s["lastState"]["terminated"].is_object()
+                || w.is_some_and(|r| {
+                    !["ErrImagePull", "ImagePullBackOff", "ContainerCreating", ""].contains(&r)
+                })
+        })
+}
+
+#[test]
+fn the_notes_manifests_pull_their_images_through_a_docker_io_mirror() {
+    let mut env = env_without_archives("seeds", "");
+    let mirror = Registry::start(&env.dir, None);
+    // The notes' images, as Docker Hub would name them, served by the mirror
+    // (all are the busybox image).
+    for name in [
+        "library/mongo:4.4",
+        "bootdotdev/synergychat-crawler:latest",
+        "library/busybox:latest",
+    ] {
+        mirror.push(name, None);
+    }
+    env.write_config(&format!(
+        "crashLoopBackOff:\n  initial: 1s\n  max: 4s\nregistries:\n  docker.io:\n    mirrors: ['http://{}']\n",
+        mirror.host()
+    ));
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/seeds");
+    for file in ["mongo-pod.yaml", "crawler.yaml", "shared-volume.yaml"] {
+        std::fs::copy(data.join(file), env.manifests.join(file)).unwrap();
+    }
+    // The notes' volume for the claim is an NFS export on another host; a
+    // user of this node gives it a local volume of the same class.
+    let pv_dir = env.dir.join("pv");
+    std::fs::create_dir_all(&pv_dir).unwrap();
+    env.write_manifest(
+        "pv.yaml",
+        &format!(
+            "apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: nfs-pv\nspec:\n  capacity:\n    storage: 10Gi\n  accessModes:\n    - ReadWriteMany\n  storageClassName: nfs\n  hostPath:\n    path: {}\n",
+            pv_dir.display()
+        ),
+    );
+    env.start_agent();
+    // busybox has no mongod and no crawler: those containers fail to start
+    // or exit, after their images were pulled.
+    let expect = [
+        ("mongo-pod-node1", "mongo:4.4"),
+        (
+            "synergychat-crawler-node1",
+            "bootdotdev/synergychat-crawler:latest",
+        ),
+        ("shared-volume-app-node1", "busybox"),
+    ];
+    for (pod, image) in expect {
+        let p = env.wait_for(
+            &format!("{pod}: {image} pulled"),
+            Duration::from_secs(60),
+            || {
+                let p = env.pod(pod)?;
+                (pulled(&p, image) && past_the_image_stage(&p)).then_some(p)
+            },
+        );
+        assert!(
+            !events(&p)
+                .iter()
+                .any(|(_, m)| m.starts_with("Failed to pull image")),
+            "{p}"
+        );
+    }
+    // The one whose command busybox has runs, with its shared volume.
+    env.wait_running("shared-volume-app-node1");
+    let images = env.ctr(&["images", "ls", "-q"]);
+    for name in [
+        "docker.io/library/mongo:4.4",
+        "docker.io/bootdotdev/synergychat-crawler:latest",
+        "docker.io/library/busybox:latest",
+    ] {
+        assert!(images.contains(name), "{name} not in {images}");
+    }
+    let log = env.agent_output();
+    assert!(
+        log.lines().any(|l| l.contains("containerd: pulled image")
+            && l.contains("docker.io/library/mongo:4.4")
+            && l.contains(&mirror.host())),
+        "{log}"
+    );
+}
+
+/// A registry whose every manifest is `size` bytes of valid JSON.
+fn oversized_manifest_registry(size: usize) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let head = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":2},"layers":[],"annotations":{"pad":""#;
+    let tail = "\"}}";
+    let mut body = head.as_bytes().to_vec();
+    body.resize(size - tail.len(), b'x');
+    body.extend_from_slice(tail.as_bytes());
+    let body = std::sync::Arc::new(body);
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let body = std::sync::Arc::clone(&body);
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut conn = conn;
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match conn.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let path = head.split(' ').nth(1).unwrap_or_default().to_string();
+                let get = head.starts_with("GET ");
+                let (status, ctype, data): (&str, &str, &[u8]) = if path.contains("/manifests/") {
+                    (
+                        "200 OK",
+                        "application/vnd.oci.image.manifest.v1+json",
+                        &body[..],
+                    )
+                } else if path == "/v2/" {
+                    ("200 OK", "application/json", b"{}")
+                } else {
+                    ("404 Not Found", "application/json", b"{}")
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    data.len()
+                );
+                if get {
+                    let _ = conn.write_all(data);
+                }
+            });
+        }
+    });
+    host
+}
+
+#[test]
+fn an_oversized_manifest_is_refused() {
+    let host = oversized_manifest_registry((4 << 20) + 4096);
+    let mut env = Env::new("bigmanifest");
+    env.write_config(&format!(
+        "crashLoopBackOff:\n  initial: 1s\n  max: 4s\nregistries:\n  '{host}':\n    plainHTTP: true\n"
+    ));
+    env.start_agent();
+    let image = format!("{host}/test/big:1");
+    env.write_manifest("big.yaml", &pod_yaml("big", &sleeper(&image, "")));
+    env.write_manifest("local.yaml", &pod_yaml("local", &sleeper("busybox", "")));
+    let pod = env.wait_for("manifest refused", Duration::from_secs(40), || {
+        let p = env.pod("big-node1")?;
+        let (r, _) = waiting(&p);
+        ((r == "ErrImagePull" || r == "ImagePullBackOff")
+            && events(&p)
+                .iter()
+                .any(|(r, m)| r == "Failed" && m.contains("larger than the 4194304 bytes allowed")))
+        .then_some(p)
+    });
+    let ev = events(&pod);
+    assert!(
+        ev.iter()
+            .any(|(_, m)| m.contains(&format!("manifest of {} bytes", (4 << 20) + 4096))),
+        "{ev:?}"
+    );
+    env.wait_for("ImagePullBackOff", Duration::from_secs(30), || {
+        let p = env.pod("big-node1")?;
+        (waiting(&p).0 == "ImagePullBackOff").then_some(())
+    });
+    env.wait_running("local-node1");
+    assert!(!env.ctr(&["images", "ls", "-q"]).contains("test/big"));
+    env.remove_manifest("big.yaml");
+    env.wait_for("big pod gone", Duration::from_secs(30), || {
+        (env.pods().len() == 1).then_some(())
+    });
+    env.wait_for("no lease left", Duration::from_secs(10), || {
+        let leases = env.ctr(&["leases", "ls", "-q"]);
+        (!leases.contains("kubelet-lite-")).then_some(())
+    });
+}
+
+/// A tmpfs of `size` on `path`, unmounted on drop (the Env's own cleanup
+/// unmounts it too, after its containerd is gone).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size}").as_str()),
+        )
+        .unwrap();
+        Tmpfs(path.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Pushes a one-layer image whose layer is `bytes` of random data (an
+/// uncompressed tar); returns nothing, the image is `repo:tag`.
+fn push_random_image(host: &str, dir: &Path, repo: &str, tag: &str, bytes: usize) {
+    use sha2::Digest;
+    let src = dir.join("random-layer");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut data = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut data))
+        .unwrap();
+    std::fs::write(src.join("random.bin"), &data).unwrap();
+    drop(data);
+    let tar = dir.join("random-layer.tar");
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(&src)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("random.bin")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let layer = std::fs::read(&tar).unwrap();
+    let _ = std::fs::remove_dir_all(&src);
+    let _ = std::fs::remove_file(&tar);
+    let layer_digest = put_blob(host, repo, &layer);
+    let diff_id = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&layer)));
+    assert_eq!(layer_digest, diff_id);
+    let config = format!(
+        r#"{{"architecture":"{}","os":"linux","config":{{"Cmd":["sh"]}},"rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}}}}"#,
+        go_arch()
+    );
+    let config_digest = put_blob(host, repo, config.as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": layer_digest, "size": layer.len()}],
+    });
+    put_manifest(
+        host,
+        repo,
+        tag,
+        "application/vnd.oci.image.manifest.v1+json",
+        &manifest.to_string(),
+    );
+}
+
+#[test]
+fn a_content_store_that_fills_during_the_pull_fails_the_pull_cleanly() {
+    let mut env = Env::new("diskfull");
+    let reg = Registry::start(&env.dir, None);
+    let host = reg.host();
+    push_random_image(&host, &env.dir, "test/big", "1", 24 << 20);
+    // containerd's content store on a 12 MiB tmpfs: the busybox archive
+    // fits, the 24 MiB layer does not.
+    env.kill_containerd();
+    let content = env
+        .dir
+        .join("containerd/root/io.containerd.content.v1.content");
+    let _ = std::fs::remove_dir_all(&content);
+    let _tmpfs = Tmpfs::mount(&content, "12m");
+    env.start_containerd();
+    env.write_config(&format!(
+        "crashLoopBackOff:\n  initial: 1s\n  max: 4s\nregistries:\n  '{host}':\n    plainHTTP: true\n"
+    ));
+    env.start_agent();
+    env.write_manifest("local.yaml", &pod_yaml("local", &sleeper("busybox", "")));
+    env.wait_running("local-node1");
+    let image = format!("{host}/test/big:1");
+    env.write_manifest("big.yaml", &pod_yaml("big", &sleeper(&image, "")));
+    let pod = env.wait_for("no space left", Duration::from_secs(60), || {
+        let p = env.pod("big-node1")?;
+        let (r, _) = waiting(&p);
+        ((r == "ErrImagePull" || r == "ImagePullBackOff")
+            && events(&p)
+                .iter()
+                .any(|(r, m)| r == "Failed" && m.contains("no space left on device")))
+        .then_some(p)
+    });
+    let ev = events(&pod);
+    let failed = ev
+        .iter()
+        .find(|(r, m)| r == "Failed" && m.contains("no space left on device"))
+        .unwrap();
+    assert!(
+        failed.1.starts_with(&format!(
+            "Failed to pull image {image:?}: writing to containerd's content store: write "
+        )),
+        "{failed:?}"
+    );
+    env.wait_for("ImagePullBackOff", Duration::from_secs(30), || {
+        let p = env.pod("big-node1")?;
+        (waiting(&p).0 == "ImagePullBackOff").then_some(())
+    });
+    // No image record; the pod that has its image keeps running.
+    assert!(!env.ctr(&["images", "ls", "-q"]).contains("test/big"));
+    let local = env.wait_running("local-node1");
+    assert_eq!(
+        local["status"]["containerStatuses"][0]["restartCount"], 0,
+        "{local}"
+    );
+    env.remove_manifest("big.yaml");
+    env.wait_for("big pod gone", Duration::from_secs(30), || {
+        (env.pods().len() == 1).then_some(())
+    });
+    env.wait_for("no lease left", Duration::from_secs(10), || {
+        let leases = env.ctr(&["leases", "ls", "-q"]);
+        (!leases.contains("kubelet-lite-")).then_some(())
+    });
+    assert!(env.agent_is_alive());
+}

@@ -438,7 +438,13 @@ impl Containerd {
             let mut parent = String::new();
             for (i, (layer, chain)) in manifest.layers().iter().zip(&chains).enumerate() {
                 if !self.snapshot_exists(chain).await? {
-                    let key = format!("extract-{}-{}", std::process::id(), chain);
+                    // Unique per unpack, as containerd's unpacker makes it:
+                    // two images sharing a layer may unpack it at once, and
+                    // the loser's commit finds the snapshot there.
+                    static UNPACKS: std::sync::atomic::AtomicU64 =
+                        std::sync::atomic::AtomicU64::new(0);
+                    let n = UNPACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let key = format!("extract-{}-{n}-{chain}", std::process::id());
                     let mounts = self
                         .client
                         .snapshots()

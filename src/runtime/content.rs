@@ -120,12 +120,12 @@ where
                             s.message()
                         )));
                     }
-                    Err(s) => return Err(status_error("writing content", s)),
+                    Err(s) => return Err(status_error("writing to containerd's content store", s)),
                 }
             }
         }
         Err(s) if s.code() == Code::AlreadyExists => Ok(()),
-        Err(s) => Err(status_error("writing content", s)),
+        Err(s) => Err(status_error("writing to containerd's content store", s)),
     }
 }
 
