@@ -60,6 +60,10 @@ pub fn random_jitter() -> f64 {
     f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
 }
 
+/// Runs of a probe that errored before its result is given up (the
+/// kubelet's `maxProbeRetries`).
+const MAX_PROBE_RETRIES: usize = 3;
+
 impl Lane {
     /// Runs until aborted or until a liveness or startup verdict is in.
     /// `started` holds liveness and readiness back while a startup probe
@@ -91,18 +95,26 @@ impl Lane {
                 continue;
             }
             let t = Instant::now();
-            let outcome = handler::run(
-                &self.spec,
-                &Context {
-                    rt: self.rt.as_ref(),
-                    container_id: &self.container_id,
-                    target: &self.target,
-                    sockets: &self.sockets,
-                },
-            )
-            .await;
-            self.metrics
-                .observe(&self.labels, kind, &outcome, t.elapsed().as_secs_f64());
+            let ctx = Context {
+                rt: self.rt.as_ref(),
+                container_id: &self.container_id,
+                target: &self.target,
+                sockets: &self.sockets,
+            };
+            // As the kubelet's runProbeWithRetries: a probe that could not
+            // be run is tried again at once, up to three times in all.
+            let mut outcome = handler::run(&self.spec, &ctx).await;
+            for _ in 1..MAX_PROBE_RETRIES {
+                if !matches!(outcome, Outcome::Error(_)) {
+                    break;
+                }
+                outcome = handler::run(&self.spec, &ctx).await;
+            }
+            // The kubelet throws an errored run away before its metrics.
+            if !matches!(outcome, Outcome::Error(_)) {
+                self.metrics
+                    .observe(&self.labels, kind, &outcome, t.elapsed().as_secs_f64());
+            }
             let verdict = tracker.record(&outcome);
             if outcome != Outcome::Success || verdict.is_some() {
                 report(Report {

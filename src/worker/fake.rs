@@ -56,6 +56,8 @@ pub struct FakeExec {
     pub output: String,
     /// Never ends by itself: killed at the request's timeout.
     pub hang: bool,
+    /// The exec cannot be run at all: the runtime answers this error.
+    pub error: Option<String>,
 }
 
 impl FakeRuntime {
@@ -295,6 +297,9 @@ impl Runtime for FakeRuntime {
                 .cloned()
                 .unwrap_or_default()
         };
+        if let Some(e) = how.error {
+            return Err(RuntimeError::Unavailable(e));
+        }
         if how.hang {
             match req.timeout {
                 Some(t) => tokio::time::sleep(t).await,

@@ -152,7 +152,7 @@ impl Worker {
             Outcome::Error(m) => self.event(
                 event::WARNING,
                 reason::UNHEALTHY,
-                format!("{kind} probe errored: {m}"),
+                format!("{kind} probe errored and resulted in unknown state: {m}"),
             ),
         }
         let Some(verdict) = report.verdict else {

@@ -644,8 +644,45 @@ fn failing(output: &str) -> FakeExec {
     FakeExec {
         code: 1,
         output: output.into(),
-        hang: false,
+        ..Default::default()
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_cannot_run_is_tried_three_times_and_never_counts() {
+    let p = Pod::run(
+        manifest(
+            "  containers:\n  - name: web\n    image: busybox\n    livenessProbe: {exec: {command: [check]}, periodSeconds: 1, failureThreshold: 1}\n",
+        ),
+        FakeRuntime::default(),
+        FakeHost::default(),
+    );
+    p.until("web runs", |p| p.running("web")).await;
+    p.rt.set_exec(
+        "web",
+        FakeExec {
+            error: Some("shim gone".into()),
+            ..Default::default()
+        },
+    );
+    let before = p.rt.execs_of("web check");
+    p.until("errored", |p| !events_of(p, "Unhealthy").is_empty())
+        .await;
+    // One run: three tries at once, then one event.
+    assert_eq!(p.rt.execs_of("web check") - before, 3);
+    let errored = events_of(&p, "Unhealthy");
+    assert!(
+        errored[0].starts_with("Liveness probe errored and resulted in unknown state: ")
+            && errored[0].contains("shim gone"),
+        "{errored:?}"
+    );
+    // Errored runs are thrown away: with a failure threshold of 1, many
+    // periods later the container still runs, never killed.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(p.rt.execs_of("web check") - before >= 15);
+    assert!(events_of(&p, "Killing").is_empty());
+    assert_eq!(p.rt.created("web"), 1);
+    assert!(p.running("web"));
 }
 
 #[tokio::test(start_paused = true)]

@@ -253,7 +253,7 @@ async fn exec_probes_report_output_and_timeouts() {
         FakeExec {
             code: 1,
             output: "cat: can't open '/tmp/healthy': No such file or directory\n".into(),
-            hang: false,
+            ..Default::default()
         },
     );
     assert_eq!(
