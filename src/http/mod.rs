@@ -230,7 +230,7 @@ fn node_object(s: &Shared) -> serde_json::Value {
                 "containerRuntimeVersion": runtime.version.unwrap_or_default(),
                 "kubeletVersion": concat!("kubelet-lite/", env!("CARGO_PKG_VERSION")),
                 "operatingSystem": "linux",
-                "architecture": crate::runtime::containerd::go_arch(),
+                "architecture": crate::runtime::image_ref::go_arch(),
             },
         },
     })

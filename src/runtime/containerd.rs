@@ -219,7 +219,7 @@ impl Containerd {
             return Ok(target);
         }
         let index: ImageIndex = parse_json(&self.calls.read_blob(&target.digest).await?, name)?;
-        let arch = go_arch();
+        let arch = super::image_ref::go_arch();
         let chosen = index
             .manifests()
             .iter()
@@ -638,16 +638,6 @@ fn percent_encode(s: &str) -> String {
 fn is_index(media_type: &str) -> bool {
     media_type == "application/vnd.oci.image.index.v1+json"
         || media_type == "application/vnd.docker.distribution.manifest.list.v2+json"
-}
-
-/// GOARCH spelling of this machine's architecture, as image platforms use.
-pub fn go_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        other => other,
-    }
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(

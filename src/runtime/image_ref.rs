@@ -1,6 +1,16 @@
 //! Image references, normalized as Docker and containerd's CRI plugin do:
 //! `busybox` is `docker.io/library/busybox:latest`.
 
+/// GOARCH spelling of this machine's architecture, as image platforms use.
+pub fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    }
+}
+
 /// The fully qualified form of `image`, or why it is not a valid reference.
 pub fn normalize(image: &str) -> Result<String, String> {
     let bad = |why: &str| format!("{image:?} is not a valid image reference: {why}");

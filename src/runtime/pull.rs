@@ -23,10 +23,8 @@ use tracing::{info, warn};
 use super::RuntimeError;
 use super::client::Calls;
 use super::content::Lease;
-use super::registry::{Endpoint, Registries};
+use super::registry::{Endpoint, PARALLEL_LAYERS, Registries};
 
-/// Layers downloaded at once per image (containerd's default is 3).
-pub const PARALLEL_LAYERS: usize = 3;
 /// Largest manifest or index accepted (containerd's limit is 4 MiB too).
 pub const MAX_MANIFEST: usize = 4 << 20;
 
@@ -269,7 +267,7 @@ async fn fetch_from(
         size: i64::try_from(bytes.len()).unwrap_or(i64::MAX),
         annotations: HashMap::new(),
     };
-    let arch = super::containerd::go_arch();
+    let arch = super::image_ref::go_arch();
     let (manifest_desc, manifest, index) = match kind {
         Kind::Manifest => (top.clone(), bytes, None),
         Kind::Index => {

@@ -16,6 +16,9 @@ use std::time::Duration;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+/// Layers downloaded at once per image (containerd's default is 3).
+pub const PARALLEL_LAYERS: usize = 3;
+
 /// One registry host's settings in the agent config (`registries:` keyed
 /// by host, e.g. `docker.io` or `127.0.0.1:5000`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -303,7 +306,7 @@ impl Registries {
             extra_root_certificates: extra,
             connect_timeout: Some(self.opts.connect_timeout),
             read_timeout: Some(self.opts.stall_timeout),
-            max_concurrent_download: super::pull::PARALLEL_LAYERS,
+            max_concurrent_download: PARALLEL_LAYERS,
             user_agent: concat!("kubelet-lite/", env!("CARGO_PKG_VERSION")),
             ..Default::default()
         };
