@@ -247,21 +247,52 @@ impl Containerd {
             }
             ran
         };
-        // An exec process stays in the shim until deleted, run or not.
+        self.delete_exec(id, &exec_id).await;
+        drop(fifos);
+        output.exit_code = ran?;
+        Ok(output)
+    }
+
+    /// Starts exec process `exec_id` of container `id`.
+    async fn start_exec(&self, id: &str, exec_id: &str) -> Result<(), RuntimeError> {
+        self.client
+            .tasks()
+            .start(self.req(StartRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+            }))
+            .await
+            .map_err(|s| status_error("starting exec", s))?;
+        Ok(())
+    }
+
+    /// Waits for exec process `exec_id` to exit; its exit code.
+    async fn wait_exec(&self, id: &str, exec_id: &str) -> Result<u32, RuntimeError> {
+        self.client
+            .tasks()
+            .wait(self.req_unbounded(WaitRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+            }))
+            .await
+            .map(|r| r.into_inner().exit_status)
+            .map_err(|s| status_error("waiting for exec", s))
+    }
+
+    /// Deletes exec process `exec_id` from the shim, where it stays until
+    /// deleted, run or not.
+    async fn delete_exec(&self, id: &str, exec_id: &str) {
         if let Err(s) = self
             .client
             .tasks()
             .delete_process(self.req(DeleteProcessRequest {
                 container_id: id.to_string(),
-                exec_id: exec_id.clone(),
+                exec_id: exec_id.to_string(),
             }))
             .await
         {
             tracing::debug!(id, exec_id, "deleting exec process: {s}");
         }
-        drop(fifos);
-        output.exit_code = ran?;
-        Ok(output)
     }
 
     /// Starts the exec and waits for its exit code; `None` when it was
@@ -272,25 +303,8 @@ impl Containerd {
         exec_id: &str,
         timeout: Option<Duration>,
     ) -> Result<Option<u32>, RuntimeError> {
-        self.client
-            .tasks()
-            .start(self.req(StartRequest {
-                container_id: id.to_string(),
-                exec_id: exec_id.to_string(),
-            }))
-            .await
-            .map_err(|s| status_error("starting exec", s))?;
-        let wait = || async {
-            self.client
-                .tasks()
-                .wait(self.req_unbounded(WaitRequest {
-                    container_id: id.to_string(),
-                    exec_id: exec_id.to_string(),
-                }))
-                .await
-                .map(|r| r.into_inner().exit_status)
-                .map_err(|s| status_error("waiting for exec", s))
-        };
+        self.start_exec(id, exec_id).await?;
+        let wait = || self.wait_exec(id, exec_id);
         let Some(timeout) = timeout else {
             return wait().await.map(Some);
         };
@@ -492,17 +506,7 @@ impl Containerd {
             }
             ran
         };
-        if let Err(s) = self
-            .client
-            .tasks()
-            .delete_process(self.req(DeleteProcessRequest {
-                container_id: id.to_string(),
-                exec_id: exec_id.clone(),
-            }))
-            .await
-        {
-            tracing::debug!(id, exec_id, "deleting exec process: {s}");
-        }
+        self.delete_exec(id, &exec_id).await;
         drop(fifos);
         ran
     }
@@ -517,25 +521,8 @@ impl Containerd {
         mut resize: mpsc::Receiver<(u16, u16)>,
         mut cancel: oneshot::Receiver<()>,
     ) -> Result<Option<u32>, RuntimeError> {
-        self.client
-            .tasks()
-            .start(self.req(StartRequest {
-                container_id: id.to_string(),
-                exec_id: exec_id.to_string(),
-            }))
-            .await
-            .map_err(|s| status_error("starting exec", s))?;
-        let wait = || async {
-            self.client
-                .tasks()
-                .wait(self.req_unbounded(WaitRequest {
-                    container_id: id.to_string(),
-                    exec_id: exec_id.to_string(),
-                }))
-                .await
-                .map(|r| r.into_inner().exit_status)
-                .map_err(|s| status_error("waiting for exec", s))
-        };
+        self.start_exec(id, exec_id).await?;
+        let wait = || self.wait_exec(id, exec_id);
         let waiting = wait();
         tokio::pin!(waiting);
         let mut resizing = true;
