@@ -39,15 +39,8 @@ fn pod(name: &str) -> String {
 /// utime + stime + cutime + cstime of a process, in seconds (the children
 /// a shim reaps, runc and the exec'd processes, count for it).
 fn cpu_with_children(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    // SAFETY: sysconf only reads system values.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (field(11) + field(12) + field(13) + field(14)) as f64 / hz
+    let field = support::stat_fields(pid);
+    (field(11) + field(12) + field(13) + field(14)) as f64 / support::clock_ticks()
 }
 
 /// CPU of the test's containerd and all its shims (not the agent's).

@@ -36,21 +36,33 @@ pub fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[i]
 }
 
+/// The numeric fields of `/proc/<pid>/stat` after the command name, by
+/// index from 0 (`state` is index 0, `utime` 11); 0 where unreadable.
+pub fn stat_fields(pid: u32) -> impl Fn(usize) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<u64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .map(|v| v.parse().unwrap_or(0))
+                .collect()
+        })
+        .unwrap_or_default();
+    move |i| f.get(i).copied().unwrap_or(0)
+}
+
+/// Clock ticks per second, the unit of `/proc/<pid>/stat`'s times.
+pub fn clock_ticks() -> f64 {
+    // SAFETY: sysconf only reads system values.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
 /// utime + stime of a process in seconds, its RSS and peak RSS in bytes.
 pub fn usage(pid: u32) -> (f64, u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let field = stat_fields(pid);
+    let hz = clock_ticks();
     // SAFETY: sysconf only reads system values.
-    let (hz, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_CLK_TCK) as f64,
-            u64::try_from(libc::sysconf(libc::_SC_PAGESIZE)).unwrap_or(4096),
-        )
-    };
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let hwm_kib = status
         .lines()
