@@ -315,18 +315,29 @@ impl Containerd {
         Ok(out)
     }
 
+    /// The container records of our namespace that match `filters`
+    /// (containerd's filter syntax; none: all).
+    async fn containers(
+        &self,
+        filters: Vec<String>,
+    ) -> Result<Vec<containerd_client::services::v1::Container>, RuntimeError> {
+        Ok(self
+            .client
+            .containers()
+            .list(self.req(ListContainersRequest { filters }))
+            .await
+            .map_err(|s| status_error("listing containers", s))?
+            .into_inner()
+            .containers)
+    }
+
     /// Names of the images that containers of our namespace were made from.
     pub(crate) async fn images_in_use(
         &self,
     ) -> Result<std::collections::HashSet<String>, RuntimeError> {
         Ok(self
-            .client
-            .containers()
-            .list(self.req(ListContainersRequest { filters: vec![] }))
-            .await
-            .map_err(|s| status_error("listing containers", s))?
-            .into_inner()
-            .containers
+            .containers(vec![])
+            .await?
             .into_iter()
             .map(|c| c.image)
             .collect())
@@ -865,14 +876,7 @@ impl Runtime for Containerd {
     }
 
     async fn list(&self) -> Result<Vec<ContainerRecord>, RuntimeError> {
-        let containers = self
-            .client
-            .containers()
-            .list(self.req(ListContainersRequest { filters: vec![] }))
-            .await
-            .map_err(|s| status_error("listing containers", s))?
-            .into_inner()
-            .containers;
+        let containers = self.containers(vec![]).await?;
         let tasks = self
             .client
             .tasks()
@@ -910,16 +914,7 @@ impl Runtime for Containerd {
         // Filtered by containerd: a container record carries its whole OCI
         // spec, so listing every container for each pod costs megabytes.
         let filter = format!("labels.\"{}\"==\"{uid}\"", super::labels::POD_UID);
-        let containers = self
-            .client
-            .containers()
-            .list(self.req(ListContainersRequest {
-                filters: vec![filter],
-            }))
-            .await
-            .map_err(|s| status_error("listing containers", s))?
-            .into_inner()
-            .containers;
+        let containers = self.containers(vec![filter]).await?;
         let mut out = Vec::with_capacity(containers.len());
         for c in containers {
             let task = match self
