@@ -88,13 +88,14 @@ fn agent_rounds(env: &mut Env, prefix: &str, rounds: usize, containers: usize) -
             seen.push(ms(t0, t));
         }
         env.remove_manifest(&format!("{name}.yaml"));
-        // The whole teardown (containers, CNI DEL, directories), not only
-        // the pod's leaving the status: the next round starts on a quiet
-        // node, as the baselines' rounds do (their removals are outside
-        // the timing too).
-        let removed = format!("pod removed pod={full}");
-        env.wait_for("pod torn down", Duration::from_secs(30), || {
-            env.agent_output().contains(&removed).then_some(())
+        // The whole teardown (containers, CNI DEL, and last the pod's
+        // directory), not only the pod's leaving the status: the next
+        // round starts on a quiet node, as the baselines' rounds do (their
+        // removals are outside the timing too).
+        let pods_dir = env.dir.join("root/pods");
+        env.wait_for("pod torn down", Duration::from_secs(60), || {
+            let left = std::fs::read_dir(&pods_dir).map_or(0, Iterator::count);
+            (left == 0 && env.pod(&format!("{name}-node1")).is_none()).then_some(())
         });
     }
     if !seen.is_empty() {
@@ -251,6 +252,10 @@ fn main() {
     let mut agent_net = agent_rounds(&mut env, "n", rounds, 2);
     let mut raw_net = rt.block_on(raw_networked_rounds(&env, &net, rounds));
     env.stop_agent(libc::SIGTERM);
+    let log = env.agent_output();
+    for l in log.lines().filter(|l| l.contains("tearing the pod down")) {
+        println!("teardown retried: {l}");
+    }
     let left = net.clean();
 
     let (mut pm1, mut pm2) = if net_only {
