@@ -552,6 +552,79 @@ fn logs_previous_tail_follow_and_disconnect() {
     assert!(status.success());
 }
 
+/// containerLogMaxSize / containerLogMaxFiles: the writer rotates the log
+/// by size, the older rotated files are compressed and the oldest removed,
+/// and `logs -f` reads every line across the rotations.
+#[test]
+fn logs_rotate_by_size_and_follow_reads_across() {
+    let mut env = Env::new("cli-rotate");
+    env.write_config("containerLogMaxSize: 2Ki\ncontainerLogMaxFiles: 3\n");
+    env.start_agent();
+    // About 3 KB of records a second: a rotation every second.
+    env.write_manifest(
+        "chatty.yaml",
+        &pod_yaml("chatty", "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'i=0; while true; do echo tick $i ................................................; i=$((i+1)); usleep 40000; done']\n"),
+    );
+    env.wait_running("chatty-node1");
+    let uid = env.pod("chatty-node1").unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = env.dir.join(format!("logs/default_chatty-node1_{uid}/c"));
+    let (mut follow, lines) = spawn(&env, &["logs", "chatty-node1", "-f"]);
+    let tick = |l: &str| {
+        l.strip_prefix("tick ")
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    let first = wait_line(&lines, Duration::from_secs(20), |l| tick(l).is_some())
+        .unwrap_or_else(|seen| panic!("nothing followed: {seen:?}"));
+    // Every tick, in order, for about 6 s: across five or more rotations.
+    let mut last = tick(&first).unwrap();
+    let mut rotated = std::collections::BTreeSet::new();
+    while last < tick(&first).unwrap() + 150 {
+        let l = lines
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("follow stopped after tick {last}: {e}"));
+        let n = tick(&l).unwrap_or_else(|| panic!("not a tick: {l:?}"));
+        assert_eq!(n, last + 1, "a line lost or repeated across a rotation");
+        last = n;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            if let Some(stamp) = name.strip_prefix("0.log.") {
+                rotated.insert(
+                    stamp
+                        .trim_end_matches(".tmp")
+                        .trim_end_matches(".gz")
+                        .to_string(),
+                );
+            }
+        }
+    }
+    assert!(rotated.len() >= 4, "rotations seen: {rotated:?}");
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { libc::kill(follow.id().cast_signed(), libc::SIGKILL) };
+    let _ = follow.wait();
+    // At most three files: the current one, the newest rotated one as
+    // written, the older compressed; nothing temporary left.
+    env.wait_for("rotated files tidied", Duration::from_secs(10), || {
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let ok = names.len() == 3
+            && names[0] == "0.log"
+            && names[1].ends_with(".gz")
+            && !names[2].ends_with(".gz")
+            && names.iter().all(|n| !n.ends_with(".tmp"));
+        ok.then_some(())
+    });
+    // The log as `logs` shows it is the current file, whole records only.
+    let text = ok(&env, &["logs", "chatty-node1"]);
+    assert!(text.lines().all(|l| tick(l).is_some()), "{text}");
+}
+
 #[test]
 fn top_reads_cpu_and_memory() {
     let mut env = Env::new("cli-top");

@@ -280,10 +280,7 @@ pub(crate) mod tests {
 
     /// A fresh temporary directory for one test.
     pub(crate) fn temp(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("kl-cgfs-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        crate::test_support::temp_dir(&format!("cgfs-{tag}"))
     }
 
     /// Text fixtures of a cgroup's files.
