@@ -625,6 +625,70 @@ fn logs_rotate_by_size_and_follow_reads_across() {
     assert!(text.lines().all(|l| tick(l).is_some()), "{text}");
 }
 
+/// A container that keeps restarting keeps the files of its current and
+/// previous attempts only (as the kubelet keeps one dead container), and
+/// `--previous` still reads the one before.
+#[test]
+fn a_restarting_container_keeps_two_attempts_of_files() {
+    let mut env = Env::new("cli-attempts");
+    env.write_config("crashLoopBackOff:\n  initial: 100ms\n  max: 200ms\n");
+    env.start_agent();
+    env.write_manifest(
+        "flaky.yaml",
+        &pod_yaml("flaky", "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'echo attempt; sleep 0.3; exit 1']\n"),
+    );
+    let restarts = |env: &Env| {
+        env.pod("flaky-node1")
+            .and_then(|p| p["status"]["containerStatuses"][0]["restartCount"].as_u64())
+    };
+    env.wait_for("five restarts", Duration::from_secs(60), || {
+        restarts(&env).filter(|n| *n >= 5)
+    });
+    let uid = env.pod("flaky-node1").unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let logs = env.dir.join(format!("logs/default_flaky-node1_{uid}/c"));
+    let attempts = |dir: &Path| -> Vec<u64> {
+        let mut v: Vec<u64> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                name.split_once('.')?.0.parse().ok()
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    env.wait_for(
+        "old attempts' logs removed",
+        Duration::from_secs(20),
+        || {
+            let n = restarts(&env)?;
+            let a = attempts(&logs);
+            (a.len() <= 3 && a.iter().all(|k| *k + 1 >= n)).then_some(())
+        },
+    );
+    // And their termination messages, under the pod's state directory.
+    let state = env.dir.join(format!("root/pods/{uid}/containers/c"));
+    env.wait_for(
+        "old termination messages removed",
+        Duration::from_secs(20),
+        || {
+            let n = restarts(&env)?;
+            let a = attempts(&state);
+            (!a.is_empty() && a.len() <= 3 && a.iter().all(|k| *k + 1 >= n)).then_some(())
+        },
+    );
+    let o = kl(&env, &["logs", "flaky-node1", "--previous"]);
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (0, "attempt\n"),
+        "{}",
+        o.stderr
+    );
+}
+
 #[test]
 fn top_reads_cpu_and_memory() {
     let mut env = Env::new("cli-top");

@@ -39,6 +39,33 @@ pub fn container_log_path(
         .join(format!("{restart}.log"))
 }
 
+/// Removes the files of a container's attempts before `oldest_kept` in
+/// `dir`: those named `<attempt>.<...>` (its logs, rotated or not, and its
+/// termination message). The kubelet keeps one dead container per
+/// container and removes an older one with its logs; a container that
+/// restarts for days would otherwise leave a file per restart.
+pub fn remove_attempts_before(dir: &Path, oldest_kept: u32) -> io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let attempt = name
+            .to_str()
+            .and_then(|n| n.split_once('.'))
+            .and_then(|(n, _)| n.parse::<u32>().ok());
+        if attempt.is_some_and(|a| a < oldest_kept) {
+            match std::fs::remove_file(entry.path()) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Copies `input` to `out` as CRI log records of `stream`.
 pub fn copy_stream(
     input: impl io::Read,
@@ -255,6 +282,36 @@ mod tests {
         assert_eq!(args(&["describe", "pod", "cri-log", "x"]), None);
         assert_eq!(args(&["--config", "/etc/k.yaml"]), None);
         assert_eq!(args(&[]), None);
+    }
+
+    #[test]
+    fn old_attempts_are_removed() {
+        let d = crate::test_support::temp_dir("attempts");
+        for n in [
+            "0.log",
+            "0.log.20260101-000000.gz",
+            "1.log",
+            "1.termination-log",
+            "2.log",
+            "2.log.20260101-000001",
+            "3.log",
+            "10.log",
+            "notes",
+        ] {
+            std::fs::write(d.join(n), "x").unwrap();
+        }
+        remove_attempts_before(&d, 2).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["10.log", "2.log", "2.log.20260101-000001", "3.log", "notes"]
+        );
+        remove_attempts_before(&d.join("missing"), 5).unwrap();
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
