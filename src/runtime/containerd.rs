@@ -60,7 +60,34 @@ pub struct Containerd {
     /// One transfer per image name at a time (single flight).
     pulls: Mutex<HashMap<String, PullSlot>>,
     /// Exec FIFOs and container process specs (see [`super::exec`]).
-    pub(super) exec: super::exec::ExecState,
+    pub(super) exec: ExecState,
+}
+
+/// What execs keep (see [`super::exec`]): the FIFO directory and the
+/// process specs of the containers exec'd into (a container's spec never
+/// changes; one Containers.Get per container).
+pub(super) struct ExecState {
+    pub(super) dir: PathBuf,
+    pub(super) specs: Mutex<HashMap<String, oci_spec::runtime::Process>>,
+}
+
+impl Default for ExecState {
+    fn default() -> Self {
+        ExecState {
+            dir: std::env::temp_dir().join("kubelet-lite-exec"),
+            specs: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl ExecState {
+    /// The container is gone: its spec is not needed any more.
+    pub(super) fn forget(&self, id: &str) {
+        self.specs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id);
+    }
 }
 
 pub struct ContainerdOptions {
