@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -55,6 +55,8 @@ pub struct Dir {
     fd: OwnedFd,
     /// Counter files opened so far; `None`: the file does not exist here.
     kept: Mutex<Vec<(&'static str, Option<File>)>>,
+    /// Whether process listings may be kept open too (cgroup v2).
+    keep_listings: bool,
 }
 
 impl Dir {
@@ -69,7 +71,18 @@ impl Dir {
         .map(|fd| Dir {
             fd,
             kept: Mutex::default(),
+            keep_listings: false,
         })
+    }
+
+    /// Lets [`Source::counter`] keep process listings (`cgroup.procs`)
+    /// open too: right on cgroup v2, whose listing starts afresh at every
+    /// read from offset 0, wrong on v1, which serves an open file the
+    /// listing it made for it for as long as it is read at least once a
+    /// second.
+    pub fn keeping_listings(mut self) -> Dir {
+        self.keep_listings = true;
+        self
     }
 
     fn open_file(&self, file_name: &str) -> nix::Result<File> {
@@ -83,59 +96,52 @@ impl Dir {
     }
 }
 
-/// cgroup files listed record by record (one read may end between
-/// records; v1 also keeps a listing for a while after a read, so a kept
-/// file would serve it again): opened and read to the end every time.
+/// cgroup files listed record by record: one read may end between
+/// records, so they are read until a read returns nothing.
 const ITERATED: &[&str] = &["cgroup.procs", "cgroup.threads", "tasks"];
 
 /// The first read's size for the other files (v1 `memory.stat`, the
 /// largest, is under 2 KiB).
 const SINGLE_READ: usize = 4096;
 
-/// The whole text of a cgroup file read from offset 0. The kernel makes
-/// such a file in one call into a buffer that grows until all fits, then
-/// copies it out: one read of a larger size returns all of it, and a short
-/// read means the end (this saves the read that would only find the end).
-fn read_whole(file: &File) -> Option<String> {
+/// The whole text of a cgroup file read from offset 0. The kernel makes a
+/// file of values in one call into a buffer that grows until all fits,
+/// then copies it out: one read of a larger size returns all of it, and a
+/// short read means the end (this saves the read that would only find the
+/// end). A listing (`iterated`) is read until a read returns nothing.
+fn read_whole(file: &File, iterated: bool) -> Option<String> {
     let mut first = [0u8; SINGLE_READ];
-    let n = file.read_at(&mut first, 0).ok()?;
-    let mut buf = first[..n].to_vec();
-    if n == SINGLE_READ {
-        loop {
-            let len = buf.len();
-            buf.resize(len * 2, 0);
-            let n = file.read_at(&mut buf[len..], len as u64).ok()?;
-            buf.truncate(len + n);
-            if n < len {
-                break;
-            }
-        }
+    let mut last = file.read_at(&mut first, 0).ok()?;
+    let mut buf = first[..last].to_vec();
+    let mut asked = SINGLE_READ;
+    while last == asked || (iterated && last > 0) {
+        let len = buf.len();
+        asked = len.max(SINGLE_READ);
+        buf.resize(len + asked, 0);
+        last = file.read_at(&mut buf[len..], len as u64).ok()?;
+        buf.truncate(len + last);
     }
     String::from_utf8(buf).ok()
 }
 
 impl Source for Dir {
     fn read(&self, file_name: &'static str) -> Option<String> {
-        let mut file = self.open_file(file_name).ok()?;
-        if ITERATED.contains(&file_name) {
-            let mut out = String::new();
-            file.read_to_string(&mut out).ok()?;
-            return Some(out);
-        }
-        read_whole(&file)
+        let file = self.open_file(file_name).ok()?;
+        read_whole(&file, ITERATED.contains(&file_name))
     }
 
     fn counter(&self, file_name: &'static str) -> Option<String> {
-        if ITERATED.contains(&file_name) {
+        let iterated = ITERATED.contains(&file_name);
+        if iterated && !self.keep_listings {
             return self.read(file_name);
         }
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, file)) = kept.iter().find(|(name, _)| *name == file_name) {
-            return read_whole(file.as_ref()?);
+            return read_whole(file.as_ref()?, iterated);
         }
         match self.open_file(file_name) {
             Ok(file) => {
-                let text = read_whole(&file);
+                let text = read_whole(&file, iterated);
                 kept.push((file_name, Some(file)));
                 text
             }
@@ -355,10 +361,19 @@ pub(crate) mod tests {
             ]
         );
         drop(kept);
-        // Listings are never kept: read to the end each time.
+        // Listings are not kept (cgroup v1) ...
         std::fs::write(root.join("cgroup.procs"), "1\n2\n").unwrap();
         assert_eq!(d.counter("cgroup.procs").as_deref(), Some("1\n2\n"));
         assert_eq!(d.kept.lock().unwrap().len(), 3);
+        // ... unless asked (v2), and read to the end either way.
+        let v2 = Dir::open(&root).unwrap().keeping_listings();
+        let long: String = (0..3000).map(|p| format!("{p}\n")).collect();
+        std::fs::write(root.join("cgroup.procs"), &long).unwrap();
+        assert_eq!(d.read("cgroup.procs").as_deref(), Some(long.as_str()));
+        assert_eq!(v2.counter("cgroup.procs").as_deref(), Some(long.as_str()));
+        std::fs::write(root.join("cgroup.procs"), "7\n").unwrap();
+        assert_eq!(v2.counter("cgroup.procs").as_deref(), Some("7\n"));
+        assert_eq!(v2.kept.lock().unwrap().len(), 1);
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -36,10 +36,8 @@ pub fn tasks(version: Version, pids: &impl Source) -> Tasks {
             Version::V1 => "tasks",
         })
     });
-    Tasks {
-        processes: count("cgroup.procs"),
-        threads,
-    }
+    let processes = pids.counter("cgroup.procs").map_or(0, |t| count_lines(&t));
+    Tasks { processes, threads }
 }
 
 #[cfg(test)]
