@@ -10,8 +10,13 @@
 //! own bridge, subnet and iptables rules, removed at the end), against raw
 //! containerd plus one CNI ADD of the same configuration.
 //!
+//! Each round waits for the previous pod's whole teardown (CNI DEL
+//! included), so that no pod starts beside another's removal; the
+//! baselines' removals are outside their timing too.
+//!
 //! Run with `cargo bench --bench startup` (as root). `BENCH_ROUNDS` sets the
-//! number of pods per kind (default 15).
+//! number of pods per kind (default 15); `BENCH_NET_ONLY=1` runs only the
+//! networked case and its raw baseline (for profiles of it).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -39,18 +44,31 @@ fn two(name: &str) -> String {
     )
 }
 
-/// The time the agent logged the pod as Running.
-fn running_at(log: &str, pod: &str) -> Option<SystemTime> {
-    let needle = format!("pod={pod} phase=\"Running\"");
+/// The time of the agent's first log line holding all of `needles`.
+fn logged_at(log: &str, needles: &[&str]) -> Option<SystemTime> {
     let line = log
         .lines()
-        .find(|l| l.contains(&needle) && l.contains("pod phase"))?;
+        .find(|l| needles.iter().all(|n| l.contains(n)))?;
     let ts: jiff::Timestamp = line.split_whitespace().next()?.parse().ok()?;
     Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(u64::try_from(ts.as_nanosecond()).ok()?))
 }
 
+/// The time the agent logged the pod as Running.
+fn running_at(log: &str, pod: &str) -> Option<SystemTime> {
+    let needle = format!("pod={pod} phase=\"Running\"");
+    logged_at(log, &[&needle, "pod phase"])
+}
+
+/// Milliseconds from `a` to `b`.
+fn ms(a: SystemTime, b: SystemTime) -> f64 {
+    b.duration_since(a).unwrap_or_default().as_secs_f64() * 1000.0
+}
+
+/// Start-up times of `rounds` pods; also prints how long the agent took
+/// to see each manifest (written -> its worker started).
 fn agent_rounds(env: &mut Env, prefix: &str, rounds: usize, containers: usize) -> Vec<f64> {
     let mut out = vec![];
+    let mut seen = vec![];
     for i in 0..rounds {
         let name = format!("{prefix}{containers}x{i}");
         let text = if containers == 1 {
@@ -64,11 +82,26 @@ fn agent_rounds(env: &mut Env, prefix: &str, rounds: usize, containers: usize) -
         let t1 = env.wait_for("pod running", Duration::from_secs(30), || {
             running_at(&env.agent_output(), &full)
         });
-        out.push(t1.duration_since(t0).unwrap_or_default().as_secs_f64() * 1000.0);
+        out.push(ms(t0, t1));
+        let started = format!("starting pod pod={full} ");
+        if let Some(t) = logged_at(&env.agent_output(), &[&started]) {
+            seen.push(ms(t0, t));
+        }
         env.remove_manifest(&format!("{name}.yaml"));
-        env.wait_for("pod gone", Duration::from_secs(30), || {
-            env.pod(&format!("{name}-node1")).is_none().then_some(())
+        // The whole teardown (containers, CNI DEL, directories), not only
+        // the pod's leaving the status: the next round starts on a quiet
+        // node, as the baselines' rounds do (their removals are outside
+        // the timing too).
+        let removed = format!("pod removed pod={full}");
+        env.wait_for("pod torn down", Duration::from_secs(30), || {
+            env.agent_output().contains(&removed).then_some(())
         });
+    }
+    if !seen.is_empty() {
+        println!(
+            "  ({prefix}, {containers} container(s): manifest written -> pod worker started p50 {:.1} ms)",
+            percentile(&mut seen, 0.5)
+        );
     }
     out
 }
@@ -201,12 +234,14 @@ fn main() {
         env.pod("warm-node1").is_none().then_some(())
     });
 
-    let mut agent1 = agent_rounds(&mut env, "b", rounds, 1);
-    let mut agent2 = agent_rounds(&mut env, "b", rounds, 2);
+    let net_only = std::env::var_os("BENCH_NET_ONLY").is_some();
+    let plain = if net_only { 0 } else { rounds };
+    let mut agent1 = agent_rounds(&mut env, "b", plain, 1);
+    let mut agent2 = agent_rounds(&mut env, "b", plain, 2);
     let sock = env.dir.join("containerd.sock");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut raw1 = rt.block_on(raw_rounds(&sock, rounds, 1));
-    let mut raw2 = rt.block_on(raw_rounds(&sock, rounds, 2));
+    let mut raw1 = rt.block_on(raw_rounds(&sock, plain, 1));
+    let mut raw2 = rt.block_on(raw_rounds(&sock, plain, 2));
 
     // Networked: the agent with a CNI bridge network of its own.
     let mut net = Net::new(&env, 24);
@@ -218,11 +253,19 @@ fn main() {
     env.stop_agent(libc::SIGTERM);
     let left = net.clean();
 
-    let mut pm1 = podman_rounds(&env.dir, rounds, 1);
-    let mut pm2 = podman_rounds(&env.dir, rounds, 2);
+    let (mut pm1, mut pm2) = if net_only {
+        (None, None)
+    } else {
+        (
+            podman_rounds(&env.dir, rounds, 1),
+            podman_rounds(&env.dir, rounds, 2),
+        )
+    };
     println!("pod start-up, {rounds} pods per kind, manifest written -> all containers running");
-    report("1 container ", &mut agent1, &mut raw1, pm1.as_mut());
-    report("2 containers", &mut agent2, &mut raw2, None);
+    if !net_only {
+        report("1 container ", &mut agent1, &mut raw1, pm1.as_mut());
+        report("2 containers", &mut agent2, &mut raw2, None);
+    }
     // podman kube play always sets up a network: its figure goes here.
     report(
         "2 containers, CNI network (raw: + one CNI ADD)",
@@ -231,7 +274,7 @@ fn main() {
         pm2.as_mut(),
     );
     assert!(left.is_empty(), "iptables rules left: {left:?}");
-    if pm1.is_none() {
+    if pm1.is_none() && !net_only {
         println!(
             "no podman figures: podman is not installed (apt-get install podman catatonit) or failed (see above)"
         );

@@ -338,8 +338,10 @@ fn a_missing_plugin_keeps_pods_waiting_until_it_appears() {
     );
     let events = env.pod("a-node1").unwrap()["status"]["events"].to_string();
     assert!(events.contains("NetworkNotReady"), "{events}");
-    // Nothing was attached, nothing is held.
+    // Nothing was attached, nothing is held, no container was made: the
+    // missing plugin is found before the ADD and the containers' creation.
     assert!(net.reservations().is_empty());
+    assert_eq!(env.containers(), Vec::<String>::new());
     std::os::unix::fs::symlink(Path::new(PLUGINS).join("portmap"), bin.join("portmap")).unwrap();
     let ip = pod_ip(&env, "a-node1");
     assert_eq!(net.reservations().len(), 1, "{ip}");
@@ -377,8 +379,22 @@ fn an_exhausted_subnet_keeps_the_next_pod_waiting() {
         "{message}"
     );
     // The failed ADDs were undone: only a's address is held, and b has no
-    // interface left on the bridge.
+    // interface left on the bridge. b's container, created while its
+    // first ADD ran, was removed with it (its task, snapshot and log
+    // file), and the retries attach before creating anything.
     assert_eq!(net.reservations().len(), 1);
+    assert_eq!(env.containers().len(), 1, "{:?}", env.containers());
+    assert_eq!(env.tasks().len(), 1, "{:?}", env.tasks());
+    let snapshots = env.ctr(&["snapshots", "ls"]);
+    let active = snapshots.lines().filter(|l| l.contains("Active")).count();
+    assert_eq!(active, 1, "{snapshots}");
+    let logs = env.log_files();
+    assert!(
+        !logs
+            .iter()
+            .any(|l| l.to_string_lossy().contains("_b-node1_")),
+        "{logs:?}"
+    );
     env.remove_manifest("a.yaml");
     let ip = pod_ip(&env, "b-node1");
     assert_eq!(net.reservations(), [(ip, net.reservations()[0].1.clone())]);

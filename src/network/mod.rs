@@ -208,6 +208,32 @@ impl Network {
         self.cfg.pods_dir.join(uid).join(STATE_FILE)
     }
 
+    /// Whether pods can be attached: a configuration that parses, and
+    /// every plugin it names in the plugin directories (the kubelet's
+    /// `NetworkNotReady` otherwise). Checked when a sandbox is made, so
+    /// that a network that cannot work stops the pod before anything else
+    /// is created.
+    pub fn ready(&self) -> Result<(), NetworkError> {
+        let config = self.config()?;
+        for i in 0..config.plugins.len() {
+            self.cni
+                .find(config.plugin_type(i))
+                .map_err(NetworkError::NotReady)?;
+        }
+        Ok(())
+    }
+
+    /// The configuration in force: the first file of the directory.
+    fn config(&self) -> Result<ConfList, NetworkError> {
+        match cni::load_dir(&self.cfg.conf_dir) {
+            Ok(Some(c)) => Ok(c),
+            Ok(None) => Err(NetworkError::NotReady(CniError::NoConfig {
+                dir: self.cfg.conf_dir.clone(),
+            })),
+            Err(e) => Err(NetworkError::NotReady(e)),
+        }
+    }
+
     /// Attaches the pod's namespace (ADD), or finds its earlier attachment
     /// when the namespace is the same one. A failed ADD is undone (DEL), so
     /// that nothing stays half set up.
@@ -231,15 +257,7 @@ impl Network {
             self.del(&old)?;
             remove_state(&path)?;
         }
-        let config = match cni::load_dir(&self.cfg.conf_dir) {
-            Ok(Some(c)) => c,
-            Ok(None) => {
-                return Err(NetworkError::NotReady(CniError::NoConfig {
-                    dir: self.cfg.conf_dir.clone(),
-                }));
-            }
-            Err(e) => return Err(NetworkError::NotReady(e)),
-        };
+        let config = self.config()?;
         for i in 0..config.plugins.len() {
             self.cni
                 .find(config.plugin_type(i))

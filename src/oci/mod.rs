@@ -144,6 +144,18 @@ pub fn expand(s: &str, vars: &BTreeMap<String, String>) -> String {
     out
 }
 
+/// Whether a container's environment holds the pod's address (a
+/// `fieldRef` to `status.podIP` or `status.podIPs`), which is known only
+/// once the pod network is attached.
+pub fn needs_pod_ip(c: &Container) -> bool {
+    c.env.iter().flatten().any(|e| {
+        e.value_from
+            .as_ref()
+            .and_then(|f| f.field_ref.as_ref())
+            .is_some_and(|r| r.field_path.starts_with("status.podIP"))
+    })
+}
+
 fn field_value(path: &str, pod: &StaticPod, ctx: &PodContext) -> String {
     match path {
         "metadata.name" => pod.name.clone(),

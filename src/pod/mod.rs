@@ -12,7 +12,7 @@ pub mod store;
 
 pub use backoff::{Backoff, Retry};
 pub use error::PodError;
-pub use plan::{Action, Plan, PodView, SetupView, SlotView, StopView};
+pub use plan::{Action, NetworkView, Plan, PodView, SetupView, SlotView, StopView};
 pub use status::{ContainerState, ContainerStatus, Event, Phase, PodStatus};
 pub use store::{PodEntry, Store};
 

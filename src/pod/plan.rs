@@ -3,6 +3,15 @@
 //! sandbox, volumes, init containers one by one, app containers together),
 //! plus termination. Pure: the worker's executor performs the actions,
 //! observes what happened and asks again.
+//!
+//! One step is taken in parallel where the kubelet takes it in sequence:
+//! the pod network's ADD (`RunPodSandbox` returns only once it is done)
+//! runs while the containers that do not need the pod's address are
+//! created (snapshot, container, `runc create`: the task joins the pinned
+//! network namespace by path and waits). No container starts before the
+//! ADD has succeeded, so what a started container sees (its address,
+//! /etc/hosts, the downward API) is what the kubelet would give it; a
+//! failed ADD removes what was created.
 
 use std::time::{Duration, Instant};
 
@@ -18,13 +27,20 @@ pub enum Action {
     EnsureCgroup,
     /// Create (or find again) the pod's namespaces and managed files.
     EnsureSandbox,
+    /// Attach the pod's network namespace (CNI ADD, or the result kept
+    /// from before a restart) and give the pod its addresses.
+    AttachNetwork,
     /// Set up these volumes (indices into the pod's resolved volumes).
     Mount(Vec<usize>),
     /// Take over what an earlier run of the agent left in containerd.
     Adopt,
+    /// Create these containers without starting them (image as the pull
+    /// policy says, container, snapshot, task), while the network is being
+    /// attached.
+    Create(Vec<usize>),
     /// Start these containers (indices of slots): image as the pull policy
-    /// says, then create and start. Only app containers are ever started
-    /// together.
+    /// says, then create (unless a `Create` did) and start. Only app
+    /// containers are ever started together.
     Start(Vec<usize>),
     /// SIGTERM to a running container, SIGKILL once `grace` has passed.
     Stop { slot: usize, grace: Duration },
@@ -45,8 +61,24 @@ pub struct SetupView {
     /// Volumes not set up yet.
     pub unmounted: Vec<usize>,
     pub adopted: bool,
+    pub network: NetworkView,
     /// After a failed step, not before this time.
     pub retry_at: Option<Instant>,
+}
+
+/// The pod network as the planner sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NetworkView {
+    /// Attached, or nothing to attach (`hostNetwork`, loopback only).
+    #[default]
+    Ready,
+    /// To be attached: the ADD runs while the containers that may start
+    /// are created.
+    Pending,
+    /// The last attach failed: the next one runs alone, before anything is
+    /// created, so that a pod whose network keeps failing does not create
+    /// and remove containers at every try.
+    Failed,
 }
 
 impl SetupView {
@@ -68,6 +100,11 @@ pub struct StopView {
 pub struct SlotView {
     pub init: bool,
     pub running: bool,
+    /// Created (its task made by `runc create`), not started yet.
+    pub created: bool,
+    /// Its environment holds the pod's address (`status.podIP` through the
+    /// downward API): it is created only once the network is attached.
+    pub needs_pod_ip: bool,
     /// Exit code of the last attempt, if one ended.
     pub exit_code: Option<i32>,
     /// Earliest time of the next start (backoff); `None` for "now".
@@ -84,6 +121,8 @@ impl SlotView {
         SlotView {
             init,
             running: false,
+            created: false,
+            needs_pod_ip: false,
             exit_code: None,
             not_before: None,
             unhealthy: None,
@@ -165,8 +204,25 @@ pub fn plan(pod: &PodView, now: Instant) -> Plan {
             stop(i, s, grace, now, &mut out);
         }
     }
-    if !starts.is_empty() {
-        out.actions.push(Action::Start(starts));
+    if setup.network == NetworkView::Ready {
+        if !starts.is_empty() {
+            out.actions.push(Action::Start(starts));
+        }
+        return out;
+    }
+    if let Some(at) = setup.retry_at.filter(|at| *at > now) {
+        out.wake(at);
+        return out;
+    }
+    out.actions.push(Action::AttachNetwork);
+    if setup.network == NetworkView::Pending {
+        let early: Vec<usize> = starts
+            .into_iter()
+            .filter(|&i| !pod.slots[i].created && !pod.slots[i].needs_pod_ip)
+            .collect();
+        if !early.is_empty() {
+            out.actions.push(Action::Create(early));
+        }
     }
     out
 }
@@ -308,6 +364,7 @@ mod tests {
         let slots = [slot(false, false, None)];
         let mut setup = SetupView {
             unmounted: vec![0, 2],
+            network: NetworkView::Pending,
             ..Default::default()
         };
         let mut steps = vec![];
@@ -321,24 +378,25 @@ mod tests {
                 },
                 now,
             );
-            let step = p.actions[0].clone();
-            steps.push(step.clone());
-            match step {
+            steps.push(p.actions.clone());
+            match p.actions[0] {
                 Action::EnsureCgroup => setup.cgroup = true,
                 Action::EnsureSandbox => setup.sandbox = true,
                 Action::Mount(_) => setup.unmounted.clear(),
                 Action::Adopt => setup.adopted = true,
+                Action::AttachNetwork => setup.network = NetworkView::Ready,
                 _ => break,
             }
         }
         assert_eq!(
             steps,
             [
-                Action::EnsureCgroup,
-                Action::EnsureSandbox,
-                Action::Mount(vec![0, 2]),
-                Action::Adopt,
-                Action::Start(vec![0]),
+                vec![Action::EnsureCgroup],
+                vec![Action::EnsureSandbox],
+                vec![Action::Mount(vec![0, 2])],
+                vec![Action::Adopt],
+                vec![Action::AttachNetwork, Action::Create(vec![0])],
+                vec![Action::Start(vec![0])],
             ]
         );
         let failed = SetupView {
@@ -369,6 +427,66 @@ mod tests {
             now,
         );
         assert_eq!((p.actions.len(), p.wake_at), (0, None));
+    }
+
+    fn with_network(slots: &[SlotView], network: NetworkView, retry_at: Option<Instant>) -> Plan {
+        let now = Instant::now();
+        plan(
+            &PodView {
+                setup: SetupView {
+                    network,
+                    retry_at,
+                    ..ready()
+                },
+                slots,
+                policy: RestartPolicy::Always,
+                deleting: None,
+            },
+            now,
+        )
+    }
+
+    #[test]
+    fn containers_are_created_while_the_network_attaches_and_start_after() {
+        let fresh = slot(false, false, None);
+        let needs_ip = SlotView {
+            needs_pod_ip: true,
+            ..fresh
+        };
+        let created = SlotView {
+            created: true,
+            ..fresh
+        };
+        // Those that need the pod's address wait for it; none starts.
+        let p = with_network(&[fresh, needs_ip, fresh], NetworkView::Pending, None);
+        assert_eq!(
+            p.actions,
+            [Action::AttachNetwork, Action::Create(vec![0, 2])]
+        );
+        assert_eq!(p.phase, Phase::Pending);
+        // Already created: only the attach is left.
+        let p = with_network(&[created, needs_ip], NetworkView::Pending, None);
+        assert_eq!(p.actions, [Action::AttachNetwork]);
+        // Attached: created or not, they start together.
+        let p = with_network(&[created, needs_ip], NetworkView::Ready, None);
+        assert_eq!(p.actions, [Action::Start(vec![0, 1])]);
+        // Only the first init container is created early.
+        let init = slot(true, false, None);
+        let p = with_network(&[init, init, fresh], NetworkView::Pending, None);
+        assert_eq!(p.actions, [Action::AttachNetwork, Action::Create(vec![0])]);
+        // After a failed attach: the next one alone, once its wait is over.
+        let now = Instant::now();
+        let p = with_network(&[fresh], NetworkView::Failed, Some(now + 2 * S));
+        assert_eq!((p.actions.len(), p.wake_at), (0, Some(now + 2 * S)));
+        let p = with_network(&[fresh], NetworkView::Failed, None);
+        assert_eq!(p.actions, [Action::AttachNetwork]);
+        // A pod taken over after a restart finds its addresses again; its
+        // running containers are left alone meanwhile.
+        let p = with_network(&[slot(false, true, None)], NetworkView::Pending, None);
+        assert_eq!(
+            (p.actions.clone(), p.phase),
+            (vec![Action::AttachNetwork], Phase::Running)
+        );
     }
 
     #[test]

@@ -781,6 +781,7 @@ impl Runtime for Containerd {
             snapshot_key: c.id.clone(),
             ..Default::default()
         };
+        let t = std::time::Instant::now();
         let created = self
             .client
             .containers()
@@ -806,6 +807,7 @@ impl Runtime for Containerd {
                 .await
                 .map_err(|s| status_error("creating container", s))?;
         }
+        let record = t.elapsed();
         let mounts = match self.prepare_rootfs(&c.id, &c.image.chain_id).await {
             Ok(m) => m,
             Err(e) => {
@@ -817,6 +819,7 @@ impl Runtime for Containerd {
                 return Err(e);
             }
         };
+        let snapshot = t.elapsed() - record;
         let uri = self.log_uri(&c.log_path);
         let task = self
             .client
@@ -829,6 +832,9 @@ impl Runtime for Containerd {
                 ..Default::default()
             }))
             .await;
+        // Where a creation's time goes (the task is the shim's start and
+        // `runc create`), for start-up profiles.
+        tracing::debug!(id = c.id, ?record, ?snapshot, task = ?(t.elapsed() - record - snapshot), "containerd create");
         if let Err(s) = task {
             let err = status_error("creating task", s);
             let _ = self.remove(&c.id).await;

@@ -3,8 +3,10 @@
 //! mounts of their `/proc/<tid>/ns/*` files (what `ip netns add` does), under
 //! `<root>/pods/<uid>/ns/`. They outlive any container and any restart of the
 //! agent, and go away when the pins are unmounted. The network namespace is
-//! attached to the pod network through CNI ([`crate::network`]) once made,
-//! and detached before its pin goes. The pod's /etc/hosts, /etc/hostname
+//! attached to the pod network through CNI ([`crate::network`]) by
+//! [`attach`], after [`setup`] made it and while the pod's containers are
+//! being created (they join it by path), and detached before its pin goes.
+//! The pod's /etc/hosts, /etc/hostname
 //! and resolv.conf ([`crate::network::dns`]), and a pod-wide /dev/shm
 //! tmpfs, live beside them.
 
@@ -116,10 +118,23 @@ pub struct Host {
 
 const NS_KINDS: [&str; 3] = ["net", "uts", "ipc"];
 
-/// Creates (or, after an agent restart, finds) the sandbox: namespaces,
-/// the pod network (CNI ADD, or the result kept from before), the managed
-/// files; idempotent.
-pub fn setup(spec: &SandboxSpec, host: &Host) -> Result<PodContext, SandboxError> {
+/// A sandbox made, its network maybe still to attach.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Without addresses while `attach` is due.
+    pub ctx: PodContext,
+    /// The pod network is to be attached ([`attach`]) before any container
+    /// starts.
+    pub attach: bool,
+}
+
+/// Creates (or, after an agent restart, finds) the sandbox: namespaces and
+/// the managed files; idempotent. The pod network is checked (its
+/// configuration and plugins are there), not attached: [`attach`] does
+/// that, while the containers are being created. A pod on a CNI network
+/// gets a hosts file without its address until then (none of its
+/// containers runs before), and keeps the one it has after a restart.
+pub fn setup(spec: &SandboxSpec, host: &Host) -> Result<Prepared, SandboxError> {
     let node_hostname = || {
         nix::unistd::gethostname()
             .ok()
@@ -165,36 +180,34 @@ pub fn setup(spec: &SandboxSpec, host: &Host) -> Result<PodContext, SandboxError
         pin_new_namespaces(&ns_dir, &wanted, &hostname)?;
     }
 
-    let pod_ips: Vec<IpAddr> = match (&host.network, spec.host_network) {
-        (_, true) => vec![host.host_ip],
-        (None, false) => vec![IpAddr::from([127, 0, 0, 1])],
+    let (pod_ips, attach): (Vec<IpAddr>, bool) = match (&host.network, spec.host_network) {
+        (_, true) => (vec![host.host_ip], false),
+        (None, false) => (vec![IpAddr::from([127, 0, 0, 1])], false),
         (Some(net), false) => {
-            let netns = ns_dir.join("net");
-            net.attach(&network::PodRef {
-                uid: &spec.uid,
-                namespace: &spec.namespace,
-                name: &spec.name,
-                netns: &netns,
-                port_mappings: &spec.port_mappings,
-            })?
-            .ips
+            // A network that cannot be attached (no configuration, a
+            // missing plugin) fails here, before any container is made.
+            net.ready()?;
+            (vec![], true)
         }
     };
 
     let write = |name: &str, text: String| -> Result<PathBuf, SandboxError> {
         let p = spec.dir.join(name);
-        std::fs::write(&p, text).map_err(io_err("writing", &p))?;
+        write_in_place(&p, &text)?;
         Ok(p)
     };
-    let hosts = if spec.host_network {
+    let hosts_file = spec.dir.join(HOSTS_FILE);
+    if spec.host_network {
         let node = std::fs::read_to_string(&host.hosts_file)
             .map_err(io_err("reading the node's hosts file", &host.hosts_file))?;
-        dns::node_hosts_file(&node, &spec.names)
-    } else {
-        dns::hosts_file(&spec.names, &host.cluster_domain, &pod_ips)
-    };
+        write(HOSTS_FILE, dns::node_hosts_file(&node, &spec.names))?;
+    } else if !attach || !hosts_file.exists() {
+        write(
+            HOSTS_FILE,
+            dns::hosts_file(&spec.names, &host.cluster_domain, &pod_ips),
+        )?;
+    }
     let (resolv, warnings) = dns::resolv_conf(&spec.names, &dns::parse_resolv_conf(&node_resolv));
-    let hosts_file = write("etc-hosts", hosts)?;
     let hostname_file = write("etc-hostname", format!("{hostname}\n"))?;
     let resolv_conf = write("resolv.conf", resolv)?;
 
@@ -217,20 +230,61 @@ pub fn setup(spec: &SandboxSpec, host: &Host) -> Result<PodContext, SandboxError
         Some(shm)
     };
     let pinned = |k: &str| wanted.contains(&k).then(|| ns_dir.join(k));
-    Ok(PodContext {
-        net: pinned("net"),
-        uts: pinned("uts"),
-        ipc: pinned("ipc"),
-        hosts_file,
-        hostname_file,
-        resolv_conf,
-        shm,
-        hostname,
-        cgroupns: Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
-        pod_ips,
-        host_ip: host.host_ip,
-        warnings,
+    Ok(Prepared {
+        ctx: PodContext {
+            net: pinned("net"),
+            uts: pinned("uts"),
+            ipc: pinned("ipc"),
+            hosts_file,
+            hostname_file,
+            resolv_conf,
+            shm,
+            hostname,
+            cgroupns: Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
+            pod_ips,
+            host_ip: host.host_ip,
+            warnings,
+        },
+        attach,
     })
+}
+
+/// The pod's hosts file, in its directory.
+const HOSTS_FILE: &str = "etc-hosts";
+
+/// Attaches the pod's pinned network namespace to the pod network (CNI
+/// ADD, or the result kept from before a restart; a failed ADD is undone)
+/// and writes the pod's address into its hosts file. Returns the
+/// addresses. Blocking.
+pub fn attach(spec: &SandboxSpec, host: &Host) -> Result<Vec<IpAddr>, SandboxError> {
+    let Some(net) = &host.network else {
+        return Ok(vec![IpAddr::from([127, 0, 0, 1])]);
+    };
+    let netns = spec.dir.join("ns").join("net");
+    let ips = net
+        .attach(&network::PodRef {
+            uid: &spec.uid,
+            namespace: &spec.namespace,
+            name: &spec.name,
+            netns: &netns,
+            port_mappings: &spec.port_mappings,
+        })?
+        .ips;
+    let hosts = dns::hosts_file(&spec.names, &host.cluster_domain, &ips);
+    write_in_place(&spec.dir.join(HOSTS_FILE), &hosts)?;
+    Ok(ips)
+}
+
+/// Writes a managed file in place, only when its text changes. Containers
+/// bind-mount these files: a new file renamed over one would not reach a
+/// container already created (its mount holds the old inode), and
+/// rewriting the same text would let a running container read it half
+/// written.
+fn write_in_place(path: &Path, text: &str) -> Result<(), SandboxError> {
+    match std::fs::read(path) {
+        Ok(old) if old == text.as_bytes() => Ok(()),
+        _ => std::fs::write(path, text).map_err(io_err("writing", path)),
+    }
 }
 
 /// Creates new namespaces of the given kinds on a short-lived thread and

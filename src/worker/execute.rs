@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::adopt::{self, FoundState};
 use super::{Msg, Worker, container_id, now, waiting};
@@ -36,12 +36,20 @@ impl Worker {
     /// parallel.
     pub(super) async fn execute_all(&mut self, actions: Vec<Action>) {
         let mut signals = vec![];
+        let mut attach = false;
+        let mut create = vec![];
         for action in actions {
             match action {
                 Action::Stop { slot, grace } => signals.extend(self.stop(slot, grace)),
                 Action::Kill(slot) => signals.extend(self.kill(slot)),
+                // Together, below: the ADD and the creations overlap.
+                Action::AttachNetwork => attach = true,
+                Action::Create(slots) => create = slots,
                 other => self.execute(other).await,
             }
+        }
+        if attach {
+            self.attach_and_create(&create).await;
         }
         let rt = &self.env.rt;
         let sent = futures::future::join_all(signals.into_iter().map(|(id, signal)| async move {
@@ -57,6 +65,8 @@ impl Worker {
     }
 
     async fn execute(&mut self, action: Action) {
+        let t = Instant::now();
+        let what = format!("{action:?}");
         let result = match action {
             Action::EnsureCgroup => self.ensure_cgroup().await,
             Action::EnsureSandbox => self.ensure_sandbox().await,
@@ -66,12 +76,26 @@ impl Worker {
                 self.start_all(&slots).await;
                 Ok(())
             }
-            // Signals are sent by execute_all; the run loop ends with Teardown.
-            Action::Stop { .. } | Action::Kill(_) | Action::Teardown => Ok(()),
+            // Signals and the network are done by execute_all; the run
+            // loop ends with Teardown.
+            Action::AttachNetwork
+            | Action::Create(_)
+            | Action::Stop { .. }
+            | Action::Kill(_)
+            | Action::Teardown => Ok(()),
         };
+        debug!(pod = %self.pod.key(), action = what, took = ?t.elapsed(), "pod action done");
+        self.setup_step(result);
+    }
+
+    /// Records how a setup step went: a failure is retried after the
+    /// setup's back-off, with its reason in the status and an event; the
+    /// reason is cleared once the whole setup is through.
+    fn setup_step(&mut self, result: Result<(), PodError>) {
         match result {
-            Ok(()) if self.setup.retry_at.is_some() && self.setup.adopted => {
-                // The setup went through after failures.
+            Ok(())
+                if self.setup.retry_at.is_some() && self.setup.adopted && self.setup.attached =>
+            {
                 self.setup.retry_at = None;
                 self.setup.retry.succeeded();
                 self.status.reason = None;
@@ -105,14 +129,103 @@ impl Worker {
     async fn ensure_sandbox(&mut self) -> Result<(), PodError> {
         let sb = sandbox::SandboxSpec::of(&self.pod, self.env.pod_dir(&self.pod.uid));
         let sandboxes = Arc::clone(&self.env.sandboxes);
-        let ctx = blocking(move || sandboxes.setup(&sb), PodError::CreatePodSandbox).await?;
-        self.status.pod_ips.clone_from(&ctx.pod_ips);
+        let made = blocking(move || sandboxes.setup(&sb), PodError::CreatePodSandbox).await?;
+        let ctx = made.ctx;
+        if !made.attach {
+            self.status.pod_ips.clone_from(&ctx.pod_ips);
+            self.setup.attached = true;
+        }
         self.status.host_ip = Some(ctx.host_ip);
         for w in &ctx.warnings {
             self.event(event::WARNING, w.reason, w.message.clone());
         }
         self.setup.sandbox = Some(ctx);
         Ok(())
+    }
+
+    /// Attaches the pod network (CNI ADD) while the given containers are
+    /// created, then records both. The containers are only created: none
+    /// starts before the pod has its address. A failed attach removes what
+    /// was created, so that nothing of the pod stays half set up; it is
+    /// retried with the setup's back-off, alone.
+    async fn attach_and_create(&mut self, which: &[usize]) {
+        let Some(ctx) = self.setup.sandbox.clone() else {
+            return;
+        };
+        let t = Instant::now();
+        let requests: Vec<(usize, u32)> = which
+            .iter()
+            .map(|&i| (i, self.slots[i].next_attempt))
+            .collect();
+        let (attached, created) = {
+            let this = &*self;
+            let sb = sandbox::SandboxSpec::of(&this.pod, this.env.pod_dir(&this.pod.uid));
+            let sandboxes = Arc::clone(&this.env.sandboxes);
+            let attach = blocking(move || sandboxes.attach(&sb), PodError::CreatePodSandbox);
+            let create = futures::future::join_all(
+                requests
+                    .iter()
+                    .map(|&(i, attempt)| this.create(i, attempt, &ctx)),
+            );
+            futures::future::join(attach, create).await
+        };
+        let now = now();
+        for ((i, attempt), (result, image_events)) in requests.into_iter().zip(created) {
+            let name = self.slots[i].spec.name.clone();
+            for e in image_events {
+                self.container_event(&name, e.kind, e.reason, e.message);
+            }
+            match result {
+                Ok(c) => self.slots[i].created = Some(c),
+                Err(e) => self.start_failed(i, attempt, &e, now),
+            }
+        }
+        let result = match attached {
+            Ok(ips) => {
+                if let Some(ctx) = self.setup.sandbox.as_mut() {
+                    ctx.pod_ips.clone_from(&ips);
+                }
+                self.status.pod_ips = ips;
+                self.setup.attached = true;
+                self.setup.attach_failed = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.remove_created().await;
+                self.setup.attach_failed = true;
+                Err(e)
+            }
+        };
+        debug!(pod = %self.pod.key(), created = which.len(), took = ?t.elapsed(), "attach and create done");
+        self.setup_step(result);
+    }
+
+    /// Removes the containers created but not started (the network they
+    /// were waiting for could not be attached); they will be created again.
+    async fn remove_created(&mut self) {
+        let created: Vec<Created> = self
+            .slots
+            .iter_mut()
+            .filter_map(|s| s.created.take())
+            .collect();
+        let rt = &self.env.rt;
+        let removed = futures::future::join_all(created.iter().map(|c| rt.remove(&c.id))).await;
+        let mut made = vec![];
+        for (c, result) in created.into_iter().zip(removed) {
+            if let Err(e) = result {
+                // Found again and replaced by the next creation, or by
+                // the teardown.
+                warn!(pod = %self.pod.key(), id = c.id, "removing a container whose network failed: {e}");
+            }
+            made.push(c.made);
+        }
+        let volumes = Arc::clone(&self.env.volumes);
+        let _ = tokio::task::spawn_blocking(move || {
+            for m in made {
+                m.undo(volumes.as_ref());
+            }
+        })
+        .await;
     }
 
     /// Volumes one after the other, each off the executor: an NFS mount can
@@ -219,87 +332,145 @@ impl Worker {
     }
 
     /// Starts the given containers concurrently (their creation is
-    /// independent; the planner never asks for two init containers at once).
+    /// independent; the planner never asks for two init containers at
+    /// once), each created first unless a `Create` did.
     async fn start_all(&mut self, which: &[usize]) {
         let Some(ctx) = self.setup.sandbox.clone() else {
             return;
         };
         let now = now();
-        let requests: Vec<(usize, u32)> = which
+        let requests: Vec<(usize, u32, Option<Created>)> = which
             .iter()
-            .map(|&i| (i, self.slots[i].next_attempt))
+            .map(|&i| {
+                let created = self.slots[i].created.take();
+                let attempt = created
+                    .as_ref()
+                    .map_or(self.slots[i].next_attempt, |c| c.attempt);
+                (i, attempt, created)
+            })
             .collect();
+        let attempts: Vec<(usize, u32)> = requests.iter().map(|(i, a, _)| (*i, *a)).collect();
         let results = {
             let this = &*self;
             futures::future::join_all(
                 requests
-                    .iter()
-                    .map(|&(i, attempt)| this.launch(i, attempt, &ctx)),
+                    .into_iter()
+                    .map(|(i, attempt, created)| this.launch(i, attempt, &ctx, created)),
             )
             .await
         };
-        for ((i, attempt), (result, image_events)) in requests.into_iter().zip(results) {
+        for ((i, attempt), (result, image_events)) in attempts.into_iter().zip(results) {
             let name = self.slots[i].spec.name.clone();
             for e in image_events {
                 self.container_event(&name, e.kind, e.reason, e.message);
             }
             match result {
                 Ok((id, pid)) => self.started(i, attempt, id, pid).await,
-                Err(e) => {
-                    self.env.metrics.sync_errors.inc();
-                    let slot = &mut self.slots[i];
-                    slot.backoff.record_start(now);
-                    slot.not_before = Some(slot.backoff.restart_at(now));
-                    // A failed restart still counts as one, and the run
-                    // before it (its exit code, OOMKilled) stays visible.
-                    if let ContainerState::Terminated { .. } = slot.status.state {
-                        slot.status.last_state = Some(slot.status.state.clone());
-                    }
-                    slot.status.restart_count = attempt;
-                    slot.status.state = waiting(e.reason(), e.to_string());
-                    slot.pull_failed = matches!(e, PodError::ImagePull(_));
-                    let name = slot.spec.name.clone();
-                    self.container_event(
-                        &name,
-                        event::WARNING,
-                        reason::FAILED,
-                        format!("container {name}: {}: {e}", e.reason()),
-                    );
-                }
+                Err(e) => self.start_failed(i, attempt, &e, now),
             }
         }
     }
 
-    /// Image, spec, container and task for attempt `attempt` of slot `i`;
-    /// returns the started container's ID. Touches no worker state.
+    /// A start (or creation) that failed counts as a restart and backs off.
+    fn start_failed(&mut self, i: usize, attempt: u32, e: &PodError, now: Instant) {
+        self.env.metrics.sync_errors.inc();
+        let slot = &mut self.slots[i];
+        slot.backoff.record_start(now);
+        slot.not_before = Some(slot.backoff.restart_at(now));
+        // A failed restart still counts as one, and the run before it (its
+        // exit code, OOMKilled) stays visible.
+        if let ContainerState::Terminated { .. } = slot.status.state {
+            slot.status.last_state = Some(slot.status.state.clone());
+        }
+        slot.status.restart_count = attempt;
+        slot.status.state = waiting(e.reason(), e.to_string());
+        slot.pull_failed = matches!(e, PodError::ImagePull(_));
+        let name = slot.spec.name.clone();
+        self.container_event(
+            &name,
+            event::WARNING,
+            reason::FAILED,
+            format!("container {name}: {}: {e}", e.reason()),
+        );
+    }
+
+    /// Attempt `attempt` of slot `i`, created (unless `created` is) and
+    /// started; returns the started container's ID and PID. Touches no
+    /// worker state.
     async fn launch(
         &self,
         i: usize,
         attempt: u32,
         ctx: &oci::PodContext,
+        created: Option<Created>,
     ) -> (Result<(String, u32), PodError>, Vec<ImageEvent>) {
-        let mut made = Made::default();
-        let mut events = Vec::new();
-        let result = self
-            .try_launch(i, attempt, ctx, &mut made, &mut events)
-            .await;
-        if result.is_err() {
-            // Nothing of a failed attempt stays: its files and its subPath
-            // binds (no container of this slot runs, so none is in use).
-            let volumes = Arc::clone(&self.env.volumes);
-            tokio::task::spawn_blocking(move || made.undo(volumes.as_ref()));
-        }
+        let (created, events) = match created {
+            Some(c) => (Ok(c), vec![]),
+            None => self.create(i, attempt, ctx).await,
+        };
+        let result = match created {
+            Ok(c) => self.start(c).await,
+            Err(e) => Err(e),
+        };
         (result, events)
     }
 
-    async fn try_launch(
+    /// Image, spec, container and task (`runc create`) for attempt
+    /// `attempt` of slot `i`, not started. Touches no worker state.
+    async fn create(
+        &self,
+        i: usize,
+        attempt: u32,
+        ctx: &oci::PodContext,
+    ) -> (Result<Created, PodError>, Vec<ImageEvent>) {
+        let mut made = Made::default();
+        let mut events = Vec::new();
+        match self
+            .try_create(i, attempt, ctx, &mut made, &mut events)
+            .await
+        {
+            Ok(id) => (Ok(Created { id, attempt, made }), events),
+            Err(e) => {
+                // Nothing of a failed attempt stays: its files and its
+                // subPath binds (no container of this slot runs, so none
+                // is in use).
+                let volumes = Arc::clone(&self.env.volumes);
+                tokio::task::spawn_blocking(move || made.undo(volumes.as_ref()));
+                (Err(e), events)
+            }
+        }
+    }
+
+    /// Starts a created container; one that fails to start is removed.
+    async fn start(&self, c: Created) -> Result<(String, u32), PodError> {
+        let rt = &self.env.rt;
+        let t = Instant::now();
+        match rt.start(&c.id).await {
+            Ok(pid) => {
+                let took = t.elapsed();
+                self.env
+                    .metrics
+                    .observe_containerd("start", took.as_secs_f64());
+                debug!(pod = %self.pod.key(), id = c.id, ?took, "container started");
+                Ok((c.id, pid))
+            }
+            Err(e) => {
+                let _ = rt.remove(&c.id).await;
+                let volumes = Arc::clone(&self.env.volumes);
+                tokio::task::spawn_blocking(move || c.made.undo(volumes.as_ref()));
+                Err(PodError::RunContainer(e.to_string()))
+            }
+        }
+    }
+
+    async fn try_create(
         &self,
         i: usize,
         attempt: u32,
         ctx: &oci::PodContext,
         made: &mut Made,
         image_events: &mut Vec<ImageEvent>,
-    ) -> Result<(String, u32), PodError> {
+    ) -> Result<String, PodError> {
         let rt = &self.env.rt;
         let c = &self.slots[i].spec;
         let image_name = c.image.clone().unwrap_or_default();
@@ -413,22 +584,12 @@ impl Worker {
         })
         .await
         .map_err(|e| PodError::CreateContainer(e.to_string()))?;
+        let took = t.elapsed();
         self.env
             .metrics
-            .observe_containerd("create", t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        match rt.start(&id).await {
-            Ok(pid) => {
-                self.env
-                    .metrics
-                    .observe_containerd("start", t.elapsed().as_secs_f64());
-                Ok((id, pid))
-            }
-            Err(e) => {
-                let _ = rt.remove(&id).await;
-                Err(PodError::RunContainer(e.to_string()))
-            }
-        }
+            .observe_containerd("create", took.as_secs_f64());
+        debug!(pod = %self.pod.key(), container = %c.name, id, ?took, "container created");
+        Ok(id)
     }
 
     /// Where a container's termination messages are kept.
@@ -647,6 +808,14 @@ impl Worker {
         .await;
         info!(pod = %self.pod.key(), "pod removed");
     }
+}
+
+/// A container created (its task made) and not started yet.
+pub(super) struct Created {
+    pub id: String,
+    pub attempt: u32,
+    /// Its files, removed if it never starts.
+    made: Made,
 }
 
 /// What one launch attempt put on the host.

@@ -354,6 +354,11 @@ pub struct FakeHost {
     pub sandbox_failures: Mutex<u32>,
     /// The next sandbox setups find the pod network not ready.
     pub network_not_ready: Mutex<u32>,
+    /// The next network attaches fail.
+    pub attach_failures: Mutex<u32>,
+    /// While set, an attach waits until the test sends (or drops the
+    /// sender).
+    pub attach_gate: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
     /// Pod addresses given out so far (10.88.0.<n>).
     pub addresses: Mutex<u8>,
     /// The `known` sets `release_orphans` was called with.
@@ -404,7 +409,7 @@ impl PodCgroups for FakeHost {
 }
 
 impl Sandboxes for FakeHost {
-    fn setup(&self, spec: &SandboxSpec) -> Result<PodContext, PodError> {
+    fn setup(&self, spec: &SandboxSpec) -> Result<crate::sandbox::Prepared, PodError> {
         let mut failures = self.sandbox_failures.lock().unwrap();
         if *failures > 0 {
             *failures -= 1;
@@ -418,23 +423,44 @@ impl Sandboxes for FakeHost {
             return Err(PodError::NetworkNotReady("no CNI configuration".into()));
         }
         self.record("sandbox".into());
+        let d = &spec.dir;
+        Ok(crate::sandbox::Prepared {
+            ctx: PodContext {
+                net: Some(d.join("ns/net")),
+                uts: Some(d.join("ns/uts")),
+                ipc: Some(d.join("ns/ipc")),
+                hosts_file: d.join("etc-hosts"),
+                hostname_file: d.join("etc-hostname"),
+                resolv_conf: d.join("resolv.conf"),
+                shm: None,
+                hostname: spec.names.hostname.clone(),
+                cgroupns: false,
+                pod_ips: vec![],
+                host_ip: std::net::IpAddr::from([192, 0, 2, 1]),
+                warnings: vec![],
+            },
+            attach: true,
+        })
+    }
+
+    fn attach(&self, _spec: &SandboxSpec) -> Result<Vec<std::net::IpAddr>, PodError> {
+        let gate = self.attach_gate.lock().unwrap().take();
+        if let Some(gate) = gate {
+            self.record("attach waits".into());
+            let _ = gate.recv();
+        }
+        let mut failures = self.attach_failures.lock().unwrap();
+        if *failures > 0 {
+            *failures -= 1;
+            self.record("attach failed".into());
+            return Err(PodError::CreatePodSandbox(
+                "failed to set up network: no IP addresses available".into(),
+            ));
+        }
+        self.record("attach".into());
         let mut n = self.addresses.lock().unwrap();
         *n += 1;
-        let d = &spec.dir;
-        Ok(PodContext {
-            net: Some(d.join("ns/net")),
-            uts: Some(d.join("ns/uts")),
-            ipc: Some(d.join("ns/ipc")),
-            hosts_file: d.join("etc-hosts"),
-            hostname_file: d.join("etc-hostname"),
-            resolv_conf: d.join("resolv.conf"),
-            shm: None,
-            hostname: spec.names.hostname.clone(),
-            cgroupns: false,
-            pod_ips: vec![std::net::IpAddr::from([10, 88, 0, *n])],
-            host_ip: std::net::IpAddr::from([192, 0, 2, 1]),
-            warnings: vec![],
-        })
+        Ok(vec![std::net::IpAddr::from([10, 88, 0, *n])])
     }
 
     fn teardown(&self, dir: &Path) -> Result<(), String> {

@@ -10,10 +10,10 @@
 
 use std::collections::HashSet;
 use std::io;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use crate::cgroup::{self, CgroupLimits, QosClass, WeightFormula};
-use crate::oci::PodContext;
 use crate::pod::PodError;
 use crate::sandbox::{self, SandboxSpec};
 use crate::volume::{self, Volume};
@@ -70,9 +70,13 @@ impl PodCgroups for cgroup::Cgroups {
 
 /// The pod's namespaces, its network, managed files and /dev/shm.
 pub trait Sandboxes: Send + Sync + 'static {
-    /// Creates (or finds again) the sandbox and attaches its network;
-    /// blocking. The context carries the pod's addresses.
-    fn setup(&self, spec: &SandboxSpec) -> Result<PodContext, PodError>;
+    /// Creates (or finds again) the sandbox, and checks that its network
+    /// can be attached; blocking. The context carries the pod's addresses
+    /// unless the network is still to be attached.
+    fn setup(&self, spec: &SandboxSpec) -> Result<sandbox::Prepared, PodError>;
+    /// Attaches the sandbox's network; returns the pod's addresses.
+    /// Blocking; runs while the pod's containers are being created.
+    fn attach(&self, spec: &SandboxSpec) -> Result<Vec<IpAddr>, PodError>;
     /// Detaches the pod's network, then removes the pod directory with
     /// everything below it; blocking.
     fn teardown(&self, dir: &Path) -> Result<(), String>;
@@ -86,8 +90,12 @@ pub trait Sandboxes: Send + Sync + 'static {
 pub struct HostSandboxes(pub sandbox::Host);
 
 impl Sandboxes for HostSandboxes {
-    fn setup(&self, spec: &SandboxSpec) -> Result<PodContext, PodError> {
+    fn setup(&self, spec: &SandboxSpec) -> Result<sandbox::Prepared, PodError> {
         Ok(sandbox::setup(spec, &self.0)?)
+    }
+
+    fn attach(&self, spec: &SandboxSpec) -> Result<Vec<IpAddr>, PodError> {
+        Ok(sandbox::attach(spec, &self.0)?)
     }
 
     fn teardown(&self, dir: &Path) -> Result<(), String> {

@@ -32,8 +32,8 @@ use crate::manifest::StaticPod;
 use crate::oci::PodContext;
 use crate::pod::error::{event, reason};
 use crate::pod::{
-    self, Action, Backoff, ContainerState, ContainerStatus, Phase, PodEntry, PodStatus,
-    RestartPolicy, Retry, SetupView, SlotView, StopView,
+    self, Action, Backoff, ContainerState, ContainerStatus, NetworkView, Phase, PodEntry,
+    PodStatus, RestartPolicy, Retry, SetupView, SlotView, StopView,
 };
 use crate::runtime::{Exit, Runtime, RuntimeError};
 use crate::{cgroup, volume};
@@ -148,6 +148,10 @@ struct Slot {
     /// The latest container (running or dead).
     current: Option<String>,
     running: bool,
+    /// Created while the pod network was attached, not started yet.
+    created: Option<execute::Created>,
+    /// Its environment holds the pod's address.
+    needs_pod_ip: bool,
     started_at: Option<SystemTime>,
     exit_code: Option<i32>,
     not_before: Option<Instant>,
@@ -167,6 +171,8 @@ impl Slot {
         SlotView {
             init: self.init,
             running: self.running,
+            created: self.created.is_some(),
+            needs_pod_ip: self.needs_pod_ip,
             exit_code: self.exit_code,
             not_before: self.not_before,
             unhealthy: self.unhealthy,
@@ -182,6 +188,10 @@ struct Setup {
     /// Host path of each volume set up, by name.
     volumes: HashMap<String, PathBuf>,
     adopted: bool,
+    /// The pod network is attached (or there is none to attach).
+    attached: bool,
+    /// The last attach failed.
+    attach_failed: bool,
     retry: Retry,
     retry_at: Option<Instant>,
 }
@@ -250,11 +260,13 @@ impl Worker {
                         ready: false,
                         started: false,
                     },
+                    needs_pod_ip: crate::oci::needs_pod_ip(&c),
                     spec: c,
                     init,
                     next_attempt: 0,
                     current: None,
                     running: false,
+                    created: None,
                     started_at: None,
                     exit_code: None,
                     not_before: None,
@@ -286,6 +298,8 @@ impl Worker {
                 sandbox: None,
                 volumes: HashMap::new(),
                 adopted: false,
+                attached: false,
+                attach_failed: false,
                 retry,
                 retry_at: None,
             },
@@ -314,6 +328,11 @@ impl Worker {
                 .map(|(i, _)| i)
                 .collect(),
             adopted: self.setup.adopted,
+            network: match (self.setup.attached, self.setup.attach_failed) {
+                (true, _) => NetworkView::Ready,
+                (false, false) => NetworkView::Pending,
+                (false, true) => NetworkView::Failed,
+            },
             retry_at: self.setup.retry_at,
         }
     }

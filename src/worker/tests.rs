@@ -124,7 +124,7 @@ async fn setup_runs_in_order_and_init_containers_one_at_a_time() {
     p.until("a runs", |p| p.running("a")).await;
     assert_eq!(
         p.host.calls(),
-        ["cgroup BestEffort", "sandbox", "mount scratch"]
+        ["cgroup BestEffort", "sandbox", "mount scratch", "attach"]
     );
     assert_eq!(p.entry().unwrap().status.phase, Phase::Pending);
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -378,7 +378,8 @@ async fn a_failed_setup_step_is_retried_with_backoff_and_reported() {
             "cgroup BestEffort",
             "sandbox failed",
             "sandbox failed",
-            "sandbox"
+            "sandbox",
+            "attach"
         ]
     );
     assert_eq!(
@@ -524,6 +525,98 @@ async fn the_pod_network_gives_the_status_its_addresses() {
             .events
             .iter()
             .any(|e| e.reason == "NetworkNotReady" && e.message == "no CNI configuration")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn containers_are_created_while_the_network_attaches_and_start_after_it() {
+    let host = FakeHost::default();
+    let (open, gate) = std::sync::mpsc::channel();
+    *host.attach_gate.lock().unwrap() = Some(gate);
+    let p = Pod::run(
+        manifest(
+            "  containers:\n  - {name: a, image: busybox}\n  - name: b\n    image: busybox\n    env:\n    - name: MY_IP\n      valueFrom: {fieldRef: {fieldPath: status.podIP}}\n",
+        ),
+        FakeRuntime::default(),
+        host,
+    );
+    // While the attach waits (the paused clock stands still meanwhile),
+    // a thread of its own looks at what the runtime was asked, then lets
+    // the attach go on.
+    let (rt, host) = (p.rt.clone(), p.host.clone());
+    let during = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while rt.created("a") == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let seen = (rt.calls(), host.calls());
+        let _ = open.send(());
+        seen
+    });
+    p.until("a and b run", |p| p.running("a") && p.running("b"))
+        .await;
+    let (rt_calls, host_calls) = during.join().unwrap();
+    assert!(
+        host_calls.ends_with(&["attach waits".to_string()]),
+        "{host_calls:?}"
+    );
+    // a was created during the attach, not started; b, whose environment
+    // holds the pod's address, was not even created.
+    assert!(rt_calls.contains(&"create a".to_string()), "{rt_calls:?}");
+    assert!(
+        !rt_calls
+            .iter()
+            .any(|c| c.starts_with("start") || c == "create b"),
+        "{rt_calls:?}"
+    );
+    assert_eq!((p.rt.created("a"), p.rt.created("b")), (1, 1));
+    assert_eq!(
+        p.entry().unwrap().status.pod_ip(),
+        Some([10, 88, 0, 1].into())
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_attach_removes_what_was_created_and_is_retried_alone() {
+    let host = FakeHost::default();
+    *host.attach_failures.lock().unwrap() = 1;
+    let p = Pod::run(
+        manifest("  containers:\n  - {name: c, image: busybox}\n"),
+        FakeRuntime::default(),
+        host,
+    );
+    p.until("the failure is reported", |p| {
+        p.entry()
+            .is_some_and(|e| e.status.reason.as_deref() == Some("FailedCreatePodSandBox"))
+    })
+    .await;
+    // The container created meanwhile is gone, never started.
+    assert_eq!(p.rt.created("c"), 1);
+    assert!(p.rt.ids().is_empty(), "{:?}", p.rt.calls());
+    assert!(!p.rt.calls().iter().any(|c| c.starts_with("start")));
+    assert!(p.entry().unwrap().status.pod_ips.is_empty());
+    p.until("c runs", |p| p.running("c")).await;
+    let calls = p.rt.calls();
+    let removed = calls.iter().position(|c| c.starts_with("remove")).unwrap();
+    let created: Vec<usize> = (0..calls.len())
+        .filter(|&i| calls[i] == "create c")
+        .collect();
+    assert_eq!(created.len(), 2, "{calls:?}");
+    assert!(created[0] < removed && removed < created[1], "{calls:?}");
+    assert_eq!(
+        p.host.calls(),
+        ["cgroup BestEffort", "sandbox", "attach failed", "attach"]
+    );
+    let status = p.entry().unwrap().status;
+    assert_eq!(status.reason, None, "cleared once it works");
+    assert_eq!(status.pod_ip(), Some([10, 88, 0, 1].into()));
+    // Not a restart of the container: the sandbox failed.
+    assert_eq!(p.container("c").restart_count, 0);
+    assert!(
+        status
+            .events
+            .iter()
+            .any(|e| e.reason == "FailedCreatePodSandBox")
     );
 }
 
