@@ -133,6 +133,7 @@ fn main() {
             runtime: "io.containerd.runc.v2".into(),
             images_dir: empty.clone(),
             logger: "/bin/true".into(),
+            log_rotation: None,
             systemd_cgroup: false,
             call_timeout: Duration::from_secs(120),
             registries: RegistryOptions {

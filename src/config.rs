@@ -91,6 +91,12 @@ pub struct Config {
     /// Pods admitted at most (the kubelet's `maxPods`); the others wait with
     /// reason `OutOfpods`.
     pub max_pods: u32,
+    /// Size at which a container's log file is rotated (a quantity, the
+    /// kubelet's `containerLogMaxSize`); negative: never rotated.
+    pub container_log_max_size: String,
+    /// Log files kept per container, the current one included (the
+    /// kubelet's `containerLogMaxFiles`, at least 2).
+    pub container_log_max_files: u32,
     /// CPU and memory kept back from pods: allocatable = capacity - this.
     pub system_reserved: Reserved,
     /// HTTP endpoint for status and metrics.
@@ -250,6 +256,8 @@ impl Default for Config {
             single_process_oom_kill: false,
             pod_pids_limit: -1,
             max_pods: 110,
+            container_log_max_size: "10Mi".to_string(),
+            container_log_max_files: 5,
             system_reserved: Reserved::default(),
             listen_address: SocketAddr::from(([127, 0, 0, 1], 10255)),
             cli_socket: PathBuf::from(crate::cli::DEFAULT_SOCKET),
@@ -395,6 +403,15 @@ impl Config {
         if self.max_pods == 0 {
             return Err(invalid("maxPods", "must be at least 1".to_string()));
         }
+        if let Err(e) = crate::manifest::quantity::Quantity::parse(&self.container_log_max_size) {
+            return Err(invalid("containerLogMaxSize", e.to_string()));
+        }
+        if self.container_log_max_files < 2 {
+            return Err(invalid(
+                "containerLogMaxFiles",
+                format!("{} must be at least 2", self.container_log_max_files),
+            ));
+        }
         if let Err(m) = check_containerd_namespace(&self.containerd.namespace) {
             return Err(invalid("containerd.namespace", m));
         }
@@ -531,6 +548,16 @@ impl Config {
             min_age: self.image_minimum_gc_age,
             period: self.image_gc_period,
         }
+    }
+
+    /// The container log rotation policy; `None` for a negative
+    /// `containerLogMaxSize` (validated at load).
+    pub fn log_rotation(&self) -> Option<crate::logs::rotate::Rotation> {
+        let size = crate::manifest::quantity::Quantity::parse(&self.container_log_max_size).ok()?;
+        (!size.is_negative()).then(|| crate::logs::rotate::Rotation {
+            max_size: u64::try_from(size.value_ceil()).unwrap_or(u64::MAX),
+            max_files: self.container_log_max_files,
+        })
     }
 
     pub fn images_dir(&self) -> PathBuf {
@@ -757,6 +784,37 @@ mod tests {
                 "imageGCLowThresholdPercent",
             ),
             ("imagePullStallTimeout: 0s\n", "imagePullStallTimeout"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn container_log_rotation_keys() {
+        use crate::logs::rotate::Rotation;
+        assert_eq!(
+            Config::default().log_rotation(),
+            Some(Rotation {
+                max_size: 10 << 20,
+                max_files: 5
+            })
+        );
+        let c = parse("containerLogMaxSize: 1M\ncontainerLogMaxFiles: 2\n").unwrap();
+        assert_eq!(
+            c.log_rotation(),
+            Some(Rotation {
+                max_size: 1_000_000,
+                max_files: 2
+            })
+        );
+        assert_eq!(
+            parse("containerLogMaxSize: '-1'\n").unwrap().log_rotation(),
+            None
+        );
+        for (text, field) in [
+            ("containerLogMaxSize: 10 MB\n", "containerLogMaxSize"),
+            ("containerLogMaxFiles: 1\n", "containerLogMaxFiles"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(field), "{text}: {e}");

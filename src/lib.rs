@@ -28,5 +28,7 @@ pub mod runtime;
 pub mod sandbox;
 pub mod source;
 pub mod stats;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod volume;
 pub mod worker;

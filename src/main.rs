@@ -65,16 +65,15 @@ enum Command {
         after_help = "Examples:\n  kubelet-lite completion bash > /etc/bash_completion.d/kubelet-lite\n  kubelet-lite completion zsh > \"${fpath[1]}/_kubelet-lite\"\n  kubelet-lite completion fish > ~/.config/fish/completions/kubelet-lite.fish"
     )]
     Completion { shell: clap_complete::Shell },
-    /// Container log writer started by containerd's shim (internal).
-    #[command(name = "cri-log", hide = true)]
-    CriLog { path: PathBuf },
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    if let Some(Command::CriLog { path }) = &cli.command {
-        return std::process::ExitCode::from(u8::try_from(logs::run_logger(path)).unwrap_or(1));
+    // The container log writer that containerd's shim starts: its
+    // arguments are the log URI's query, in no fixed order.
+    if let Some(args) = logs::LoggerArgs::parse(std::env::args_os().skip(1)) {
+        return std::process::ExitCode::from(u8::try_from(logs::run_logger(&args)).unwrap_or(1));
     }
+    let cli = Cli::parse();
     match cli.command {
         Some(Command::Completion { shell }) => {
             clap_complete::generate(
@@ -164,7 +163,7 @@ fn real_main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             rt.block_on(run(config))?;
             Ok(std::process::ExitCode::SUCCESS)
         }
-        Command::CriLog { .. } | Command::Verb(_) | Command::Completion { .. } => {
+        Command::Verb(_) | Command::Completion { .. } => {
             unreachable!("handled before logging starts")
         }
     }
@@ -215,6 +214,7 @@ async fn connect(config: &Config, health: &RuntimeHealth) -> anyhow::Result<Cont
             runtime: config.containerd.runtime.clone(),
             images_dir: config.images_dir(),
             logger: std::env::current_exe().context("locating own binary for the log writer")?,
+            log_rotation: config.log_rotation(),
             systemd_cgroup: config.cgroup_driver == cgroup::Driver::Systemd,
             call_timeout: config.runtime_request_timeout,
             registries: config.registry_options(),

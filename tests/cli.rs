@@ -552,6 +552,143 @@ fn logs_previous_tail_follow_and_disconnect() {
     assert!(status.success());
 }
 
+/// containerLogMaxSize / containerLogMaxFiles: the writer rotates the log
+/// by size, the older rotated files are compressed and the oldest removed,
+/// and `logs -f` reads every line across the rotations.
+#[test]
+fn logs_rotate_by_size_and_follow_reads_across() {
+    let mut env = Env::new("cli-rotate");
+    env.write_config("containerLogMaxSize: 2Ki\ncontainerLogMaxFiles: 3\n");
+    env.start_agent();
+    // About 3 KB of records a second: a rotation every second.
+    env.write_manifest(
+        "chatty.yaml",
+        &pod_yaml("chatty", "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'i=0; while true; do echo tick $i ................................................; i=$((i+1)); usleep 40000; done']\n"),
+    );
+    env.wait_running("chatty-node1");
+    let uid = env.pod("chatty-node1").unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = env.dir.join(format!("logs/default_chatty-node1_{uid}/c"));
+    let (mut follow, lines) = spawn(&env, &["logs", "chatty-node1", "-f"]);
+    let tick = |l: &str| {
+        l.strip_prefix("tick ")
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    let first = wait_line(&lines, Duration::from_secs(20), |l| tick(l).is_some())
+        .unwrap_or_else(|seen| panic!("nothing followed: {seen:?}"));
+    // Every tick, in order, for about 6 s: across five or more rotations.
+    let mut last = tick(&first).unwrap();
+    let mut rotated = std::collections::BTreeSet::new();
+    while last < tick(&first).unwrap() + 150 {
+        let l = lines
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("follow stopped after tick {last}: {e}"));
+        let n = tick(&l).unwrap_or_else(|| panic!("not a tick: {l:?}"));
+        assert_eq!(n, last + 1, "a line lost or repeated across a rotation");
+        last = n;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            if let Some(stamp) = name.strip_prefix("0.log.") {
+                rotated.insert(
+                    stamp
+                        .trim_end_matches(".tmp")
+                        .trim_end_matches(".gz")
+                        .to_string(),
+                );
+            }
+        }
+    }
+    assert!(rotated.len() >= 4, "rotations seen: {rotated:?}");
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { libc::kill(follow.id().cast_signed(), libc::SIGKILL) };
+    let _ = follow.wait();
+    // At most three files: the current one, the newest rotated one as
+    // written, the older compressed; nothing temporary left.
+    env.wait_for("rotated files tidied", Duration::from_secs(10), || {
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let ok = names.len() == 3
+            && names[0] == "0.log"
+            && names[1].ends_with(".gz")
+            && !names[2].ends_with(".gz")
+            && names.iter().all(|n| !n.ends_with(".tmp"));
+        ok.then_some(())
+    });
+    // The log as `logs` shows it is the current file, whole records only.
+    let text = ok(&env, &["logs", "chatty-node1"]);
+    assert!(text.lines().all(|l| tick(l).is_some()), "{text}");
+}
+
+/// A container that keeps restarting keeps the files of its current and
+/// previous attempts only (as the kubelet keeps one dead container), and
+/// `--previous` still reads the one before.
+#[test]
+fn a_restarting_container_keeps_two_attempts_of_files() {
+    let mut env = Env::new("cli-attempts");
+    env.write_config("crashLoopBackOff:\n  initial: 100ms\n  max: 200ms\n");
+    env.start_agent();
+    env.write_manifest(
+        "flaky.yaml",
+        &pod_yaml("flaky", "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'echo attempt; sleep 0.3; exit 1']\n"),
+    );
+    let restarts = |env: &Env| {
+        env.pod("flaky-node1")
+            .and_then(|p| p["status"]["containerStatuses"][0]["restartCount"].as_u64())
+    };
+    env.wait_for("five restarts", Duration::from_secs(60), || {
+        restarts(&env).filter(|n| *n >= 5)
+    });
+    let uid = env.pod("flaky-node1").unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let logs = env.dir.join(format!("logs/default_flaky-node1_{uid}/c"));
+    let attempts = |dir: &Path| -> Vec<u64> {
+        let mut v: Vec<u64> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                name.split_once('.')?.0.parse().ok()
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    env.wait_for(
+        "old attempts' logs removed",
+        Duration::from_secs(20),
+        || {
+            let n = restarts(&env)?;
+            let a = attempts(&logs);
+            (a.len() <= 3 && a.iter().all(|k| *k + 1 >= n)).then_some(())
+        },
+    );
+    // And their termination messages, under the pod's state directory.
+    let state = env.dir.join(format!("root/pods/{uid}/containers/c"));
+    env.wait_for(
+        "old termination messages removed",
+        Duration::from_secs(20),
+        || {
+            let n = restarts(&env)?;
+            let a = attempts(&state);
+            (!a.is_empty() && a.len() <= 3 && a.iter().all(|k| *k + 1 >= n)).then_some(())
+        },
+    );
+    let o = kl(&env, &["logs", "flaky-node1", "--previous"]);
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (0, "attempt\n"),
+        "{}",
+        o.stderr
+    );
+}
+
 #[test]
 fn top_reads_cpu_and_memory() {
     let mut env = Env::new("cli-top");

@@ -415,3 +415,45 @@ fn quantities_beyond_64_bits_never_wrap() {
         }
     }
 }
+
+/// A scrape keeps each cgroup's counter files open between scrapes. A
+/// cgroup removed and made again at the same path (a pod deleted and
+/// written again: same UID, same path) must then be read afresh: the
+/// kernel fails reads of the removed cgroup's files, and the new values
+/// show.
+#[test]
+fn a_cgroup_made_again_at_the_same_path_is_read_afresh() {
+    use kubelet_lite::cgroup::manager::Hierarchy;
+    use kubelet_lite::cgroup::qos::{CgroupLimits, WeightFormula};
+    use kubelet_lite::cgroup::stats::{SpecCache, read};
+
+    let env = Env::new("cgagain");
+    let mounts = kubelet_lite::hostfs::mounts().unwrap();
+    let h = Hierarchy::detect(&mounts, WeightFormula::Linear).unwrap();
+    let rel = format!("{}/again", env.cgroup_root);
+    let make = |quota: i64| {
+        let limits = CgroupLimits {
+            cpu_quota_us: Some(quota),
+            memory_max: Some(64 << 20),
+            ..Default::default()
+        };
+        h.mode.apply(&rel, &limits, h.formula).unwrap();
+    };
+    make(20_000);
+    let cache = SpecCache::default();
+    let first = read(&h.mode, &rel, Some(&cache)).unwrap();
+    assert_eq!((first.cpu_quota_us, first.memory_limit), (20_000, 64 << 20));
+    assert_eq!(read(&h.mode, &rel, Some(&cache)).unwrap(), first);
+    assert!(h.remove(&rel).is_empty());
+    // Gone: the kept files fail, and nothing is reported.
+    assert!(read(&h.mode, &rel, Some(&cache)).is_none());
+    make(50_000);
+    let again = read(&h.mode, &rel, Some(&cache)).unwrap();
+    assert_eq!(again.cpu_quota_us, 50_000);
+    // Removed and made again between two scrapes: the same.
+    assert!(h.remove(&rel).is_empty());
+    make(30_000);
+    let third = read(&h.mode, &rel, Some(&cache)).unwrap();
+    assert_eq!(third.cpu_quota_us, 30_000);
+    assert!(h.remove(&rel).is_empty());
+}

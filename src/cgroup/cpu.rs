@@ -11,7 +11,7 @@
 //! alone (`usage_usec`, `user_usec`, `system_usec`, `nr_periods`,
 //! `nr_throttled`, `throttled_usec`).
 
-use super::fs::{Source, parse_keyed};
+use super::fs::{Source, keyed_values};
 use super::qos::{CPU_PERIOD_US, CgroupLimits, WeightFormula, cpu_weight};
 use super::version::Version;
 
@@ -72,33 +72,41 @@ pub struct Usage {
 pub fn usage(version: Version, cpu: &impl Source, cpuacct: &impl Source) -> Option<Usage> {
     match version {
         Version::V2 => {
-            let stat = cpu.read("cpu.stat")?;
-            let k = |key: &str| parse_keyed(&stat, key).unwrap_or(0);
+            let stat = cpu.counter("cpu.stat")?;
+            let [usage, user, system, periods, throttled, throttled_us] = keyed_values(
+                &stat,
+                [
+                    "usage_usec",
+                    "user_usec",
+                    "system_usec",
+                    "nr_periods",
+                    "nr_throttled",
+                    "throttled_usec",
+                ],
+            );
             Some(Usage {
-                usage_ns: k("usage_usec").saturating_mul(1000),
-                user_ns: k("user_usec").saturating_mul(1000),
-                system_ns: k("system_usec").saturating_mul(1000),
-                periods: k("nr_periods"),
-                throttled_periods: k("nr_throttled"),
-                throttled_ns: k("throttled_usec").saturating_mul(1000),
+                usage_ns: usage.saturating_mul(1000),
+                user_ns: user.saturating_mul(1000),
+                system_ns: system.saturating_mul(1000),
+                periods,
+                throttled_periods: throttled,
+                throttled_ns: throttled_us.saturating_mul(1000),
             })
         }
         Version::V1 => {
-            let ticks = cpuacct.read("cpuacct.stat").unwrap_or_default();
-            let ns = |key: &str| {
-                parse_keyed(&ticks, key)
-                    .unwrap_or(0)
-                    .saturating_mul(1_000_000_000 / USER_HZ)
-            };
-            let stat = cpu.read("cpu.stat").unwrap_or_default();
-            let k = |key: &str| parse_keyed(&stat, key).unwrap_or(0);
+            let ticks = cpuacct.counter("cpuacct.stat").unwrap_or_default();
+            let [user, system] = keyed_values(&ticks, ["user", "system"])
+                .map(|t| t.saturating_mul(1_000_000_000 / USER_HZ));
+            let stat = cpu.counter("cpu.stat").unwrap_or_default();
+            let [periods, throttled, throttled_ns] =
+                keyed_values(&stat, ["nr_periods", "nr_throttled", "throttled_time"]);
             Some(Usage {
-                usage_ns: cpuacct.num("cpuacct.usage").unwrap_or(0),
-                user_ns: ns("user"),
-                system_ns: ns("system"),
-                periods: k("nr_periods"),
-                throttled_periods: k("nr_throttled"),
-                throttled_ns: k("throttled_time"),
+                usage_ns: cpuacct.counter_num("cpuacct.usage").unwrap_or(0),
+                user_ns: user,
+                system_ns: system,
+                periods,
+                throttled_periods: throttled,
+                throttled_ns,
             })
         }
     }

@@ -5,9 +5,12 @@
 //! this against a temporary directory.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read};
+use std::fs::File;
+use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use nix::fcntl::OFlag;
 
@@ -18,19 +21,43 @@ use super::Error;
 pub trait Source {
     /// The file's text; `None` when it does not exist or cannot be read
     /// (a controller the kernel does not offer here, a cgroup that went).
-    fn read(&self, file: &str) -> Option<String>;
+    fn read(&self, file: &'static str) -> Option<String>;
 
     /// The file's text as one number (`None` for "max" and the like).
-    fn num(&self, file: &str) -> Option<u64> {
+    fn num(&self, file: &'static str) -> Option<u64> {
         self.read(file)?.trim().parse().ok()
+    }
+
+    /// As [`Source::read`], for a counter read again at every scrape: the
+    /// source may keep the file open between reads.
+    fn counter(&self, file: &'static str) -> Option<String> {
+        self.read(file)
+    }
+
+    /// A counter as one number.
+    fn counter_num(&self, file: &'static str) -> Option<u64> {
+        self.counter(file)?.trim().parse().ok()
     }
 }
 
 /// An opened cgroup directory. Its files are opened relative to it: the
 /// long path is walked once per cgroup, not once per file (path lookup is
 /// most of a scrape's cost otherwise).
+///
+/// Counter files stay open once read (see [`Source::counter`]): a scrape
+/// then costs one `pread` per file instead of open, read and close. The
+/// kernel makes a cgroup file's text afresh at every read from offset 0,
+/// and a read of a cgroup that was removed fails (`ENODEV`), so a kept file
+/// never serves stale figures. Each kept file costs a descriptor and its
+/// read buffer in the kernel (one page).
 #[derive(Debug)]
-pub struct Dir(OwnedFd);
+pub struct Dir {
+    fd: OwnedFd,
+    /// Counter files opened so far; `None`: the file does not exist here.
+    kept: Mutex<Vec<(&'static str, Option<File>)>>,
+    /// Whether process listings may be kept open too (cgroup v2).
+    keep_listings: bool,
+}
 
 impl Dir {
     /// `None` when the directory does not exist (a cgroup that is gone).
@@ -41,55 +68,98 @@ impl Dir {
             nix::sys::stat::Mode::empty(),
         )
         .ok()
-        .map(Dir)
+        .map(|fd| Dir {
+            fd,
+            kept: Mutex::default(),
+            keep_listings: false,
+        })
     }
-}
 
-/// cgroup files listed record by record (one read may end between
-/// records): read to the end.
-const ITERATED: &[&str] = &["cgroup.procs", "cgroup.threads", "tasks"];
+    /// Lets [`Source::counter`] keep process listings (`cgroup.procs`)
+    /// open too: right on cgroup v2, whose listing starts afresh at every
+    /// read from offset 0, wrong on v1, which serves an open file the
+    /// listing it made for it for as long as it is read at least once a
+    /// second.
+    pub fn keeping_listings(mut self) -> Dir {
+        self.keep_listings = true;
+        self
+    }
 
-/// The first read's size for the other files (v1 `memory.stat`, the
-/// largest, is under 2 KiB).
-const SINGLE_READ: usize = 8192;
-
-impl Source for Dir {
-    fn read(&self, file_name: &str) -> Option<String> {
-        let fd = nix::fcntl::openat(
-            &self.0,
+    fn open_file(&self, file_name: &str) -> nix::Result<File> {
+        nix::fcntl::openat(
+            &self.fd,
             file_name,
             OFlag::O_RDONLY | OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )
-        .ok()?;
-        let mut file = std::fs::File::from(fd);
-        if ITERATED.contains(&file_name) {
-            let mut out = String::new();
-            file.read_to_string(&mut out).ok()?;
-            return Some(out);
+        .map(File::from)
+    }
+}
+
+/// cgroup files listed record by record: one read may end between
+/// records, so they are read until a read returns nothing.
+const ITERATED: &[&str] = &["cgroup.procs", "cgroup.threads", "tasks"];
+
+/// The first read's size for the other files (v1 `memory.stat`, the
+/// largest, is under 2 KiB).
+const SINGLE_READ: usize = 4096;
+
+/// The whole text of a cgroup file read from offset 0. The kernel makes a
+/// file of values in one call into a buffer that grows until all fits,
+/// then copies it out: one read of a larger size returns all of it, and a
+/// short read means the end (this saves the read that would only find the
+/// end). A listing (`iterated`) is read until a read returns nothing.
+fn read_whole(file: &File, iterated: bool) -> Option<String> {
+    let mut first = [0u8; SINGLE_READ];
+    let mut last = file.read_at(&mut first, 0).ok()?;
+    let mut buf = first[..last].to_vec();
+    let mut asked = SINGLE_READ;
+    while last == asked || (iterated && last > 0) {
+        let len = buf.len();
+        asked = len.max(SINGLE_READ);
+        buf.resize(len + asked, 0);
+        last = file.read_at(&mut buf[len..], len as u64).ok()?;
+        buf.truncate(len + last);
+    }
+    String::from_utf8(buf).ok()
+}
+
+impl Source for Dir {
+    fn read(&self, file_name: &'static str) -> Option<String> {
+        let file = self.open_file(file_name).ok()?;
+        read_whole(&file, ITERATED.contains(&file_name))
+    }
+
+    fn counter(&self, file_name: &'static str) -> Option<String> {
+        let iterated = ITERATED.contains(&file_name);
+        if iterated && !self.keep_listings {
+            return self.read(file_name);
         }
-        // The other files are made by one call of the kernel into a buffer
-        // that grows until all fits, then copied out: one read of a larger
-        // size returns all of it, and a short read means the end (this
-        // saves a scrape the read that would only find the end).
-        let mut buf = vec![0u8; SINGLE_READ];
-        let mut len = 0;
-        loop {
-            let n = file.read(&mut buf[len..]).ok()?;
-            len += n;
-            if n == 0 || len < buf.len() {
-                break;
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, file)) = kept.iter().find(|(name, _)| *name == file_name) {
+            return read_whole(file.as_ref()?, iterated);
+        }
+        match self.open_file(file_name) {
+            Ok(file) => {
+                let text = read_whole(&file, iterated);
+                kept.push((file_name, Some(file)));
+                text
             }
-            buf.resize(buf.len() * 2, 0);
+            // Absent here (a controller or file this kernel lacks): not
+            // looked for again. Other errors (out of descriptors) are not
+            // remembered.
+            Err(nix::errno::Errno::ENOENT) => {
+                kept.push((file_name, None));
+                None
+            }
+            Err(_) => None,
         }
-        buf.truncate(len);
-        String::from_utf8(buf).ok()
     }
 }
 
 /// Text fixtures: file name -> content.
 impl Source for BTreeMap<&str, &str> {
-    fn read(&self, file: &str) -> Option<String> {
+    fn read(&self, file: &'static str) -> Option<String> {
         self.get(file).map(|t| (*t).to_string())
     }
 }
@@ -100,6 +170,27 @@ pub fn parse_keyed(text: &str, key: &str) -> Option<u64> {
         let (k, v) = l.split_once(' ')?;
         (k == key).then(|| v.trim().parse().ok()).flatten()
     })
+}
+
+/// Values of `keys` in a flat-keyed cgroup file, in one pass over its
+/// lines (v1 `memory.stat` has some 40); 0 for a key that is missing or
+/// not a number.
+pub fn keyed_values<const N: usize>(text: &str, keys: [&str; N]) -> [u64; N] {
+    let mut out = [0; N];
+    let mut found = 0;
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(' ') else {
+            continue;
+        };
+        if let Some(i) = keys.iter().position(|key| *key == k) {
+            out[i] = v.trim().parse().unwrap_or(0);
+            found += 1;
+            if found == N {
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// Non-empty lines of a file: the entries of `cgroup.procs` or `tasks`.
@@ -195,10 +286,7 @@ pub(crate) mod tests {
 
     /// A fresh temporary directory for one test.
     pub(crate) fn temp(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("kl-cgfs-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        crate::test_support::temp_dir(&format!("cgfs-{tag}"))
     }
 
     /// Text fixtures of a cgroup's files.
@@ -208,6 +296,10 @@ pub(crate) mod tests {
 
     #[test]
     fn keyed_files_and_lines() {
+        assert_eq!(
+            keyed_values("a 1\nb x\nc 3\n\nd 4\n", ["d", "b", "a", "z"]),
+            [4, 0, 1, 0]
+        );
         let text = "low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n";
         assert_eq!(parse_keyed(text, "oom_kill"), Some(2));
         assert_eq!(parse_keyed(text, "oom"), Some(1));
@@ -232,6 +324,56 @@ pub(crate) mod tests {
         let text = e.to_string();
         assert!(text.contains("gone/cpu.max"), "{text}");
         assert!(text.contains("\"max 100000\""), "{text}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn counters_stay_open_and_read_afresh() {
+        let root = temp("kept");
+        std::fs::write(root.join("cpu.stat"), "usage_usec 1\n").unwrap();
+        let big = "x".repeat(3 * SINGLE_READ + 7);
+        std::fs::write(root.join("memory.stat"), &big).unwrap();
+        let d = Dir::open(&root).unwrap();
+        assert_eq!(d.counter("cpu.stat").as_deref(), Some("usage_usec 1\n"));
+        // Rewritten in place, as the kernel remakes a cgroup file's text:
+        // the kept file reads the new text.
+        std::fs::write(root.join("cpu.stat"), "usage_usec 22\n").unwrap();
+        assert_eq!(d.counter("cpu.stat").as_deref(), Some("usage_usec 22\n"));
+        // Longer than one read, twice (the second from the kept file).
+        assert_eq!(d.counter("memory.stat").as_deref(), Some(big.as_str()));
+        assert_eq!(d.counter("memory.stat").as_deref(), Some(big.as_str()));
+        // An absent file is remembered as absent.
+        assert_eq!(d.counter_num("pids.current"), None);
+        std::fs::write(root.join("pids.current"), "3\n").unwrap();
+        assert_eq!(d.counter_num("pids.current"), None);
+        assert_eq!(
+            Dir::open(&root).unwrap().counter_num("pids.current"),
+            Some(3)
+        );
+        let kept = d.kept.lock().unwrap();
+        let names: Vec<_> = kept.iter().map(|(n, f)| (*n, f.is_some())).collect();
+        assert_eq!(
+            names,
+            [
+                ("cpu.stat", true),
+                ("memory.stat", true),
+                ("pids.current", false)
+            ]
+        );
+        drop(kept);
+        // Listings are not kept (cgroup v1) ...
+        std::fs::write(root.join("cgroup.procs"), "1\n2\n").unwrap();
+        assert_eq!(d.counter("cgroup.procs").as_deref(), Some("1\n2\n"));
+        assert_eq!(d.kept.lock().unwrap().len(), 3);
+        // ... unless asked (v2), and read to the end either way.
+        let v2 = Dir::open(&root).unwrap().keeping_listings();
+        let long: String = (0..3000).map(|p| format!("{p}\n")).collect();
+        std::fs::write(root.join("cgroup.procs"), &long).unwrap();
+        assert_eq!(d.read("cgroup.procs").as_deref(), Some(long.as_str()));
+        assert_eq!(v2.counter("cgroup.procs").as_deref(), Some(long.as_str()));
+        std::fs::write(root.join("cgroup.procs"), "7\n").unwrap();
+        assert_eq!(v2.counter("cgroup.procs").as_deref(), Some("7\n"));
+        assert_eq!(v2.kept.lock().unwrap().len(), 1);
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -12,7 +12,7 @@
 //! `file`, `inactive_file`), `memory.swap.current`, `memory.events` (`max`:
 //! times the limit was hit, `oom_kill`).
 
-use super::fs::{Source, parse_keyed};
+use super::fs::{Source, keyed_values, parse_keyed};
 use super::qos::{CgroupLimits, WeightFormula};
 use super::version::Version;
 
@@ -64,39 +64,52 @@ pub struct Usage {
     pub oom_kills: u64,
 }
 
-/// Reads the usage; unreadable files count as zero.
-pub fn usage(version: Version, memory: &impl Source) -> Usage {
-    let stat = memory.read("memory.stat").unwrap_or_default();
-    let m = |key: &str| parse_keyed(&stat, key).unwrap_or(0);
+/// Reads the usage; unreadable files count as zero. `None` on v1 when
+/// `memory.usage_in_bytes` cannot be read: the cgroup is gone (v1 needs the
+/// memory hierarchy, as [`super::Mode::open`] does; on v2 `cpu.stat`
+/// decides, and the root has no `memory.current`).
+pub fn usage(version: Version, memory: &impl Source) -> Option<Usage> {
+    let stat = memory.counter("memory.stat").unwrap_or_default();
     match version {
         Version::V2 => {
-            let usage = memory.num("memory.current").unwrap_or(0);
-            let events = memory.read("memory.events").unwrap_or_default();
-            let e = |key: &str| parse_keyed(&events, key).unwrap_or(0);
-            Usage {
+            let usage = memory.counter_num("memory.current").unwrap_or(0);
+            let events = memory.counter("memory.events").unwrap_or_default();
+            let [anon, file, inactive_file] =
+                keyed_values(&stat, ["anon", "file", "inactive_file"]);
+            let [max, oom_kills] = keyed_values(&events, ["max", "oom_kill"]);
+            Some(Usage {
                 usage,
-                working_set: working_set(usage, m("inactive_file")),
-                rss: m("anon"),
-                cache: m("file"),
-                swap: memory.num("memory.swap.current").unwrap_or(0),
-                failcnt: e("max"),
-                oom_kills: e("oom_kill"),
-            }
+                working_set: working_set(usage, inactive_file),
+                rss: anon,
+                cache: file,
+                swap: memory.counter_num("memory.swap.current").unwrap_or(0),
+                failcnt: max,
+                oom_kills,
+            })
         }
         Version::V1 => {
-            let usage = memory.num("memory.usage_in_bytes").unwrap_or(0);
-            Usage {
+            let usage = memory.counter_num("memory.usage_in_bytes")?;
+            let [rss, cache, swap, inactive_file] = keyed_values(
+                &stat,
+                [
+                    "total_rss",
+                    "total_cache",
+                    "total_swap",
+                    "total_inactive_file",
+                ],
+            );
+            Some(Usage {
                 usage,
-                working_set: working_set(usage, m("total_inactive_file")),
-                rss: m("total_rss"),
-                cache: m("total_cache"),
-                swap: m("total_swap"),
-                failcnt: memory.num("memory.failcnt").unwrap_or(0),
+                working_set: working_set(usage, inactive_file),
+                rss,
+                cache,
+                swap,
+                failcnt: memory.counter_num("memory.failcnt").unwrap_or(0),
                 oom_kills: memory
-                    .read("memory.oom_control")
+                    .counter("memory.oom_control")
                     .and_then(|t| parse_keyed(&t, "oom_kill"))
                     .unwrap_or(0),
-            }
+            })
         }
     }
 }
@@ -182,7 +195,7 @@ mod tests {
         ]);
         assert_eq!(
             usage(Version::V2, &mem),
-            Usage {
+            Some(Usage {
                 usage: 104_857_600,
                 working_set: 104_857_600 - 20_971_520,
                 rss: 52_428_800,
@@ -190,9 +203,9 @@ mod tests {
                 swap: 4096,
                 failcnt: 7,
                 oom_kills: 1,
-            }
+            })
         );
-        assert_eq!(usage(Version::V2, &files(&[])), Usage::default());
+        assert_eq!(usage(Version::V2, &files(&[])), Some(Usage::default()));
     }
 
     #[test]
@@ -211,7 +224,7 @@ mod tests {
         ]);
         assert_eq!(
             usage(Version::V1, &mem),
-            Usage {
+            Some(Usage {
                 usage: 1000,
                 // Never below zero.
                 working_set: 0,
@@ -220,8 +233,10 @@ mod tests {
                 swap: 8,
                 failcnt: 2,
                 oom_kills: 3,
-            }
+            })
         );
+        // Without its usage the cgroup is gone.
+        assert_eq!(usage(Version::V1, &files(&[])), None);
     }
 
     #[test]

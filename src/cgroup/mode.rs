@@ -125,7 +125,7 @@ impl Mode {
         match self {
             Mode::V2(_) => Some(Opened {
                 version: Version::V2,
-                cpu: Dir::open(&self.dir(cpu::CONTROLLER, rel)?)?,
+                cpu: Dir::open(&self.dir(cpu::CONTROLLER, rel)?)?.keeping_listings(),
                 cpuacct: None,
                 memory: None,
                 pids: None,

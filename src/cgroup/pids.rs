@@ -18,8 +18,10 @@ pub fn writes(limits: &CgroupLimits, _: Version, _: WeightFormula) -> Vec<(&'sta
     vec![("pids.max", max)]
 }
 
-/// Processes and threads in the cgroup itself (children not counted, as
-/// cAdvisor counts them); 0 when unreadable.
+/// Processes and threads, as cAdvisor counts them: the processes in the
+/// cgroup itself (`cgroup.procs`), the threads in it and below it
+/// (`pids.current`, the pids controller's count; without that controller,
+/// the cgroup's own thread list). 0 when unreadable.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tasks {
     pub processes: u64,
@@ -27,15 +29,15 @@ pub struct Tasks {
 }
 
 pub fn tasks(version: Version, pids: &impl Source) -> Tasks {
-    let threads = match version {
-        Version::V2 => "cgroup.threads",
-        Version::V1 => "tasks",
-    };
-    let count = |file: &str| pids.read(file).map_or(0, |t| count_lines(&t));
-    Tasks {
-        processes: count("cgroup.procs"),
-        threads: count(threads),
-    }
+    let count = |file| pids.read(file).map_or(0, |t| count_lines(&t));
+    let threads = pids.counter_num("pids.current").unwrap_or_else(|| {
+        count(match version {
+            Version::V2 => "cgroup.threads",
+            Version::V1 => "tasks",
+        })
+    });
+    let processes = pids.counter("cgroup.procs").map_or(0, |t| count_lines(&t));
+    Tasks { processes, threads }
 }
 
 #[cfg(test)]
@@ -87,5 +89,15 @@ mod tests {
             }
         );
         assert_eq!(tasks(Version::V1, &BTreeMap::new()), Tasks::default());
+        // The pids controller's count when there is one: threads of the
+        // children included.
+        let pod = BTreeMap::from([("cgroup.procs", ""), ("tasks", ""), ("pids.current", "5\n")]);
+        assert_eq!(
+            tasks(Version::V1, &pod),
+            Tasks {
+                processes: 0,
+                threads: 5
+            }
+        );
     }
 }

@@ -128,7 +128,7 @@ fn spec_of(cg: &Opened) -> Spec {
 fn read_opened(cg: &Opened, spec: &Spec) -> Option<CgroupStats> {
     let v = cg.version;
     let cpu = cpu::usage(v, cg.cpu(), cg.cpuacct())?;
-    let memory = memory::usage(v, cg.memory());
+    let memory = memory::usage(v, cg.memory())?;
     let tasks = pids::tasks(v, cg.pids());
     Some(CgroupStats {
         cpu_usage_ns: cpu.usage_ns,
@@ -217,19 +217,9 @@ mod tests {
         assert!(cache.is_empty());
         let fresh = read(&mode, "/kubepods/podu/c1", Some(&cache)).unwrap();
         assert_eq!(fresh.cpu_quota_us, -1);
-        // Removed and made again at the same path: read afresh, not through
-        // the directory kept open.
-        let moved = root.join("gone");
-        std::fs::rename(&d, &moved).unwrap();
-        std::fs::create_dir_all(&d).unwrap();
-        for e in std::fs::read_dir(&moved).unwrap() {
-            let e = e.unwrap();
-            std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
-        }
-        std::fs::remove_dir_all(&moved).unwrap();
-        std::fs::write(d.join("cpu.max"), "50000 100000\n").unwrap();
-        let remade = read(&mode, "/kubepods/podu/c1", Some(&cache)).unwrap();
-        assert_eq!(remade.cpu_quota_us, 50_000);
+        // A cgroup removed and made again at the same path is read afresh
+        // because the kernel fails reads of the old one's kept files: that
+        // needs real cgroups (tests/resources.rs).
         std::fs::remove_dir_all(&root).unwrap();
     }
 

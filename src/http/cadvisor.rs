@@ -123,10 +123,14 @@ fn collect(store: &Store, cgroups: &Cgroups, specs: &SpecCache) -> Vec<PodRow> {
         .map_or(1, |n| n.get())
         .min(4);
     let chunk = entries.len().div_ceil(threads).max(1);
+    let mut entries = entries.into_iter();
+    let parts = std::iter::from_fn(|| {
+        let part: Vec<PodEntry> = entries.by_ref().take(chunk).collect();
+        (!part.is_empty()).then_some(part)
+    });
     let rows: Vec<PodRow> = std::thread::scope(|scope| {
-        let handles: Vec<_> = entries
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || collect_pods(part.to_vec(), cgroups, specs)))
+        let handles: Vec<_> = parts
+            .map(|part| scope.spawn(move || collect_pods(part, cgroups, specs)))
             .collect();
         handles
             .into_iter()

@@ -8,13 +8,16 @@
 //! as the container, independent of the agent.
 
 pub mod read;
+pub mod rotate;
 
-use std::fs::{File, OpenOptions};
+use std::ffi::OsString;
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::FromRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use rotate::{LogFile, Records, Rotation};
 
 /// The kubelet splits lines longer than this into partial (`P`) records.
 pub const MAX_LINE: usize = 16 * 1024;
@@ -36,8 +39,39 @@ pub fn container_log_path(
         .join(format!("{restart}.log"))
 }
 
+/// Removes the files of a container's attempts before `oldest_kept` in
+/// `dir`: those named `<attempt>.<...>` (its logs, rotated or not, and its
+/// termination message). The kubelet keeps one dead container per
+/// container and removes an older one with its logs; a container that
+/// restarts for days would otherwise leave a file per restart.
+pub fn remove_attempts_before(dir: &Path, oldest_kept: u32) -> io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let attempt = name
+            .to_str()
+            .and_then(|n| n.split_once('.'))
+            .and_then(|(n, _)| n.parse::<u32>().ok());
+        if attempt.is_some_and(|a| a < oldest_kept) {
+            match std::fs::remove_file(entry.path()) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Copies `input` to `out` as CRI log records of `stream`.
-pub fn copy_stream(input: impl io::Read, stream: &str, out: &Mutex<impl Write>) -> io::Result<()> {
+pub fn copy_stream(
+    input: impl io::Read,
+    stream: &str,
+    out: &Mutex<impl Records>,
+) -> io::Result<()> {
     let mut reader = BufReader::with_capacity(MAX_LINE, input);
     let mut line: Vec<u8> = Vec::with_capacity(MAX_LINE);
     loop {
@@ -69,7 +103,7 @@ pub fn copy_stream(input: impl io::Read, stream: &str, out: &Mutex<impl Write>) 
     }
 }
 
-fn write_record(out: &Mutex<impl Write>, stream: &str, tag: &str, text: &[u8]) -> io::Result<()> {
+fn write_record(out: &Mutex<impl Records>, stream: &str, tag: &str, text: &[u8]) -> io::Result<()> {
     let now = jiff::Timestamp::now();
     let mut record = Vec::with_capacity(text.len() + 48);
     write!(record, "{now} {stream} {tag} ")?;
@@ -77,11 +111,54 @@ fn write_record(out: &Mutex<impl Write>, stream: &str, tag: &str, text: &[u8]) -
     record.push(b'\n');
     // One write per record so that stdout and stderr records never interleave.
     let mut f = out.lock().unwrap_or_else(|e| e.into_inner());
-    f.write_all(&record)
+    f.append(&record)
 }
 
-/// Entry point of `kubelet-lite cri-log <path>`; returns the exit code.
-pub fn run_logger(path: &Path) -> i32 {
+/// What the shim passes the log writer: containerd 1.6 runs a `binary://`
+/// logger with its URI's query as arguments, each key followed by its
+/// value, in no fixed order (`cri-log <path> max-size <bytes> max-files
+/// <n>`). `None` when `cri-log` is not among them: not a log writer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LoggerArgs {
+    pub path: PathBuf,
+    pub rotation: Option<Rotation>,
+}
+
+impl LoggerArgs {
+    pub const PATH: &str = "cri-log";
+    pub const MAX_SIZE: &str = "max-size";
+    pub const MAX_FILES: &str = "max-files";
+
+    pub fn parse(args: impl IntoIterator<Item = OsString>) -> Option<LoggerArgs> {
+        let args: Vec<OsString> = args.into_iter().collect();
+        let known = [Self::PATH, Self::MAX_SIZE, Self::MAX_FILES];
+        if !args.len().is_multiple_of(2)
+            || !args.chunks(2).all(|p| known.iter().any(|k| p[0] == *k))
+        {
+            return None;
+        }
+        let value = |key: &str| {
+            args.chunks(2)
+                .find(|pair| pair[0] == key)
+                .and_then(|pair| pair.get(1))
+        };
+        let path = PathBuf::from(value(Self::PATH)?);
+        let number = |key| value(key)?.to_str()?.parse::<u64>().ok();
+        let rotation = match (number(Self::MAX_SIZE), number(Self::MAX_FILES)) {
+            (Some(max_size), Some(files)) => Some(Rotation {
+                max_size,
+                max_files: u32::try_from(files).unwrap_or(u32::MAX).max(2),
+            }),
+            _ => None,
+        };
+        Some(LoggerArgs { path, rotation })
+    }
+}
+
+/// Entry point of the log writer (see [`LoggerArgs`]); returns the exit
+/// code.
+pub fn run_logger(args: &LoggerArgs) -> i32 {
+    let path = &args.path;
     // SAFETY: containerd's binary logging protocol hands us fds 3, 4 and 5,
     // open and owned by this process; nothing else in it uses them.
     let (stdout, stderr, ready) = unsafe {
@@ -94,13 +171,7 @@ pub fn run_logger(path: &Path) -> i32 {
     let file = path
         .parent()
         .map_or(Ok(()), std::fs::create_dir_all)
-        .and_then(|_| {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o640)
-                .open(path)
-        });
+        .and_then(|_| LogFile::open(path, args.rotation));
     // Closing fd 5 tells the shim we are ready, whatever happened.
     drop(ready);
     let file = match file {
@@ -157,6 +228,90 @@ mod tests {
         let ts = line.split(' ').next().unwrap();
         assert!(ts.parse::<k8s_openapi::jiff::Timestamp>().is_ok(), "{ts}");
         assert!(ts.ends_with('Z'));
+    }
+
+    #[test]
+    fn logger_arguments_in_any_order() {
+        let args = |a: &[&str]| LoggerArgs::parse(a.iter().map(OsString::from));
+        let want = LoggerArgs {
+            path: PathBuf::from("/var/log/pods/x/c/0.log"),
+            rotation: Some(Rotation {
+                max_size: 10485760,
+                max_files: 5,
+            }),
+        };
+        for order in [
+            [
+                "cri-log",
+                "/var/log/pods/x/c/0.log",
+                "max-size",
+                "10485760",
+                "max-files",
+                "5",
+            ],
+            [
+                "max-files",
+                "5",
+                "cri-log",
+                "/var/log/pods/x/c/0.log",
+                "max-size",
+                "10485760",
+            ],
+            [
+                "max-size",
+                "10485760",
+                "max-files",
+                "5",
+                "cri-log",
+                "/var/log/pods/x/c/0.log",
+            ],
+        ] {
+            assert_eq!(args(&order).as_ref(), Some(&want), "{order:?}");
+        }
+        // Without both settings: no rotation (a writer started by an older
+        // agent).
+        assert_eq!(
+            args(&["cri-log", "/l/0.log"]),
+            Some(LoggerArgs {
+                path: PathBuf::from("/l/0.log"),
+                rotation: None
+            })
+        );
+        assert_eq!(args(&["get", "pods"]), None);
+        assert_eq!(args(&["logs", "cri-log", "-c", "x"]), None);
+        assert_eq!(args(&["describe", "pod", "cri-log", "x"]), None);
+        assert_eq!(args(&["--config", "/etc/k.yaml"]), None);
+        assert_eq!(args(&[]), None);
+    }
+
+    #[test]
+    fn old_attempts_are_removed() {
+        let d = crate::test_support::temp_dir("attempts");
+        for n in [
+            "0.log",
+            "0.log.20260101-000000.gz",
+            "1.log",
+            "1.termination-log",
+            "2.log",
+            "2.log.20260101-000001",
+            "3.log",
+            "10.log",
+            "notes",
+        ] {
+            std::fs::write(d.join(n), "x").unwrap();
+        }
+        remove_attempts_before(&d, 2).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["10.log", "2.log", "2.log.20260101-000001", "3.log", "notes"]
+        );
+        remove_attempts_before(&d.join("missing"), 5).unwrap();
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

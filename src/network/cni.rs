@@ -594,10 +594,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn tmp(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("kl-cni-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        crate::test_support::temp_dir(&format!("cni-{tag}"))
     }
 
     #[test]

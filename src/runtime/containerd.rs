@@ -49,6 +49,7 @@ pub struct Containerd {
     images_dir: PathBuf,
     /// The binary the shim runs as the container's log writer (ourselves).
     logger: PathBuf,
+    log_rotation: Option<crate::logs::rotate::Rotation>,
     systemd_cgroup: bool,
     /// Parsed image configs by manifest digest: images are immutable.
     configs: Mutex<HashMap<String, (String, ImageConfig)>>,
@@ -59,7 +60,34 @@ pub struct Containerd {
     /// One transfer per image name at a time (single flight).
     pulls: Mutex<HashMap<String, PullSlot>>,
     /// Exec FIFOs and container process specs (see [`super::exec`]).
-    pub(super) exec: super::exec::ExecState,
+    pub(super) exec: ExecState,
+}
+
+/// What execs keep (see [`super::exec`]): the FIFO directory and the
+/// process specs of the containers exec'd into (a container's spec never
+/// changes; one Containers.Get per container).
+pub(super) struct ExecState {
+    pub(super) dir: PathBuf,
+    pub(super) specs: Mutex<HashMap<String, oci_spec::runtime::Process>>,
+}
+
+impl Default for ExecState {
+    fn default() -> Self {
+        ExecState {
+            dir: std::env::temp_dir().join("kubelet-lite-exec"),
+            specs: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl ExecState {
+    /// The container is gone: its spec is not needed any more.
+    pub(super) fn forget(&self, id: &str) {
+        self.specs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id);
+    }
 }
 
 pub struct ContainerdOptions {
@@ -69,6 +97,8 @@ pub struct ContainerdOptions {
     pub runtime: String,
     pub images_dir: PathBuf,
     pub logger: PathBuf,
+    /// Passed to the log writer.
+    pub log_rotation: Option<crate::logs::rotate::Rotation>,
     /// Use runc's systemd cgroup driver.
     pub systemd_cgroup: bool,
     /// Deadline of one call (but waits and data transfers): the kubelet's
@@ -94,6 +124,7 @@ impl Containerd {
             runtime: opts.runtime,
             images_dir: opts.images_dir,
             logger: opts.logger,
+            log_rotation: opts.log_rotation,
             systemd_cgroup: opts.systemd_cgroup,
             configs: Mutex::new(HashMap::new()),
             import_lock: tokio::sync::Mutex::new(()),
@@ -601,12 +632,30 @@ impl Containerd {
     /// containerd 1.6 merges stderr into it and writes raw bytes, not the CRI
     /// log format.
     fn log_uri(&self, path: &Path) -> String {
-        format!(
-            "binary://{}?cri-log={}",
-            percent_encode(&self.logger.to_string_lossy()),
-            percent_encode(&path.to_string_lossy())
-        )
+        log_uri(&self.logger, path, self.log_rotation)
     }
+}
+
+/// The shim passes the query to the writer as `key value` arguments (see
+/// [`crate::logs::LoggerArgs`]).
+fn log_uri(logger: &Path, path: &Path, rotation: Option<crate::logs::rotate::Rotation>) -> String {
+    use crate::logs::LoggerArgs;
+    let mut uri = format!(
+        "binary://{}?{}={}",
+        percent_encode(&logger.to_string_lossy()),
+        LoggerArgs::PATH,
+        percent_encode(&path.to_string_lossy())
+    );
+    if let Some(r) = rotation {
+        uri.push_str(&format!(
+            "&{}={}&{}={}",
+            LoggerArgs::MAX_SIZE,
+            r.max_size,
+            LoggerArgs::MAX_FILES,
+            r.max_files
+        ));
+    }
+    uri
 }
 
 /// `containerd.runc.v1.Options{systemd_cgroup: true}`. containerd-client
@@ -1000,6 +1049,18 @@ mod tests {
         assert_eq!(
             percent_encode("/var/log/pods/a b?c"),
             "/var/log/pods/a%20b%3Fc"
+        );
+        let rotation = crate::logs::rotate::Rotation {
+            max_size: 1024,
+            max_files: 3,
+        };
+        assert_eq!(
+            log_uri(Path::new("/bin/kl"), Path::new("/l/0.log"), Some(rotation)),
+            "binary:///bin/kl?cri-log=/l/0.log&max-size=1024&max-files=3"
+        );
+        assert_eq!(
+            log_uri(Path::new("/bin/kl"), Path::new("/l/0.log"), None),
+            "binary:///bin/kl?cri-log=/l/0.log"
         );
     }
 }

@@ -10,10 +10,8 @@
 //! it copied everything the process wrote; until the shim has them, our
 //! own write ends keep the readers from seeing an early end of file.
 
-use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use containerd_client::services::v1::{
@@ -36,32 +34,6 @@ const DRAIN: Duration = Duration::from_millis(500);
 /// After the SIGKILL of a process past its timeout, how long to wait for
 /// its exit before it is deleted anyway.
 const KILL_WAIT: Duration = Duration::from_secs(5);
-
-/// The FIFO directory and the process specs of the containers exec'd into
-/// (a container's spec never changes; one Containers.Get per container).
-pub(super) struct ExecState {
-    dir: PathBuf,
-    specs: Mutex<HashMap<String, Process>>,
-}
-
-impl Default for ExecState {
-    fn default() -> Self {
-        ExecState {
-            dir: std::env::temp_dir().join("kubelet-lite-exec"),
-            specs: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-impl ExecState {
-    /// The container is gone: its spec is not needed any more.
-    pub(super) fn forget(&self, id: &str) {
-        self.specs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(id);
-    }
-}
 
 /// The exec's process: the container's, with `req`'s arguments and
 /// environment, and without a terminal.

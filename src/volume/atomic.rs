@@ -203,10 +203,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn temp(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("kl-atomic-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        crate::test_support::temp_dir(&format!("atomic-{tag}"))
     }
 
     fn file(path: &str, data: &str, mode: u32) -> File {

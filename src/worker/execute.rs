@@ -642,6 +642,30 @@ impl Worker {
         {
             warn!(pod = %self.pod.key(), id = prev, "removing previous container: {e}");
         }
+        // The files of the attempts before the previous one go as their
+        // containers went.
+        if attempt >= 2 {
+            let log = logs::container_log_path(
+                &self.env.pod_logs_dir,
+                &self.pod.namespace,
+                &self.pod.name,
+                &self.pod.uid,
+                &name,
+                attempt,
+            );
+            let dirs = [
+                log.parent().map(Path::to_path_buf),
+                Some(self.container_dir(&name)),
+            ];
+            let key = self.pod.key();
+            tokio::task::spawn_blocking(move || {
+                for dir in dirs.into_iter().flatten() {
+                    if let Err(e) = logs::remove_attempts_before(&dir, attempt - 1) {
+                        warn!(pod = %key, dir = %dir.display(), "removing files of old attempts: {e}");
+                    }
+                }
+            });
+        }
     }
 
     /// Keeps a container's exit in its labels and deletes its task, so that
