@@ -51,13 +51,13 @@ fn running_count(env: &Env) -> usize {
 }
 
 /// The agent process: the harness's child, or, under a wrapper, the
-/// descendant running the agent's binary.
+/// descendant running an agent binary (the wrapper may run another build).
 fn agent_process(env: &Env) -> u32 {
     let top = env.agent_pid().unwrap();
-    let bin = std::fs::canonicalize(env!("CARGO_BIN_EXE_kubelet-lite")).unwrap();
     let mut todo = vec![top];
     while let Some(pid) = todo.pop() {
-        if std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_ref() == Some(&bin) {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        if exe.file_name().is_some_and(|n| n == "kubelet-lite") {
             return pid;
         }
         let children =

@@ -187,14 +187,29 @@ fn real_main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 /// them / after the cycles) -> 26.7 / 26.9 / 29.6 MiB, and with no pods
 /// 22.3 -> 16.5 MiB. The same run with mimalloc 2.0 (34.4 / 34.1 / 33.7)
 /// and jemalloc 5.3 (33.3 / 32.8 / 33.7) in place of glibc was worse.
+///
+/// glibc's own settings in the environment (`GLIBC_TUNABLES`,
+/// `MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`)
+/// win over these.
 fn limit_malloc_arenas() {
     #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets tunables of the allocator; it is called
-    // before the runtime starts any thread.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
+    {
+        let tunables = std::env::var_os("GLIBC_TUNABLES").is_some();
+        let settings = [
+            (libc::M_ARENA_MAX, "MALLOC_ARENA_MAX", 2),
+            (libc::M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_", 128 * 1024),
+            (libc::M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", 128 * 1024),
+        ];
+        for (param, var, value) in settings {
+            if tunables || std::env::var_os(var).is_some() {
+                continue;
+            }
+            // SAFETY: mallopt only sets a tunable of the allocator; it is
+            // called before the runtime starts any thread.
+            unsafe {
+                libc::mallopt(param, value);
+            }
+        }
     }
 }
 
