@@ -233,11 +233,23 @@ async fn pods(
         Ok(s) => s,
         Err(e) => return Ok(Err(e)),
     };
-    let items: Vec<&Value> = last.values().collect();
+    // The pods' JSON trees are moved or written as they are, not copied
+    // into a list (`json!` would copy every tree: 2 MiB at 110 pods).
     if !watch {
-        return Ok(Ok(Some(json!({ "items": items }))));
+        let items = Value::Array(last.into_values().collect());
+        return Ok(Ok(Some(Value::Object(
+            [("items".to_string(), items)].into_iter().collect(),
+        ))));
     }
-    write_line(wr, &json!({ "items": items })).await?;
+    let mut line = br#"{"items":["#.to_vec();
+    for (i, v) in last.values().enumerate() {
+        if i > 0 {
+            line.push(b',');
+        }
+        serde_json::to_writer(&mut line, v)?;
+    }
+    line.extend_from_slice(b"]}\n");
+    write_all(wr, &line).await?;
     loop {
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return Ok(Ok(None)) },

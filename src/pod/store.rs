@@ -13,7 +13,8 @@ use crate::manifest::StaticPod;
 /// A pod and what is known of it, as the HTTP endpoints show it.
 #[derive(Debug, Clone)]
 pub struct PodEntry {
-    pub pod: StaticPod,
+    /// Shared with the desired set and the pod's worker.
+    pub pod: Arc<StaticPod>,
     pub status: PodStatus,
 }
 

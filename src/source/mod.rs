@@ -5,7 +5,7 @@
 //! was down all end in the same answer. A periodic resync covers what inotify
 //! cannot (the directory itself replaced, events dropped on overflow).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +23,8 @@ use crate::volume::resolve::{self, Objects};
 /// Everything the directory says, at one moment.
 #[derive(Debug, Default, Clone)]
 pub struct Desired {
-    pub pods: Vec<StaticPod>,
+    /// Shared with the pod workers and the pod store: one copy of each pod.
+    pub pods: Vec<Arc<StaticPod>>,
     pub errors: Vec<ManifestError>,
     /// ConfigMaps, Secrets, PersistentVolumes and claims, with bindings.
     pub objects: Objects,
@@ -37,6 +38,21 @@ pub struct Desired {
 }
 
 impl Desired {
+    /// The same set, with the pods that `previous` already holds (same UID:
+    /// the same file, content and resolved references) taken from it, so
+    /// that the workers, the pod store and the desired set share one copy
+    /// of each pod however often the directory is read.
+    fn sharing_pods_of(mut self, previous: &Desired) -> Desired {
+        let known: HashMap<&str, &Arc<StaticPod>> =
+            previous.pods.iter().map(|p| (p.uid.as_str(), p)).collect();
+        for pod in &mut self.pods {
+            if let Some(old) = known.get(pod.uid.as_str()) {
+                *pod = Arc::clone(old);
+            }
+        }
+        self
+    }
+
     fn same_as(&self, other: &Desired) -> bool {
         let uids = |d: &Desired| d.pods.iter().map(|p| p.uid.clone()).collect::<Vec<_>>();
         uids(self) == uids(other)
@@ -82,7 +98,7 @@ pub fn scan_with(
     previous: &BTreeMap<ClaimKey, String>,
     reserved: &BTreeSet<String>,
 ) -> std::io::Result<Desired> {
-    let mut out = read_dir(dir, node)?;
+    let (mut out, pods) = read_dir(dir, node)?;
     let pvs: Vec<_> = out.objects.pvs.values().cloned().collect();
     let pvcs: Vec<_> = out.objects.pvcs.values().cloned().collect();
     out.objects.bindings = bind::bind(&pvs, &pvcs, previous, reserved);
@@ -93,28 +109,29 @@ pub fn scan_with(
         })
         .map(|(claim, pv)| (claim.clone(), pv.clone()))
         .collect();
-    let pods = std::mem::take(&mut out.pods);
     out.pods = pods
         .into_iter()
         .map(|p| {
             let r = resolve::resolve(&p, &out.objects);
-            p.with_resolved(r)
+            Arc::new(p.with_resolved(r))
         })
         .collect();
     Ok(out)
 }
 
-/// Reads the directory's files. A directory that is not there holds no
+/// Reads the directory's files: what they say, and their pods (before
+/// their references are resolved). A directory that is not there holds no
 /// pods; one that cannot be read is an error (its pods are not known to
 /// be gone).
-fn read_dir(dir: &Path, node: &str) -> std::io::Result<Desired> {
+fn read_dir(dir: &Path, node: &str) -> std::io::Result<(Desired, Vec<StaticPod>)> {
     let mut out = Desired::default();
     let files = match files::list(dir) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((out, vec![])),
         Err(e) => return Err(e),
     };
     let mut loaded = Vec::new();
+    let mut pods = Vec::new();
     for file in files {
         match files::load(&file, node) {
             Ok(parsed) => loaded.push((file, parsed)),
@@ -125,7 +142,7 @@ fn read_dir(dir: &Path, node: &str) -> std::io::Result<Desired> {
     files::refuse_duplicate_pods(&mut loaded);
     for (file, parsed) in loaded {
         out.errors.extend(parsed.errors);
-        out.pods.extend(parsed.pods);
+        pods.extend(parsed.pods);
         for o in parsed.objects {
             out.objects.add(o);
         }
@@ -136,7 +153,7 @@ fn read_dir(dir: &Path, node: &str) -> std::io::Result<Desired> {
             out.warnings.push(format!("{}: {w}", file.display()));
         }
     }
-    Ok(out)
+    Ok((out, pods))
 }
 
 /// A hostPath or local PersistentVolume to empty: its claim was deleted
@@ -328,7 +345,7 @@ impl Source {
         let mut watcher: Option<notify::RecommendedWatcher> = None;
         let mut reported = BTreeSet::new();
         let mut warned = BTreeSet::new();
-        let mut last = Desired::default();
+        let mut last = Arc::new(Desired::default());
         let mut first = true;
         let mut releases = Releases::default();
         loop {
@@ -386,8 +403,9 @@ impl Source {
             }
             if first || !desired.same_as(&last) {
                 first = false;
-                last = desired.clone();
-                if tx.send(Arc::new(desired)).is_err() {
+                let desired = Arc::new(desired.sharing_pods_of(&last));
+                last = Arc::clone(&desired);
+                if tx.send(desired).is_err() {
                     return;
                 }
             }

@@ -163,6 +163,7 @@ pub async fn run(
                 }
                 Some(uid) = done_rx.recv() => {
                     stopping.releasing.remove(&uid);
+                    env.events.forget(&uid);
                 }
                 // The source publishes the new pods before it sends the volume
                 // to reclaim: handled on the next turn, after those pods' old

@@ -112,7 +112,7 @@ impl PodHandle {
 /// name being torn down) resolves.
 /// A worker that panics sends its pod's UID to `crashed`.
 pub fn spawn(
-    pod: StaticPod,
+    pod: Arc<StaticPod>,
     env: Arc<WorkerEnv>,
     after: Option<Terminated>,
     crashed: mpsc::UnboundedSender<String>,
@@ -139,9 +139,31 @@ pub fn container_id(uid: &str, name: &str, attempt: u32) -> String {
     hex::encode(&h[..16])
 }
 
+/// A container of the pod's spec, read from the pod itself (shared with
+/// the desired set and the pod store) rather than copied: a copy is about
+/// 2.5 KiB per container.
+struct ContainerRef {
+    pod: Arc<StaticPod>,
+    init: bool,
+    index: usize,
+}
+
+impl std::ops::Deref for ContainerRef {
+    type Target = Container;
+
+    fn deref(&self) -> &Container {
+        let spec = self.pod.spec();
+        if self.init {
+            &spec.init_containers.as_deref().unwrap_or_default()[self.index]
+        } else {
+            &spec.containers[self.index]
+        }
+    }
+}
+
 /// One container of the pod, across its attempts.
 struct Slot {
-    spec: Container,
+    spec: ContainerRef,
     init: bool,
     /// Attempt number of the next start; the restart count is one less.
     next_attempt: u32,
@@ -197,7 +219,7 @@ struct Setup {
 }
 
 struct Worker {
-    pod: StaticPod,
+    pod: Arc<StaticPod>,
     env: Arc<WorkerEnv>,
     tx: mpsc::UnboundedSender<Msg>,
     slots: Vec<Slot>,
@@ -228,17 +250,15 @@ fn waiting(reason: &str, message: impl Into<String>) -> ContainerState {
 const USAGE_PERIOD: Duration = Duration::from_secs(10);
 
 impl Worker {
-    fn new(pod: StaticPod, env: Arc<WorkerEnv>, tx: mpsc::UnboundedSender<Msg>) -> Worker {
+    fn new(pod: Arc<StaticPod>, env: Arc<WorkerEnv>, tx: mpsc::UnboundedSender<Msg>) -> Worker {
         let spec = pod.spec();
-        let mut slots = Vec::new();
+        let inits = spec.init_containers.as_deref().unwrap_or_default();
+        let mut slots = Vec::with_capacity(inits.len() + spec.containers.len());
         let mut probe_problems = vec![];
-        let groups = [
-            (true, spec.init_containers.clone().unwrap_or_default()),
-            (false, spec.containers.clone()),
-        ];
+        let groups = [(true, inits), (false, spec.containers.as_slice())];
         for (init, containers) in groups {
-            for c in containers {
-                let (specs, problems) = probes::resolve(&c);
+            for (index, c) in containers.iter().enumerate() {
+                let (specs, problems) = probes::resolve(c);
                 probe_problems.extend(problems);
                 slots.push(Slot {
                     probes: probes::SlotProbes::new(specs),
@@ -260,8 +280,12 @@ impl Worker {
                         ready: false,
                         started: false,
                     },
-                    needs_pod_ip: crate::oci::needs_pod_ip(&c),
-                    spec: c,
+                    needs_pod_ip: crate::oci::needs_pod_ip(c),
+                    spec: ContainerRef {
+                        pod: Arc::clone(&pod),
+                        init,
+                        index,
+                    },
                     init,
                     next_attempt: 0,
                     current: None,
@@ -453,19 +477,22 @@ impl Worker {
                 now,
             );
             self.set_phase(plan.phase);
+            // The steps' futures are boxed: held inline, the largest of
+            // them (a container start: image pull, OCI spec, containerd
+            // calls) would size every idle worker's task (12 KiB each).
             if plan.actions.contains(&Action::Teardown) {
-                self.teardown().await;
+                Box::pin(self.teardown()).await;
                 for done in self.waiting_for_stop.drain(..) {
                     let _ = done.send(());
                 }
                 return;
             }
             if !plan.actions.is_empty() {
-                self.execute_all(plan.actions).await;
+                Box::pin(self.execute_all(plan.actions)).await;
                 self.publish();
                 // What happened meanwhile counts before the next plan.
                 while let Ok(msg) = rx.try_recv() {
-                    self.handle(msg).await;
+                    Box::pin(self.handle(msg)).await;
                 }
                 continue;
             }
@@ -485,7 +512,7 @@ impl Worker {
             };
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(msg) => self.handle(msg).await,
+                    Some(msg) => Box::pin(self.handle(msg)).await,
                     // The agent is shutting down: leave the containers running.
                     None => return,
                 },

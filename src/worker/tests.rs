@@ -60,7 +60,7 @@ impl Pod {
         let env = env(rt.clone(), host.clone());
         let uid = pod.uid.clone();
         let (crashed, _) = tokio::sync::mpsc::unbounded_channel();
-        let handle = spawn(pod, env.clone(), None, crashed);
+        let handle = spawn(Arc::new(pod), env.clone(), None, crashed);
         Pod {
             rt,
             host,
@@ -644,7 +644,7 @@ async fn the_manager_releases_networks_of_unknown_pods_once_at_start() {
         pings,
     ));
     tx.send(Arc::new(crate::source::Desired {
-        pods: vec![pod],
+        pods: vec![Arc::new(pod)],
         ..Default::default()
     }))
     .unwrap();
