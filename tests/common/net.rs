@@ -97,10 +97,36 @@ impl Net {
     /// Rules and chains added since the start, except portmap's shared
     /// top-level chains (CNI-HOSTPORT-*), which it never removes.
     pub fn leftover_rules(&self) -> Vec<(String, String)> {
-        iptables()
+        self.ours(iptables())
+            .into_iter()
+            .filter(|(_, l)| !l.contains("CNI-HOSTPORT-") || l.contains("CNI-DN-"))
+            .collect()
+    }
+
+    /// Of `rules`, those added since the start for this network: the CNI
+    /// plugins name the network in each rule's comment, and a chain counts
+    /// when such a rule is in it or jumps to it. Another test or bench
+    /// running at the same time adds rules of its own network.
+    fn ours(&self, rules: Vec<(String, String)>) -> Vec<(String, String)> {
+        let added: Vec<(String, String)> = rules
             .into_iter()
             .filter(|r| !self.before.contains(r))
-            .filter(|(_, l)| !l.contains("CNI-HOSTPORT-") || l.contains("CNI-DN-"))
+            .collect();
+        let name = format!("name: \\\"{}\\\"", self.bridge);
+        let mut chains = std::collections::HashSet::new();
+        for (_, l) in added.iter().filter(|(_, l)| l.contains(&name)) {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            for w in words.windows(2) {
+                if w[0] == "-A" || w[0] == "-j" {
+                    chains.insert(w[1].to_string());
+                }
+            }
+        }
+        added
+            .into_iter()
+            .filter(|(_, l)| {
+                l.contains(&name) || l.strip_prefix(':').is_some_and(|c| chains.contains(c))
+            })
             .collect()
     }
 
@@ -124,8 +150,8 @@ impl Net {
     }
 
     /// Removes the bridge and every rule and chain added since the start,
-    /// restores forwarding; returns the rules then left that were not there
-    /// before (none, when all went well).
+    /// restores forwarding; returns the rules of this network then left
+    /// (none, when all went well).
     pub fn clean(&mut self) -> Vec<(String, String)> {
         self.cleaned = true;
         let _ = Command::new("ip")
@@ -154,10 +180,7 @@ impl Net {
             }
         }
         let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", &self.forward_before);
-        iptables()
-            .into_iter()
-            .filter(|r| !self.before.contains(r))
-            .collect()
+        self.ours(iptables())
     }
 }
 
