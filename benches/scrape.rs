@@ -4,7 +4,8 @@
 //! and RSS with 0 and N pods. Targets: p99 under 20 ms, idle CPU under
 //! 0.5%, RSS under 30 MiB at 100 pods.
 //!
-//! `cargo bench --bench scrape` (as root); `BENCH_PODS` (default 100).
+//! `cargo bench --bench scrape` (as root); `BENCH_PODS` (default 100),
+//! `BENCH_CONTAINERS` per pod (default 1), `BENCH_IDLE_SECONDS` (default 20).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -20,7 +21,7 @@ fn idle(env: &Env, secs: u64) -> (f64, u64) {
     let (c0, _, _) = usage(pid);
     std::thread::sleep(Duration::from_secs(secs));
     let (c1, rss, _) = usage(pid);
-    ((c1 - c0) / secs as f64, rss)
+    ((c1 - c0) / secs.max(1) as f64, rss)
 }
 
 fn main() {
@@ -28,19 +29,34 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
+    let containers: usize = std::env::var("BENCH_CONTAINERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let idle_secs: u64 = std::env::var("BENCH_IDLE_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let spec: String = (0..containers)
+        .map(|c| {
+            format!(
+                "  - name: c{c}\n    image: busybox\n    command: [sleep, '3600']\n    resources: {{limits: {{cpu: 5m, memory: 16Mi}}}}\n"
+            )
+        })
+        .collect();
     let mut env = Env::new("scrape");
     // A long resync: idle means idle.
     env.write_config("fileCheckFrequency: 60s\n");
     env.start_agent();
     std::thread::sleep(Duration::from_secs(2));
-    let (idle0, rss0) = idle(&env, 20);
+    let (idle0, rss0) = idle(&env, idle_secs);
 
     for i in 0..pods {
         env.write_manifest(
             &format!("p{i}.yaml"),
             &pod_yaml(
                 &format!("p{i}"),
-                "  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: busybox\n    command: [sleep, '3600']\n    resources: {limits: {cpu: 10m, memory: 16Mi}}\n",
+                &format!("  terminationGracePeriodSeconds: 0\n  containers:\n{spec}"),
             ),
         );
     }
@@ -49,7 +65,7 @@ fn main() {
         (p.len() == pods && p.iter().all(|p| p["status"]["phase"] == "Running")).then_some(())
     });
     std::thread::sleep(Duration::from_secs(5));
-    let (idle_n, rss_n) = idle(&env, 20);
+    let (idle_n, rss_n) = idle(&env, idle_secs);
 
     let pid = env.agent_pid().unwrap();
     if let Ok(file) = std::env::var("BENCH_PID_FILE") {
@@ -80,7 +96,7 @@ fn main() {
     )]
     let p = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
     println!(
-        "/metrics/cadvisor with {pods} pods ({bytes} bytes): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms, agent CPU {:.2} ms per scrape",
+        "/metrics/cadvisor with {pods} pods of {containers} containers ({bytes} bytes): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms, agent CPU {:.2} ms per scrape",
         p(0.5),
         p(0.9),
         p(0.99),

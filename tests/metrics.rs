@@ -253,6 +253,54 @@ fn endpoints_pass_promtool_and_match_the_cgroup_files() {
         assert!(own.contains(name), "{name} missing from /metrics:\n{own}");
     }
 
+    // container_processes counts the cgroup's own processes (none for the
+    // pod's cgroup), container_threads its tasks and its children's, as
+    // the kernel lists them.
+    env.write_manifest(
+        "procs.yaml",
+        &pod_yaml(
+            "procs",
+            "  terminationGracePeriodSeconds: 0\n  containers:\n  - name: one\n    image: busybox\n    command: [sleep, '3600']\n  - name: three\n    image: busybox\n    command: [sh, -c, 'sleep 3600 & sleep 3600 & wait']\n",
+        ),
+    );
+    let pod = env.wait_running("procs-node1");
+    let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
+    let series = |container: &str| {
+        let text = env.get("/metrics/cadvisor").unwrap();
+        let labels = [("container", container), ("pod", "procs-node1")];
+        (
+            sample(&text, "container_processes", &labels).unwrap(),
+            sample(&text, "container_threads", &labels).unwrap(),
+        )
+    };
+    env.wait_for(
+        "three processes in `three`",
+        Duration::from_secs(20),
+        || (series("three") == (3.0, 3.0)).then_some(()),
+    );
+    let pod = env.pod("procs-node1").unwrap();
+    let listed = |leaf: &str| {
+        let dir = format!("{}/kubepods/besteffort/pod{uid}{leaf}", env.cgroup_root);
+        let file = if v2 {
+            format!("/sys/fs/cgroup{dir}/cgroup.procs")
+        } else {
+            format!("/sys/fs/cgroup/pids{dir}/cgroup.procs")
+        };
+        std::fs::read_to_string(&file).unwrap().lines().count() as f64
+    };
+    for (i, name) in ["one", "three"].into_iter().enumerate() {
+        let status = &pod["status"]["containerStatuses"][i];
+        assert_eq!(status["name"], name);
+        let id = status["containerID"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("containerd://");
+        assert_eq!(series(name).0, listed(&format!("/{id}")), "{name}");
+    }
+    assert_eq!(series("one"), (1.0, 1.0));
+    assert_eq!(series(""), (0.0, 4.0));
+    assert_eq!(listed(""), 0.0);
+
     // container_oom_events_total is the cgroup's oom_kill counter. On this
     // cgroup v1 host an OOM kill takes the child alone (no memory.oom.group
     // before v2): the shell sleeps on, its container keeps its series.

@@ -423,6 +423,7 @@ fn quantities_beyond_64_bits_never_wrap() {
 /// show.
 #[test]
 fn a_cgroup_made_again_at_the_same_path_is_read_afresh() {
+    use kubelet_lite::cgroup::Below;
     use kubelet_lite::cgroup::manager::Hierarchy;
     use kubelet_lite::cgroup::qos::{CgroupLimits, WeightFormula};
     use kubelet_lite::cgroup::stats::{SpecCache, read};
@@ -441,19 +442,22 @@ fn a_cgroup_made_again_at_the_same_path_is_read_afresh() {
     };
     make(20_000);
     let cache = SpecCache::default();
-    let first = read(&h.mode, &rel, Some(&cache)).unwrap();
+    let first = read(&h.mode, &rel, Some(&cache), Below::Unknown).unwrap();
     assert_eq!((first.cpu_quota_us, first.memory_limit), (20_000, 64 << 20));
-    assert_eq!(read(&h.mode, &rel, Some(&cache)).unwrap(), first);
+    assert_eq!(
+        read(&h.mode, &rel, Some(&cache), Below::Unknown).unwrap(),
+        first
+    );
     assert!(h.remove(&rel).is_empty());
     // Gone: the kept files fail, and nothing is reported.
-    assert!(read(&h.mode, &rel, Some(&cache)).is_none());
+    assert!(read(&h.mode, &rel, Some(&cache), Below::Unknown).is_none());
     make(50_000);
-    let again = read(&h.mode, &rel, Some(&cache)).unwrap();
+    let again = read(&h.mode, &rel, Some(&cache), Below::Unknown).unwrap();
     assert_eq!(again.cpu_quota_us, 50_000);
     // Removed and made again between two scrapes: the same.
     assert!(h.remove(&rel).is_empty());
     make(30_000);
-    let third = read(&h.mode, &rel, Some(&cache)).unwrap();
+    let third = read(&h.mode, &rel, Some(&cache), Below::Unknown).unwrap();
     assert_eq!(third.cpu_quota_us, 30_000);
     assert!(h.remove(&rel).is_empty());
 }

@@ -158,7 +158,7 @@ mod tests {
             Some(1)
         );
         let rel = m.container_cgroup(QosClass::Burstable, "u1", "c1");
-        let s = m.stats(&rel, None).unwrap();
+        let s = m.stats(&rel, None, crate::cgroup::Below::Unknown).unwrap();
         assert_eq!((s.cpu_usage_ns, s.oom_kills), (5000, 1));
         // Fake control files are plain files, which rmdir cannot remove.
         for f in ["memory.events", "cpu.stat"] {

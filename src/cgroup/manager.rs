@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 use super::layout::Layout;
 use super::mode::Mode;
+use super::pids::Below;
 use super::qos::{CgroupLimits, QosClass, WeightFormula};
 use super::stats::{self, CgroupStats, SpecCache};
 use super::{Error, fs};
@@ -102,9 +103,10 @@ pub trait Manager: std::fmt::Debug + Send + Sync {
 
     /// Statistics of cgroup `rel` (a pod's, a container's, `/` for the
     /// node); `None` when it does not exist. With a cache, the configured
-    /// values are read once per cgroup.
-    fn stats(&self, rel: &str, cache: Option<&SpecCache>) -> Option<CgroupStats> {
-        stats::read(&self.hierarchy().mode, rel, cache)
+    /// values are read once per cgroup; `below` may spare reading its
+    /// process list.
+    fn stats(&self, rel: &str, cache: Option<&SpecCache>, below: Below) -> Option<CgroupStats> {
+        stats::read(&self.hierarchy().mode, rel, cache, below)
     }
 
     /// OOM kills inside one container's cgroup so far.

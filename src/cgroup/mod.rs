@@ -37,6 +37,7 @@ use std::sync::Arc;
 pub use layout::{Driver, Layout};
 pub use manager::{Hierarchy, Manager};
 pub use mode::{Mode, Version};
+pub use pids::Below;
 pub use qos::{CgroupLimits, QosClass, WeightFormula};
 pub use stats::{CgroupStats, SpecCache};
 

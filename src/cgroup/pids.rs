@@ -28,15 +28,46 @@ pub struct Tasks {
     pub threads: u64,
 }
 
-pub fn tasks(version: Version, pids: &impl Source) -> Tasks {
-    let count = |file| pids.read(file).map_or(0, |t| count_lines(&t));
-    let threads = pids.counter_num("pids.current").unwrap_or_else(|| {
-        count(match version {
-            Version::V2 => "cgroup.threads",
-            Version::V1 => "tasks",
-        })
-    });
-    let processes = pids.counter("cgroup.procs").map_or(0, |t| count_lines(&t));
+/// What the caller knows of the cgroups below the one read. A cgroup with
+/// at most one task of its own has as many processes: its process list
+/// (the costliest file of a scrape on cgroup v1, made afresh at each open)
+/// is then not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Below {
+    /// Nothing known: the process list is read.
+    Unknown,
+    /// No cgroup below: a container's, whose cgroup filesystem is mounted
+    /// read-only (see [`crate::oci`]).
+    Nothing,
+    /// The cgroups below hold this many tasks in all: a pod's containers,
+    /// read just before. A task that came or went in between makes the
+    /// counts differ, and the list is read.
+    Tasks(u64),
+}
+
+pub fn tasks(version: Version, pids: &impl Source, below: Below) -> Tasks {
+    let (threads, own) = match pids.counter_num("pids.current") {
+        Some(all) => {
+            let own = match below {
+                Below::Unknown => None,
+                Below::Nothing => Some(all),
+                Below::Tasks(n) => all.checked_sub(n),
+            };
+            (all, own)
+        }
+        None => {
+            let list = match version {
+                Version::V2 => "cgroup.threads",
+                Version::V1 => "tasks",
+            };
+            let own = pids.read(list).map_or(0, |t| count_lines(&t));
+            (own, Some(own))
+        }
+    };
+    let processes = match own {
+        Some(n @ 0..=1) => n,
+        _ => pids.counter("cgroup.procs").map_or(0, |t| count_lines(&t)),
+    };
     Tasks { processes, threads }
 }
 
@@ -74,7 +105,7 @@ mod tests {
             ("cgroup.threads", "12\n13\n14\n"),
         ]);
         assert_eq!(
-            tasks(Version::V2, &v2),
+            tasks(Version::V2, &v2, Below::Unknown),
             Tasks {
                 processes: 2,
                 threads: 3
@@ -82,21 +113,56 @@ mod tests {
         );
         let v1 = BTreeMap::from([("cgroup.procs", "1\n"), ("tasks", "1\n2\n")]);
         assert_eq!(
-            tasks(Version::V1, &v1),
+            tasks(Version::V1, &v1, Below::Unknown),
             Tasks {
                 processes: 1,
                 threads: 2
             }
         );
-        assert_eq!(tasks(Version::V1, &BTreeMap::new()), Tasks::default());
+        assert_eq!(
+            tasks(Version::V1, &BTreeMap::new(), Below::Unknown),
+            Tasks::default()
+        );
         // The pids controller's count when there is one: threads of the
         // children included.
         let pod = BTreeMap::from([("cgroup.procs", ""), ("tasks", ""), ("pids.current", "5\n")]);
+        let pod_tasks = |below| tasks(Version::V1, &pod, below);
         assert_eq!(
-            tasks(Version::V1, &pod),
+            pod_tasks(Below::Unknown),
             Tasks {
                 processes: 0,
                 threads: 5
+            }
+        );
+        // The list is what is read whenever the cgroup may have more than
+        // one task of its own ...
+        let procs_of =
+            |files: &BTreeMap<&str, &str>, below| tasks(Version::V2, files, below).processes;
+        let listed = BTreeMap::from([("cgroup.procs", "7\n"), ("pids.current", "2\n")]);
+        for below in [
+            Below::Unknown,
+            Below::Nothing,
+            Below::Tasks(0),
+            Below::Tasks(3),
+        ] {
+            assert_eq!(procs_of(&listed, below), 1, "{below:?}");
+        }
+        // ... and not when it has at most one (the file here would say
+        // otherwise).
+        let one = BTreeMap::from([("cgroup.procs", "7\n8\n"), ("pids.current", "1\n")]);
+        assert_eq!(procs_of(&one, Below::Nothing), 1);
+        assert_eq!(procs_of(&one, Below::Tasks(1)), 0);
+        assert_eq!(procs_of(&one, Below::Unknown), 2);
+        let pod_of_two = BTreeMap::from([("cgroup.procs", "9\n"), ("pids.current", "3\n")]);
+        assert_eq!(procs_of(&pod_of_two, Below::Tasks(3)), 0);
+        assert_eq!(procs_of(&pod_of_two, Below::Tasks(2)), 1);
+        // Without the pids controller the own thread list decides.
+        let no_pids = BTreeMap::from([("cgroup.procs", "1\n2\n"), ("tasks", "4\n")]);
+        assert_eq!(
+            tasks(Version::V1, &no_pids, Below::Unknown),
+            Tasks {
+                processes: 1,
+                threads: 1
             }
         );
     }

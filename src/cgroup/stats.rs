@@ -7,7 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use super::mode::{Mode, Opened};
-use super::{cpu, memory, pids};
+use super::pids::{self, Below};
+use super::{cpu, memory};
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CgroupStats {
@@ -98,22 +99,28 @@ impl SpecCache {
 /// Reads the stats of cgroup `rel`; `None` when it does not exist. With a
 /// cache, its directories are opened and its configured values read once;
 /// a kept cgroup that can no longer be read (removed, or removed and made
-/// again at the same path) is opened afresh.
-pub fn read(mode: &Mode, rel: &str, cache: Option<&SpecCache>) -> Option<CgroupStats> {
+/// again at the same path) is opened afresh. `below` may spare reading the
+/// process list ([`Below`]).
+pub fn read(
+    mode: &Mode,
+    rel: &str,
+    cache: Option<&SpecCache>,
+    below: Below,
+) -> Option<CgroupStats> {
     let Some(cache) = cache else {
         let opened = mode.open(rel)?;
         let spec = spec_of(&opened);
-        return read_opened(&opened, &spec);
+        return read_opened(&opened, &spec, below);
     };
     if let Some(kept) = cache.get(rel) {
-        if let Some(stats) = read_opened(&kept.opened, &kept.spec) {
+        if let Some(stats) = read_opened(&kept.opened, &kept.spec, below) {
             return Some(stats);
         }
         cache.forget(rel);
     }
     let opened = Arc::new(mode.open(rel)?);
     let spec = spec_of(&opened);
-    let stats = read_opened(&opened, &spec)?;
+    let stats = read_opened(&opened, &spec, below)?;
     cache.put(rel, Kept { opened, spec });
     Some(stats)
 }
@@ -125,11 +132,11 @@ fn spec_of(cg: &Opened) -> Spec {
     }
 }
 
-fn read_opened(cg: &Opened, spec: &Spec) -> Option<CgroupStats> {
+fn read_opened(cg: &Opened, spec: &Spec, below: Below) -> Option<CgroupStats> {
     let v = cg.version;
     let cpu = cpu::usage(v, cg.cpu(), cg.cpuacct())?;
     let memory = memory::usage(v, cg.memory())?;
-    let tasks = pids::tasks(v, cg.pids());
+    let tasks = pids::tasks(v, cg.pids(), below);
     Some(CgroupStats {
         cpu_usage_ns: cpu.usage_ns,
         cpu_user_ns: cpu.user_ns,
@@ -185,7 +192,7 @@ mod tests {
             std::fs::write(d.join(f), v).unwrap();
         }
         let mode = Mode::V2(root.clone());
-        let s = read(&mode, "/kubepods/podu/c1", None).unwrap();
+        let s = read(&mode, "/kubepods/podu/c1", None, Below::Unknown).unwrap();
         assert_eq!(s.cpu_usage_ns, 2_000_000_000);
         assert_eq!(s.cpu_user_ns, 1_500_000_000);
         assert_eq!(
@@ -203,19 +210,22 @@ mod tests {
         );
         assert_eq!(s.cpu_shares, cpu::shares_from_weight(100));
         assert_eq!((s.processes, s.threads), (2, 3));
-        assert!(read(&mode, "/nope", None).is_none());
+        assert!(read(&mode, "/nope", None, Below::Unknown).is_none());
 
         // Cached: the configured values are read once; the counters always.
         let cache = SpecCache::default();
-        assert_eq!(read(&mode, "/kubepods/podu/c1", Some(&cache)).unwrap(), s);
+        assert_eq!(
+            read(&mode, "/kubepods/podu/c1", Some(&cache), Below::Unknown).unwrap(),
+            s
+        );
         std::fs::write(d.join("cpu.max"), "max 100000\n").unwrap();
         std::fs::write(d.join("cgroup.procs"), "12\n").unwrap();
-        let again = read(&mode, "/kubepods/podu/c1", Some(&cache)).unwrap();
+        let again = read(&mode, "/kubepods/podu/c1", Some(&cache), Below::Unknown).unwrap();
         assert_eq!((again.cpu_quota_us, again.processes), (20_000, 1));
         assert_eq!(cache.len(), 1);
         cache.retain(&HashSet::new());
         assert!(cache.is_empty());
-        let fresh = read(&mode, "/kubepods/podu/c1", Some(&cache)).unwrap();
+        let fresh = read(&mode, "/kubepods/podu/c1", Some(&cache), Below::Unknown).unwrap();
         assert_eq!(fresh.cpu_quota_us, -1);
         // A cgroup removed and made again at the same path is read afresh
         // because the kernel fails reads of the old one's kept files: that
@@ -261,7 +271,7 @@ mod tests {
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(d.join(f), v).unwrap();
         }
-        let s = read(&Mode::V1(dirs.clone()), "kp/c", None).unwrap();
+        let s = read(&Mode::V1(dirs.clone()), "kp/c", None, Below::Unknown).unwrap();
         assert_eq!(s.cpu_usage_ns, 3_000_000_000);
         assert_eq!(
             (s.cpu_user_ns, s.cpu_system_ns),
@@ -275,15 +285,17 @@ mod tests {
         );
         assert_eq!((s.cpu_shares, s.cpu_quota_us, s.memory_limit), (204, -1, 0));
         assert_eq!((s.processes, s.threads), (1, 2));
-        // Without the pids hierarchy, the memory one lists the processes.
+        // Without the pids hierarchy, the memory one lists the processes
+        // and threads.
         std::fs::write(root.join("memory/kp/c/cgroup.procs"), "1\n2\n3\n").unwrap();
+        std::fs::write(root.join("memory/kp/c/tasks"), "1\n2\n3\n4\n").unwrap();
         let mut no_pids = dirs.clone();
         no_pids.remove("pids");
-        let s = read(&Mode::V1(no_pids), "kp/c", None).unwrap();
-        assert_eq!(s.processes, 3);
+        let s = read(&Mode::V1(no_pids), "kp/c", None, Below::Unknown).unwrap();
+        assert_eq!((s.processes, s.threads), (3, 4));
         // A cgroup missing from the memory hierarchy is no cgroup.
         std::fs::remove_dir_all(root.join("memory/kp/c")).unwrap();
-        assert!(read(&Mode::V1(dirs), "kp/c", None).is_none());
+        assert!(read(&Mode::V1(dirs), "kp/c", None, Below::Unknown).is_none());
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -17,7 +17,9 @@ use std::time::{Instant, SystemTime};
 
 use serde_json::{Value, json};
 
-use crate::cgroup::{CgroupStats, Cgroups, QosClass, SpecCache};
+use k8s_openapi::api::core::v1::PodSpec;
+
+use crate::cgroup::{Below, CgroupStats, Cgroups, QosClass, SpecCache};
 use crate::pod::ContainerState;
 use crate::pod::{PodEntry, Store};
 use crate::stats::volumes::{self, Figure, VolumeStats};
@@ -157,7 +159,9 @@ fn collect_pods(entries: Vec<PodEntry>, cgroups: &Cgroups, specs: &SpecCache) ->
         let uid = entry.pod.uid.clone();
         let pod_cgroup = manager.pod_cgroup(qos, &uid);
         let mut containers = vec![];
-        let mut net = vec![];
+        let mut net = None;
+        // The tasks of the containers read, for the pod's own count.
+        let mut tasks = 0;
         for c in entry
             .status
             .init_containers
@@ -169,19 +173,26 @@ fn collect_pods(entries: Vec<PodEntry>, cgroups: &Cgroups, specs: &SpecCache) ->
                 continue;
             };
             let cgroup = manager.container_cgroup(qos, &uid, id);
-            let Some(stats) = manager.stats(&cgroup, Some(specs)) else {
+            let below = if may_make_cgroups(entry.pod.spec(), &c.name) {
+                Below::Unknown
+            } else {
+                Below::Nothing
+            };
+            let Some(stats) = manager.stats(&cgroup, Some(specs), below) else {
                 continue;
             };
-            if net.is_empty()
+            tasks += stats.threads;
+            if net.is_none()
                 && let Some(pid) = c.pid
                 && entry.pod.spec().host_network != Some(true)
             {
                 // Any process of the pod sees its namespace's counters.
                 // cAdvisor leaves loopback out (its isIgnoredDevice).
-                net = std::fs::read_to_string(format!("/proc/{pid}/net/dev"))
+                let mut devs = std::fs::read_to_string(format!("/proc/{pid}/net/dev"))
                     .map(|t| stats::parse_net_dev(&t))
                     .unwrap_or_default();
-                net.retain(|d| d.interface != "lo");
+                devs.retain(|d| d.interface != "lo");
+                net = Some(devs);
             }
             containers.push(Row {
                 container: c.name.clone(),
@@ -192,16 +203,37 @@ fn collect_pods(entries: Vec<PodEntry>, cgroups: &Cgroups, specs: &SpecCache) ->
                 stats,
             });
         }
-        let stats = manager.stats(&pod_cgroup, Some(specs));
+        let stats = manager.stats(&pod_cgroup, Some(specs), Below::Tasks(tasks));
         out.push(PodRow {
             entry,
             cgroup: pod_cgroup,
             stats,
             containers,
-            net,
+            net: net.unwrap_or_default(),
         });
     }
     out
+}
+
+/// Whether a container can make cgroups below its own: one that adds
+/// `CAP_SYS_ADMIN` can mount a cgroup filesystem of its own (the one it is
+/// given is read-only).
+fn may_make_cgroups(spec: &PodSpec, container: &str) -> bool {
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .filter(|c| c.name == container)
+        .filter_map(|c| {
+            c.security_context
+                .as_ref()?
+                .capabilities
+                .as_ref()?
+                .add
+                .as_ref()
+        })
+        .flatten()
+        .any(|cap| matches!(cap.trim_start_matches("CAP_"), "SYS_ADMIN" | "ALL"))
 }
 
 /// `/metrics/cadvisor`.
@@ -535,7 +567,7 @@ fn node_usage(cgroups: &Cgroups) -> (f64, u64, u64) {
     let working_set = used.saturating_sub(kb("Inactive(file):"));
     let cpu = match cgroups
         .manager()
-        .stats("/", None)
+        .stats("/", None, Below::Unknown)
         .filter(|s| s.cpu_usage_ns > 0)
     {
         Some(s) => s.cpu_usage_ns as f64 / 1e9,
