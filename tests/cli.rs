@@ -722,8 +722,9 @@ fn top_reads_cpu_and_memory() {
 }
 
 /// The command line of a client run on a pseudo-terminal (util-linux
-/// `script`), with `stty` set first.
-fn on_pty(env: &Env, stty: &str, args: &str) -> Out {
+/// `script`), with `stty` set first; it must exit with `code`. Returns
+/// what the terminal showed.
+fn on_pty(env: &Env, stty: &str, args: &str, code: i32) -> String {
     let cmd = format!(
         "stty {stty}; {} --socket {} {args}",
         env!("CARGO_BIN_EXE_kubelet-lite"),
@@ -738,11 +739,14 @@ fn on_pty(env: &Env, stty: &str, args: &str) -> Out {
         .spawn()
         .expect("running script");
     let out = child.wait_with_output().unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 #[test]
@@ -845,27 +849,31 @@ fn exec_streams_exit_codes_terminals_and_disconnects() {
 
     // -t: a real terminal in the container; with -i, its size follows
     // ours, and the exit code still passes through.
-    let o = on_pty(&env, "cols 100 rows 30", "exec -t two-node1 -c app -- tty");
-    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
-    assert!(o.stdout.contains("/dev/pts/"), "{:?}", o.stdout);
-    let o = on_pty(
+    let shown = on_pty(
+        &env,
+        "cols 100 rows 30",
+        "exec -t two-node1 -c app -- tty",
+        0,
+    );
+    assert!(shown.contains("/dev/pts/"), "{shown:?}");
+    let shown = on_pty(
         &env,
         "cols 100 rows 30",
         "exec -it two-node1 -c app -- sh -c 'stty size; echo $TERM; exit 3'",
+        3,
     );
-    assert_eq!(o.code, 3, "{}{}", o.stdout, o.stderr);
-    assert!(o.stdout.contains("30 100\r\nxterm\r\n"), "{:?}", o.stdout);
+    assert!(shown.contains("30 100\r\nxterm\r\n"), "{shown:?}");
     // SIGWINCH: the new size reaches the container's terminal.
-    let o = on_pty(
+    let shown = on_pty(
         &env,
         "cols 100 rows 30; (sleep 1; stty cols 120 rows 40 </dev/tty) & true",
         "exec -it two-node1 -c app -- sh -c 'stty size; sleep 3; stty size'",
+        0,
     );
-    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
     // (The terminal may echo a stray byte the size change sent in between.)
-    let first = o.stdout.find("30 100\r\n");
-    let second = o.stdout.find("40 120\r\n");
-    assert!(first.is_some() && second > first, "{:?}", o.stdout);
+    let first = shown.find("30 100\r\n");
+    let second = shown.find("40 120\r\n");
+    assert!(first.is_some() && second > first, "{shown:?}");
     // Without a terminal on stdin, -t is dropped as kubectl drops it.
     let o = kl(&env, &["exec", "-t", "two-node1", "-c", "app", "--", "tty"]);
     assert_eq!(o.code, 1, "{}", o.stdout);
