@@ -17,38 +17,8 @@ mod support;
 
 use std::time::Duration;
 
-use common::{Env, pod_yaml};
-use support::{env_number, mib};
-
-const SHELL: &str = "trap 'exit 0' TERM; while :; do sleep 1 & wait; done";
-
-fn pod(name: &str) -> String {
-    let c = |n: &str| {
-        format!(
-            "  - name: {n}\n    image: busybox\n    command: [sh, -c, \"{SHELL}\"]\n    resources:\n      requests: {{cpu: 5m, memory: 8Mi}}\n      limits: {{cpu: 100m, memory: 32Mi}}\n"
-        )
-    };
-    pod_yaml(
-        name,
-        &format!(
-            "  terminationGracePeriodSeconds: 10\n  containers:\n{}{}",
-            c("a"),
-            c("b")
-        ),
-    )
-}
-
-fn running_count(env: &Env) -> usize {
-    env.pods()
-        .iter()
-        .filter(|p| {
-            p["status"]["phase"] == "Running"
-                && p["status"]["containerStatuses"]
-                    .as_array()
-                    .is_some_and(|cs| cs.iter().all(|c| c["state"]["running"].is_object()))
-        })
-        .count()
-}
+use common::Env;
+use support::{env_number, mib, remove_all, running_count, write_all};
 
 /// The agent process: the harness's child, or, under a wrapper, the
 /// descendant running an agent binary (the wrapper may run another build).
@@ -162,9 +132,7 @@ fn stop_here(env: &mut Env, at: &str) -> bool {
 }
 
 fn cycle(env: &Env, n: usize, tag: &str) {
-    for i in 0..n {
-        env.write_manifest(&format!("{tag}{i}.yaml"), &pod(&format!("{tag}{i}")));
-    }
+    write_all(env, n, tag);
     env.wait_for("all running", Duration::from_secs(600), || {
         (running_count(env) == n).then_some(())
     });
@@ -172,9 +140,7 @@ fn cycle(env: &Env, n: usize, tag: &str) {
 }
 
 fn delete(env: &Env, n: usize, tag: &str) {
-    for i in 0..n {
-        env.remove_manifest(&format!("{tag}{i}.yaml"));
-    }
+    remove_all(env, n, tag);
     env.wait_for("all gone", Duration::from_secs(600), || {
         env.pods().is_empty().then_some(())
     });

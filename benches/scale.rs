@@ -4,53 +4,11 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use common::{Env, pod_yaml};
-use support::{Podman, Raw, env_number, mib, percentile, usage};
-
-const SHELL: &str = "trap 'exit 0' TERM; while :; do sleep 1 & wait; done";
-
-/// Two containers requesting 5m CPU each: 110 pods (the kubelet's maxPods)
-/// fit the allocatable CPU of a 2-core machine (with 10m, the pods past 100
-/// would be refused with `OutOfcpu`, as the kubelet refuses them).
-fn pod(name: &str) -> String {
-    let c = |n: &str| {
-        format!(
-            "  - name: {n}\n    image: busybox\n    command: [sh, -c, \"{SHELL}\"]\n    resources:\n      requests: {{cpu: 5m, memory: 8Mi}}\n      limits: {{cpu: 100m, memory: 32Mi}}\n"
-        )
-    };
-    pod_yaml(
-        name,
-        &format!(
-            "  terminationGracePeriodSeconds: 10\n  containers:\n{}{}",
-            c("a"),
-            c("b")
-        ),
-    )
-}
-
-fn running_count(env: &Env) -> usize {
-    env.pods()
-        .iter()
-        .filter(|p| {
-            p["status"]["phase"] == "Running"
-                && p["status"]["containerStatuses"]
-                    .as_array()
-                    .is_some_and(|cs| cs.iter().all(|c| c["state"]["running"].is_object()))
-        })
-        .count()
-}
-
-fn write_all(env: &Env, n: usize, tag: &str) {
-    for i in 0..n {
-        env.write_manifest(&format!("{tag}{i}.yaml"), &pod(&format!("{tag}{i}")));
-    }
-}
-
-fn remove_all(env: &Env, n: usize, tag: &str) {
-    for i in 0..n {
-        env.remove_manifest(&format!("{tag}{i}.yaml"));
-    }
-}
+use common::Env;
+use support::{
+    Podman, Raw, SHELL, env_number, mib, percentile, pod, remove_all, running_count, usage,
+    write_all,
+};
 
 /// Raw containerd: `pods` tasks at once, each creating and starting two
 /// containers together. Returns the wall time until all run.

@@ -74,6 +74,19 @@ fn hash(parts: &[&str]) -> u64 {
     h.finish()
 }
 
+/// An event's strings but the message: namespace, pod name, UID, field
+/// path, type, reason.
+fn key_parts<'a>(object: &'a Involved, kind: &'a str, reason: &'a str) -> [&'a str; 6] {
+    [
+        object.namespace.as_str(),
+        &object.name,
+        &object.uid,
+        object.field_path.as_deref().unwrap_or(""),
+        kind,
+        reason,
+    ]
+}
+
 /// One recorded event. Its strings (namespace, pod name, UID, field path,
 /// type, reason, message) are kept end to end in `text`.
 #[derive(Debug, Clone)]
@@ -92,15 +105,7 @@ pub struct Recorded {
 
 impl Recorded {
     fn new(object: &Involved, kind: &str, reason: &str, message: &str, now: SystemTime) -> Self {
-        let field_path = object.field_path.as_deref().unwrap_or("");
-        let parts = [
-            object.namespace.as_str(),
-            &object.name,
-            &object.uid,
-            field_path,
-            kind,
-            reason,
-        ];
+        let parts = key_parts(object, kind, reason);
         let mut text =
             String::with_capacity(parts.iter().map(|p| p.len()).sum::<usize>() + message.len());
         let mut ends = [0; 6];
@@ -255,16 +260,8 @@ impl Recorder {
         now: SystemTime,
     ) {
         let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        let field_path = object.field_path.as_deref().unwrap_or("");
         // Aggregation: the key without the message.
-        let object_key = [
-            object.namespace.as_str(),
-            &object.name,
-            &object.uid,
-            field_path,
-            kind,
-            reason,
-        ];
+        let object_key = key_parts(object, kind, reason);
         let aggregate_key = hash(&object_key);
         if ring.aggregates.len() >= AGGREGATE_ENTRIES
             && !ring.aggregates.contains_key(&aggregate_key)

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Env, pod_yaml};
+use common::Env;
 
 struct Out {
     code: i32,
@@ -18,13 +18,15 @@ struct Out {
     stderr: String,
 }
 
+/// The built binary, talking to `env`'s agent over its socket.
+fn cli(env: &Env) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kubelet-lite"));
+    c.arg("--socket").arg(env.dir.join("agent.sock"));
+    c
+}
+
 fn kl(env: &Env, args: &[&str]) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_kubelet-lite"))
-        .arg("--socket")
-        .arg(env.dir.join("agent.sock"))
-        .args(args)
-        .output()
-        .expect("running kubelet-lite");
+    let out = cli(env).args(args).output().expect("running kubelet-lite");
     Out {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -39,11 +41,18 @@ fn ok(env: &Env, args: &[&str]) -> String {
     o.stdout
 }
 
+/// Runs a verb that must fail with exit code 1 and `message` in its
+/// stderr; returns its stderr.
+fn fails(env: &Env, args: &[&str], message: &str) -> String {
+    let o = kl(env, args);
+    assert_eq!(o.code, 1, "{args:?}: {}", o.stdout);
+    assert!(o.stderr.contains(message), "{args:?}: {}", o.stderr);
+    o.stderr
+}
+
 /// A streaming verb, its stdout read line by line.
 fn spawn(env: &Env, args: &[&str]) -> (Child, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kubelet-lite"))
-        .arg("--socket")
-        .arg(env.dir.join("agent.sock"))
+    let mut child = cli(env)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -168,15 +177,13 @@ const WEB: &str = "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: 
 fn get_describe_events_and_unknown_names() {
     let mut env = Env::new("cli-get");
     // Without an agent: what to do, and exit 1.
-    let o = kl(&env, &["get", "pods"]);
-    assert_eq!(o.code, 1);
-    assert!(
-        o.stderr.contains(&format!(
+    fails(
+        &env,
+        &["get", "pods"],
+        &format!(
             "is the agent running? socket {} not found",
             env.dir.join("agent.sock").display()
-        )),
-        "{}",
-        o.stderr
+        ),
     );
     env.start_agent();
     let mode = std::fs::metadata(env.dir.join("agent.sock"))
@@ -192,19 +199,10 @@ fn get_describe_events_and_unknown_names() {
     // `get -w` from the start: one row per change.
     let (mut watch, rows) = spawn(&env, &["get", "pods", "-w"]);
 
-    env.write_manifest("web.yaml", &pod_yaml("web", WEB));
-    env.write_manifest(
-        "crash.yaml",
-        &pod_yaml("crash", "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'echo attempt; exit 3']\n"),
-    );
-    env.write_manifest(
-        "init.yaml",
-        &pod_yaml("init", "  terminationGracePeriodSeconds: 1\n  initContainers:\n  - name: setup\n    image: busybox\n    command: [sleep, '4']\n  containers:\n  - name: app\n    image: busybox\n    command: [sleep, '3600']\n"),
-    );
-    env.write_manifest(
-        "oom.yaml",
-        &pod_yaml("oom", "  restartPolicy: Never\n  containers:\n  - name: fill\n    image: busybox\n    command: [dd, if=/dev/zero, of=/dev/shm/fill, bs=1M, count=100]\n    resources:\n      limits: {memory: 32Mi}\n"),
-    );
+    env.write_pod("web", WEB);
+    env.write_pod("crash", "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'echo attempt; exit 3']\n");
+    env.write_pod("init", "  terminationGracePeriodSeconds: 1\n  initContainers:\n  - name: setup\n    image: busybox\n    command: [sleep, '4']\n  containers:\n  - name: app\n    image: busybox\n    command: [sleep, '3600']\n");
+    env.write_pod("oom", "  restartPolicy: Never\n  containers:\n  - name: fill\n    image: busybox\n    command: [dd, if=/dev/zero, of=/dev/shm/fill, bs=1M, count=100]\n    resources:\n      limits: {memory: 32Mi}\n");
     // The init pod shows Init:0/1 while its init container runs.
     let init_row = env.wait_for("init-node1 Init:0/1", Duration::from_secs(30), || {
         row(&ok(&env, &["get", "pods"]), "init-node1").filter(|r| r[2] == "Init:0/1")
@@ -392,23 +390,16 @@ fn get_describe_events_and_unknown_names() {
     assert!(backoff["count"].as_i64().unwrap() >= 1);
 
     // Unknown names: what exists is listed, exit 1.
-    let o = kl(&env, &["describe", "pod", "nope"]);
-    assert_eq!(o.code, 1);
-    assert!(
-        o.stderr
-            .contains("pod \"nope\" not found in namespace \"default\""),
-        "{}",
-        o.stderr
+    let stderr = fails(
+        &env,
+        &["describe", "pod", "nope"],
+        "pod \"nope\" not found in namespace \"default\"",
     );
-    assert!(o.stderr.contains("default/web-node1"), "{}", o.stderr);
-    let o = kl(&env, &["logs", "crash-node1", "-c", "nope"]);
-    assert_eq!(o.code, 1);
-    assert!(
-        o.stderr.contains(
-            "container \"nope\" is not valid for pod \"crash-node1\": choose one of: [c]"
-        ),
-        "{}",
-        o.stderr
+    assert!(stderr.contains("default/web-node1"), "{stderr}");
+    fails(
+        &env,
+        &["logs", "crash-node1", "-c", "nope"],
+        "container \"nope\" is not valid for pod \"crash-node1\": choose one of: [c]",
     );
     let o = kl(&env, &["logs", "init-node1", "-c", "nope"]);
     assert!(
@@ -418,9 +409,11 @@ fn get_describe_events_and_unknown_names() {
     );
     let one = ok(&env, &["get", "pod", "web-node1"]);
     assert_eq!(one.lines().count(), 2, "{one}");
-    let o = kl(&env, &["get", "pod", "nope"]);
-    assert_eq!(o.code, 1);
-    assert!(o.stderr.contains("pods \"nope\" not found; pods in namespace \"default\": crash-node1, init-node1, oom-node1, web-node1"), "{}", o.stderr);
+    fails(
+        &env,
+        &["get", "pod", "nope"],
+        "pods \"nope\" not found; pods in namespace \"default\": crash-node1, init-node1, oom-node1, web-node1",
+    );
     let o = kl(&env, &["get", "nodes"]);
     assert_eq!(o.code, 2, "clap's usage error");
 
@@ -439,14 +432,8 @@ fn logs_previous_tail_follow_and_disconnect() {
     let mut env = Env::new("cli-logs");
     env.start_agent();
     // Fails once, then runs: two attempts with known output.
-    env.write_manifest(
-        "twice.yaml",
-        &pod_yaml("twice", "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'n=$(cat /data/n 2>/dev/null || echo 0); echo $((n+1)) > /data/n; echo run $n; for i in 1 2 3 4 5; do echo line $i; done; echo end; if [ $n = 0 ]; then exit 1; fi; exec sleep 3600']\n    volumeMounts:\n    - {name: data, mountPath: /data}\n  volumes:\n  - name: data\n    emptyDir: {}\n"),
-    );
-    env.write_manifest(
-        "ticker.yaml",
-        &pod_yaml("ticker", "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: t\n    image: busybox\n    command: [sh, -c, 'i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done']\n"),
-    );
+    env.write_pod("twice", "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'n=$(cat /data/n 2>/dev/null || echo 0); echo $((n+1)) > /data/n; echo run $n; for i in 1 2 3 4 5; do echo line $i; done; echo end; if [ $n = 0 ]; then exit 1; fi; exec sleep 3600']\n    volumeMounts:\n    - {name: data, mountPath: /data}\n  volumes:\n  - name: data\n    emptyDir: {}\n");
+    env.write_pod("ticker", "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: t\n    image: busybox\n    command: [sh, -c, 'i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done']\n");
     env.wait_for(
         "twice restarted and running",
         Duration::from_secs(60),
@@ -492,13 +479,10 @@ fn logs_previous_tail_follow_and_disconnect() {
     assert!(t.parse::<jiff::Timestamp>().is_ok(), "{ts}");
     assert_eq!(rest, "end\n");
     // No previous run.
-    let o = kl(&env, &["logs", "ticker-node1", "--previous"]);
-    assert_eq!(o.code, 1);
-    assert!(
-        o.stderr
-            .contains("previous terminated container \"t\" in pod \"ticker-node1\" not found"),
-        "{}",
-        o.stderr
+    fails(
+        &env,
+        &["logs", "ticker-node1", "--previous"],
+        "previous terminated container \"t\" in pod \"ticker-node1\" not found",
     );
 
     // Follow, across a copytruncate rotation.
@@ -561,10 +545,7 @@ fn logs_rotate_by_size_and_follow_reads_across() {
     env.write_config("containerLogMaxSize: 2Ki\ncontainerLogMaxFiles: 3\n");
     env.start_agent();
     // About 3 KB of records a second: a rotation every second.
-    env.write_manifest(
-        "chatty.yaml",
-        &pod_yaml("chatty", "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'i=0; while true; do echo tick $i ................................................; i=$((i+1)); usleep 40000; done']\n"),
-    );
+    env.write_pod("chatty", "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'i=0; while true; do echo tick $i ................................................; i=$((i+1)); usleep 40000; done']\n");
     env.wait_running("chatty-node1");
     let uid = env.pod("chatty-node1").unwrap()["metadata"]["uid"]
         .as_str()
@@ -633,10 +614,7 @@ fn a_restarting_container_keeps_two_attempts_of_files() {
     let mut env = Env::new("cli-attempts");
     env.write_config("crashLoopBackOff:\n  initial: 100ms\n  max: 200ms\n");
     env.start_agent();
-    env.write_manifest(
-        "flaky.yaml",
-        &pod_yaml("flaky", "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'echo attempt; sleep 0.3; exit 1']\n"),
-    );
+    env.write_pod("flaky", "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'echo attempt; sleep 0.3; exit 1']\n");
     let restarts = |env: &Env| {
         env.pod("flaky-node1")
             .and_then(|p| p["status"]["containerStatuses"][0]["restartCount"].as_u64())
@@ -694,10 +672,7 @@ fn top_reads_cpu_and_memory() {
     let mut env = Env::new("cli-top");
     env.start_agent();
     // A quarter of a CPU (CFS quota) and ~40 MiB of tmpfs charged to it.
-    env.write_manifest(
-        "burn.yaml",
-        &pod_yaml("burn", "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: burn\n    image: busybox\n    command: [sh, -c, 'dd if=/dev/zero of=/dev/shm/hold bs=1M count=40 && while :; do :; done']\n    resources:\n      limits: {cpu: 250m, memory: 128Mi}\n  - name: idle\n    image: busybox\n    command: [sleep, '3600']\n"),
-    );
+    env.write_pod("burn", "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: burn\n    image: busybox\n    command: [sh, -c, 'dd if=/dev/zero of=/dev/shm/hold bs=1M count=40 && while :; do :; done']\n    resources:\n      limits: {cpu: 250m, memory: 128Mi}\n  - name: idle\n    image: busybox\n    command: [sleep, '3600']\n");
     env.wait_running("burn-node1");
     std::thread::sleep(Duration::from_secs(2));
     let parse = |cell: &str, unit: &str| cell.strip_suffix(unit).unwrap().parse::<u64>().unwrap();
@@ -739,14 +714,17 @@ fn top_reads_cpu_and_memory() {
     let pod: Vec<&str> = t.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(pod[0], "burn-node1", "{t}");
     assert!((100..=280).contains(&parse(pod[1], "m")), "{t}");
-    let o = kl(&env, &["top", "pods", "-n", "other"]);
-    assert_eq!(o.code, 1);
-    assert!(o.stderr.contains("no running containers"), "{}", o.stderr);
+    fails(
+        &env,
+        &["top", "pods", "-n", "other"],
+        "no running containers",
+    );
 }
 
 /// The command line of a client run on a pseudo-terminal (util-linux
-/// `script`), with `stty` set first.
-fn on_pty(env: &Env, stty: &str, args: &str) -> Out {
+/// `script`), with `stty` set first; it must exit with `code`. Returns
+/// what the terminal showed.
+fn on_pty(env: &Env, stty: &str, args: &str, code: i32) -> String {
     let cmd = format!(
         "stty {stty}; {} --socket {} {args}",
         env!("CARGO_BIN_EXE_kubelet-lite"),
@@ -761,21 +739,21 @@ fn on_pty(env: &Env, stty: &str, args: &str) -> Out {
         .spawn()
         .expect("running script");
     let out = child.wait_with_output().unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 #[test]
 fn exec_streams_exit_codes_terminals_and_disconnects() {
     let mut env = Env::new("cli-exec");
     env.start_agent();
-    env.write_manifest(
-        "two.yaml",
-        &pod_yaml("two", "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: app\n    image: busybox\n    command: [sleep, '3600']\n  - name: side\n    image: busybox\n    command: [sleep, '3601']\n"),
-    );
+    env.write_pod("two", "  terminationGracePeriodSeconds: 1\n  containers:\n  - name: app\n    image: busybox\n    command: [sleep, '3600']\n  - name: side\n    image: busybox\n    command: [sleep, '3601']\n");
     let pod = env.wait_running("two-node1");
 
     // Output and exit code 0; the default container, with kubectl's notice.
@@ -825,9 +803,7 @@ fn exec_streams_exit_codes_terminals_and_disconnects() {
     );
 
     // stdin piped with -i, more than one pipe buffer of it.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kubelet-lite"))
-        .arg("--socket")
-        .arg(env.dir.join("agent.sock"))
+    let mut child = cli(&env)
         .args([
             "exec",
             "-i",
@@ -858,9 +834,7 @@ fn exec_streams_exit_codes_terminals_and_disconnects() {
     );
     assert!(out.status.success());
     let o = {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_kubelet-lite"))
-            .arg("--socket")
-            .arg(env.dir.join("agent.sock"))
+        let mut c = cli(&env)
             .args(["exec", "-i", "two-node1", "--", "cat"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -875,27 +849,31 @@ fn exec_streams_exit_codes_terminals_and_disconnects() {
 
     // -t: a real terminal in the container; with -i, its size follows
     // ours, and the exit code still passes through.
-    let o = on_pty(&env, "cols 100 rows 30", "exec -t two-node1 -c app -- tty");
-    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
-    assert!(o.stdout.contains("/dev/pts/"), "{:?}", o.stdout);
-    let o = on_pty(
+    let shown = on_pty(
+        &env,
+        "cols 100 rows 30",
+        "exec -t two-node1 -c app -- tty",
+        0,
+    );
+    assert!(shown.contains("/dev/pts/"), "{shown:?}");
+    let shown = on_pty(
         &env,
         "cols 100 rows 30",
         "exec -it two-node1 -c app -- sh -c 'stty size; echo $TERM; exit 3'",
+        3,
     );
-    assert_eq!(o.code, 3, "{}{}", o.stdout, o.stderr);
-    assert!(o.stdout.contains("30 100\r\nxterm\r\n"), "{:?}", o.stdout);
+    assert!(shown.contains("30 100\r\nxterm\r\n"), "{shown:?}");
     // SIGWINCH: the new size reaches the container's terminal.
-    let o = on_pty(
+    let shown = on_pty(
         &env,
         "cols 100 rows 30; (sleep 1; stty cols 120 rows 40 </dev/tty) & true",
         "exec -it two-node1 -c app -- sh -c 'stty size; sleep 3; stty size'",
+        0,
     );
-    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
     // (The terminal may echo a stray byte the size change sent in between.)
-    let first = o.stdout.find("30 100\r\n");
-    let second = o.stdout.find("40 120\r\n");
-    assert!(first.is_some() && second > first, "{:?}", o.stdout);
+    let first = shown.find("30 100\r\n");
+    let second = shown.find("40 120\r\n");
+    assert!(first.is_some() && second > first, "{shown:?}");
     // Without a terminal on stdin, -t is dropped as kubectl drops it.
     let o = kl(&env, &["exec", "-t", "two-node1", "-c", "app", "--", "tty"]);
     assert_eq!(o.code, 1, "{}", o.stdout);
@@ -903,23 +881,21 @@ fn exec_streams_exit_codes_terminals_and_disconnects() {
     assert!(o.stderr.contains("Unable to use a TTY"), "{}", o.stderr);
 
     // Unknown names list what exists.
-    let o = kl(&env, &["exec", "two-node1", "-c", "nope", "--", "true"]);
-    assert_eq!(o.code, 1);
-    assert!(
-        o.stderr.contains("choose one of: [app side]"),
-        "{}",
-        o.stderr
+    fails(
+        &env,
+        &["exec", "two-node1", "-c", "nope", "--", "true"],
+        "choose one of: [app side]",
     );
-    let o = kl(&env, &["exec", "three", "--", "true"]);
-    assert_eq!(o.code, 1);
-    assert!(
-        o.stderr.contains("pods on this node: default/two-node1"),
-        "{}",
-        o.stderr
+    fails(
+        &env,
+        &["exec", "three", "--", "true"],
+        "pods on this node: default/two-node1",
     );
-    let o = kl(&env, &["exec", "two-node1", "--", "/no/such/binary"]);
-    assert_eq!(o.code, 1, "{}", o.stdout);
-    assert!(o.stderr.contains("/no/such/binary"), "{}", o.stderr);
+    fails(
+        &env,
+        &["exec", "two-node1", "--", "/no/such/binary"],
+        "/no/such/binary",
+    );
 
     // A client killed mid-exec: the process goes, and the agent lets go.
     let id = pod["status"]["containerStatuses"]
@@ -934,9 +910,7 @@ fn exec_streams_exit_codes_terminals_and_disconnects() {
         .to_string();
     let task_pids = || env.ctr(&["tasks", "ps", &id]).lines().skip(1).count();
     let before = task_pids();
-    let mut client = Command::new(env!("CARGO_BIN_EXE_kubelet-lite"))
-        .arg("--socket")
-        .arg(env.dir.join("agent.sock"))
+    let mut client = cli(&env)
         .args(["exec", "two-node1", "-c", "app", "--", "sleep", "101"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

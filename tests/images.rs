@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::registry::Registry;
-use common::{Env, free_port, pod_yaml};
+use common::{Env, free_port};
 
 fn sleeper(image: &str, policy: &str) -> String {
     let policy = if policy.is_empty() {
@@ -44,6 +44,48 @@ fn waiting(pod: &serde_json::Value) -> (String, String) {
     )
 }
 
+/// The config of the tests that pull from `host` over plain HTTP.
+fn plain_http(host: &str) -> String {
+    format!(
+        "crashLoopBackOff:\n  initial: 1s\n  max: 4s\nregistries:\n  '{host}':\n    plainHTTP: true\n"
+    )
+}
+
+/// Waits until `pod`'s container waits in `ImagePullBackOff`.
+fn wait_back_off(env: &Env, pod: &str) -> serde_json::Value {
+    env.wait_for("ImagePullBackOff", Duration::from_secs(30), || {
+        let p = env.pod(pod)?;
+        (waiting(&p).0 == "ImagePullBackOff").then_some(p)
+    })
+}
+
+/// Waits until `pod`'s pull has failed with an event whose message holds
+/// `text`.
+fn pull_failed(env: &Env, pod: &str, text: &str, timeout: Duration) -> serde_json::Value {
+    env.wait_for(&format!("{pod}: {text}"), timeout, || {
+        let p = env.pod(pod)?;
+        let (r, _) = waiting(&p);
+        ((r == "ErrImagePull" || r == "ImagePullBackOff")
+            && events(&p)
+                .iter()
+                .any(|(r, m)| r == "Failed" && m.contains(text)))
+        .then_some(p)
+    })
+}
+
+/// Removes `big.yaml` and waits until its pod is gone (the one other pod
+/// stays) and no lease of the agent's is left.
+fn remove_big_pod(env: &Env) {
+    env.remove_manifest("big.yaml");
+    env.wait_for("big pod gone", Duration::from_secs(30), || {
+        (env.pods().len() == 1).then_some(())
+    });
+    env.wait_for("no lease left", Duration::from_secs(10), || {
+        let leases = env.ctr(&["leases", "ls", "-q"]);
+        (!leases.contains("kubelet-lite-")).then_some(())
+    });
+}
+
 /// An environment whose images directory is empty (so that only the
 /// registry provides images), with `extra` config.
 fn env_without_archives(tag: &str, extra: &str) -> Env {
@@ -64,36 +106,19 @@ fn pulls_by_tag_and_digest_with_the_kubelets_policies_and_events() {
     reg.push("test/shared:1", None);
     reg.push("test/again:1", None);
     std::fs::remove_file(env.dir.join("images/busybox.tar")).unwrap();
-    env.write_config(&format!(
-        "crashLoopBackOff:\n  initial: 1s\n  max: 4s\nregistries:\n  '{host}':\n    plainHTTP: true\n"
-    ));
+    env.write_config(&plain_http(&host));
     env.start_agent();
-    env.write_manifest(
-        "tag.yaml",
-        &pod_yaml("tag", &sleeper(&format!("{host}/test/busybox:1"), "")),
-    );
-    env.write_manifest(
-        "digest.yaml",
-        &pod_yaml(
-            "digest",
-            &sleeper(&format!("{host}/test/busybox@{digest}"), ""),
-        ),
+    env.write_pod("tag", &sleeper(&format!("{host}/test/busybox:1"), ""));
+    env.write_pod(
+        "digest",
+        &sleeper(&format!("{host}/test/busybox@{digest}"), ""),
     );
     // Two pods of one image at once: one transfer.
     for name in ["share-a", "share-b"] {
-        env.write_manifest(
-            &format!("{name}.yaml"),
-            &pod_yaml(name, &sleeper(&format!("{host}/test/shared:1"), "")),
-        );
+        env.write_pod(name, &sleeper(&format!("{host}/test/shared:1"), ""));
     }
-    env.write_manifest(
-        "missing.yaml",
-        &pod_yaml("missing", &sleeper(&format!("{host}/test/missing:1"), "")),
-    );
-    env.write_manifest(
-        "never.yaml",
-        &pod_yaml("never", &sleeper(&format!("{host}/test/again:1"), "Never")),
-    );
+    env.write_pod("missing", &sleeper(&format!("{host}/test/missing:1"), ""));
+    env.write_pod("never", &sleeper(&format!("{host}/test/again:1"), "Never"));
     let tag = env.wait_running("tag-node1");
     env.wait_running("digest-node1");
     env.wait_running("share-a-node1");
@@ -132,10 +157,7 @@ fn pulls_by_tag_and_digest_with_the_kubelets_policies_and_events() {
         .count();
     assert_eq!(transfers, 1, "{log}");
     // The registry's own words, then the kubelet's backoff.
-    let pod = env.wait_for("ImagePullBackOff", Duration::from_secs(30), || {
-        let p = env.pod("missing-node1")?;
-        (waiting(&p).0 == "ImagePullBackOff").then_some(p)
-    });
+    let pod = wait_back_off(&env, "missing-node1");
     assert_eq!(
         waiting(&pod).1,
         format!("Back-off pulling image \"{host}/test/missing:1\"")
@@ -157,14 +179,8 @@ fn pulls_by_tag_and_digest_with_the_kubelets_policies_and_events() {
     // With the registry gone: IfNotPresent uses the image on the node;
     // Always must pull, and fails, as the kubelet's does offline.
     reg.stop();
-    env.write_manifest(
-        "present.yaml",
-        &pod_yaml("present", &sleeper(&image, "IfNotPresent")),
-    );
-    env.write_manifest(
-        "always.yaml",
-        &pod_yaml("always", &sleeper(&image, "Always")),
-    );
+    env.write_pod("present", &sleeper(&image, "IfNotPresent"));
+    env.write_pod("always", &sleeper(&image, "Always"));
     let present = env.wait_running("present-node1");
     assert!(
         events(&present)
@@ -210,13 +226,10 @@ fn mirrors_come_first_then_the_registry() {
     env.start_agent();
     let from_mirror = format!("{}/test/mirror-only:1", up.host());
     let from_upstream = format!("{}/test/upstream-only:1", up.host());
-    env.write_manifest("m.yaml", &pod_yaml("m", &sleeper(&from_mirror, "")));
-    env.write_manifest("u.yaml", &pod_yaml("u", &sleeper(&from_upstream, "")));
+    env.write_pod("m", &sleeper(&from_mirror, ""));
+    env.write_pod("u", &sleeper(&from_upstream, ""));
     // A Docker Hub name, as manifests copied from elsewhere have it.
-    env.write_manifest(
-        "hub.yaml",
-        &pod_yaml("hub", &sleeper("busybox:mirrored", "")),
-    );
+    env.write_pod("hub", &sleeper("busybox:mirrored", ""));
     env.wait_running("m-node1");
     env.wait_running("u-node1");
     env.wait_running("hub-node1");
@@ -253,7 +266,7 @@ fn credentials_come_from_a_docker_config_json() {
     ));
     env.start_agent();
     let image = format!("{}/private/busybox:1", reg.host());
-    env.write_manifest("p.yaml", &pod_yaml("p", &sleeper(&image, "")));
+    env.write_pod("p", &sleeper(&image, ""));
     // No credentials yet: the registry's refusal is the pod's reason.
     let pod = env.wait_for("unauthorized", Duration::from_secs(30), || {
         let p = env.pod("p-node1")?;
@@ -382,39 +395,20 @@ fn bad_registries_fail_cleanly_and_block_nothing_else() {
         "crashLoopBackOff:\n  initial: 1s\n  max: 4s\nimagePullStallTimeout: 3s\nregistries:\n  '{host}':\n    plainHTTP: true\n  '{silent_host}':\n    plainHTTP: true\n"
     ));
     env.start_agent();
-    env.write_manifest(
-        "stall.yaml",
-        &pod_yaml("stall", &sleeper(&format!("{silent_host}/test/x:1"), "")),
-    );
-    env.write_manifest(
-        "corrupt.yaml",
-        &pod_yaml("corrupt", &sleeper(&format!("{host}/test/corrupt:1"), "")),
-    );
-    env.write_manifest(
-        "helm.yaml",
-        &pod_yaml("helm", &sleeper(&format!("{host}/test/artifact:helm"), "")),
-    );
+    env.write_pod("stall", &sleeper(&format!("{silent_host}/test/x:1"), ""));
+    env.write_pod("corrupt", &sleeper(&format!("{host}/test/corrupt:1"), ""));
+    env.write_pod("helm", &sleeper(&format!("{host}/test/artifact:helm"), ""));
     // While the silent registry holds its pull, other pods start and the
     // endpoint answers.
     let mut health = common::Healthz::default();
-    env.write_manifest("local.yaml", &pod_yaml("local", &sleeper("busybox", "")));
+    env.write_pod("local", &sleeper("busybox", ""));
     env.wait_running("local-node1");
     for _ in 0..10 {
         health.sample(&env);
         std::thread::sleep(Duration::from_millis(50));
     }
     health.assert_quick();
-    let failed = |pod: &str, text: &str| {
-        env.wait_for(&format!("{pod}: {text}"), Duration::from_secs(40), || {
-            let p = env.pod(pod)?;
-            let (r, _) = waiting(&p);
-            ((r == "ErrImagePull" || r == "ImagePullBackOff")
-                && events(&p)
-                    .iter()
-                    .any(|(r, m)| r == "Failed" && m.contains(text)))
-            .then_some(p)
-        })
-    };
+    let failed = |pod: &str, text: &str| pull_failed(&env, pod, text, Duration::from_secs(40));
     failed("corrupt-node1", "Invalid digest");
     failed("helm-node1", "unsupported config media type");
     failed("stall-node1", "timed out");
@@ -579,14 +573,9 @@ fn a_multi_platform_index_gives_this_machines_image() {
         "application/vnd.oci.image.index.v1+json",
         &index.to_string(),
     );
-    env.write_config(&format!(
-        "crashLoopBackOff:\n  initial: 1s\n  max: 4s\nregistries:\n  '{host}':\n    plainHTTP: true\n"
-    ));
+    env.write_config(&plain_http(&host));
     env.start_agent();
-    env.write_manifest(
-        "multi.yaml",
-        &pod_yaml("multi", &sleeper(&format!("{host}/test/multi:1"), "")),
-    );
+    env.write_pod("multi", &sleeper(&format!("{host}/test/multi:1"), ""));
     env.wait_running("multi-node1");
     let content = env.ctr(&["content", "ls", "-q"]);
     assert!(content.contains(&ours), "{content}");
@@ -727,10 +716,7 @@ fn a_bearer_token_challenge_is_answered_with_config_json_credentials() {
         creds.display()
     ));
     env.start_agent();
-    env.write_manifest(
-        "b.yaml",
-        &pod_yaml("b", &sleeper(&format!("{host}/private/busybox:1"), "")),
-    );
+    env.write_pod("b", &sleeper(&format!("{host}/private/busybox:1"), ""));
     env.wait_running("b-node1");
     assert!(
         front
@@ -759,8 +745,8 @@ fn unused_images_are_collected_when_the_disk_is_over_the_threshold() {
     env.start_agent();
     let keep = format!("{host}/test/keep:1");
     let dropped = format!("{host}/test/drop:1");
-    env.write_manifest("keep.yaml", &pod_yaml("keep", &sleeper(&keep, "")));
-    env.write_manifest("drop.yaml", &pod_yaml("drop", &sleeper(&dropped, "")));
+    env.write_pod("keep", &sleeper(&keep, ""));
+    env.write_pod("drop", &sleeper(&dropped, ""));
     env.wait_running("keep-node1");
     env.wait_running("drop-node1");
     env.remove_manifest("drop.yaml");
@@ -941,42 +927,27 @@ fn oversized_manifest_registry(size: usize) -> String {
 fn an_oversized_manifest_is_refused() {
     let host = oversized_manifest_registry((4 << 20) + 4096);
     let mut env = Env::new("bigmanifest");
-    env.write_config(&format!(
-        "crashLoopBackOff:\n  initial: 1s\n  max: 4s\nregistries:\n  '{host}':\n    plainHTTP: true\n"
-    ));
+    env.write_config(&plain_http(&host));
     env.start_agent();
     let image = format!("{host}/test/big:1");
-    env.write_manifest("big.yaml", &pod_yaml("big", &sleeper(&image, "")));
-    env.write_manifest("local.yaml", &pod_yaml("local", &sleeper("busybox", "")));
-    let pod = env.wait_for("manifest refused", Duration::from_secs(40), || {
-        let p = env.pod("big-node1")?;
-        let (r, _) = waiting(&p);
-        ((r == "ErrImagePull" || r == "ImagePullBackOff")
-            && events(&p)
-                .iter()
-                .any(|(r, m)| r == "Failed" && m.contains("larger than the 4194304 bytes allowed")))
-        .then_some(p)
-    });
+    env.write_pod("big", &sleeper(&image, ""));
+    env.write_pod("local", &sleeper("busybox", ""));
+    let pod = pull_failed(
+        &env,
+        "big-node1",
+        "larger than the 4194304 bytes allowed",
+        Duration::from_secs(40),
+    );
     let ev = events(&pod);
     assert!(
         ev.iter()
             .any(|(_, m)| m.contains(&format!("manifest of {} bytes", (4 << 20) + 4096))),
         "{ev:?}"
     );
-    env.wait_for("ImagePullBackOff", Duration::from_secs(30), || {
-        let p = env.pod("big-node1")?;
-        (waiting(&p).0 == "ImagePullBackOff").then_some(())
-    });
+    wait_back_off(&env, "big-node1");
     env.wait_running("local-node1");
     assert!(!env.ctr(&["images", "ls", "-q"]).contains("test/big"));
-    env.remove_manifest("big.yaml");
-    env.wait_for("big pod gone", Duration::from_secs(30), || {
-        (env.pods().len() == 1).then_some(())
-    });
-    env.wait_for("no lease left", Duration::from_secs(10), || {
-        let leases = env.ctr(&["leases", "ls", "-q"]);
-        (!leases.contains("kubelet-lite-")).then_some(())
-    });
+    remove_big_pod(&env);
 }
 
 /// A tmpfs of `size` on `path`, unmounted on drop (the Env's own cleanup
@@ -1069,23 +1040,18 @@ fn a_content_store_that_fills_during_the_pull_fails_the_pull_cleanly() {
     let _ = std::fs::remove_dir_all(&content);
     let _tmpfs = Tmpfs::mount(&content, "12m");
     env.start_containerd();
-    env.write_config(&format!(
-        "crashLoopBackOff:\n  initial: 1s\n  max: 4s\nregistries:\n  '{host}':\n    plainHTTP: true\n"
-    ));
+    env.write_config(&plain_http(&host));
     env.start_agent();
-    env.write_manifest("local.yaml", &pod_yaml("local", &sleeper("busybox", "")));
+    env.write_pod("local", &sleeper("busybox", ""));
     env.wait_running("local-node1");
     let image = format!("{host}/test/big:1");
-    env.write_manifest("big.yaml", &pod_yaml("big", &sleeper(&image, "")));
-    let pod = env.wait_for("no space left", Duration::from_secs(60), || {
-        let p = env.pod("big-node1")?;
-        let (r, _) = waiting(&p);
-        ((r == "ErrImagePull" || r == "ImagePullBackOff")
-            && events(&p)
-                .iter()
-                .any(|(r, m)| r == "Failed" && m.contains("no space left on device")))
-        .then_some(p)
-    });
+    env.write_pod("big", &sleeper(&image, ""));
+    let pod = pull_failed(
+        &env,
+        "big-node1",
+        "no space left on device",
+        Duration::from_secs(60),
+    );
     let ev = events(&pod);
     let failed = ev
         .iter()
@@ -1097,10 +1063,7 @@ fn a_content_store_that_fills_during_the_pull_fails_the_pull_cleanly() {
         )),
         "{failed:?}"
     );
-    env.wait_for("ImagePullBackOff", Duration::from_secs(30), || {
-        let p = env.pod("big-node1")?;
-        (waiting(&p).0 == "ImagePullBackOff").then_some(())
-    });
+    wait_back_off(&env, "big-node1");
     // No image record; the pod that has its image keeps running.
     assert!(!env.ctr(&["images", "ls", "-q"]).contains("test/big"));
     let local = env.wait_running("local-node1");
@@ -1108,13 +1071,6 @@ fn a_content_store_that_fills_during_the_pull_fails_the_pull_cleanly() {
         local["status"]["containerStatuses"][0]["restartCount"], 0,
         "{local}"
     );
-    env.remove_manifest("big.yaml");
-    env.wait_for("big pod gone", Duration::from_secs(30), || {
-        (env.pods().len() == 1).then_some(())
-    });
-    env.wait_for("no lease left", Duration::from_secs(10), || {
-        let leases = env.ctr(&["leases", "ls", "-q"]);
-        (!leases.contains("kubelet-lite-")).then_some(())
-    });
+    remove_big_pod(&env);
     assert!(env.agent_is_alive());
 }

@@ -373,3 +373,54 @@ impl Drop for Podman {
         let _ = self.run(&["rmi", "-f", PODMAN_IMAGE]);
     }
 }
+
+/// The command of the scale and memory benches' containers: it sleeps and
+/// exits at once on SIGTERM.
+pub const SHELL: &str = "trap 'exit 0' TERM; while :; do sleep 1 & wait; done";
+
+/// A pod of the scale and memory benches. Two containers requesting 5m CPU
+/// each: 110 pods (the kubelet's maxPods) fit the allocatable CPU of a
+/// 2-core machine (with 10m, the pods past 100 would be refused with
+/// `OutOfcpu`, as the kubelet refuses them).
+pub fn pod(name: &str) -> String {
+    let c = |n: &str| {
+        format!(
+            "  - name: {n}\n    image: busybox\n    command: [sh, -c, \"{SHELL}\"]\n    resources:\n      requests: {{cpu: 5m, memory: 8Mi}}\n      limits: {{cpu: 100m, memory: 32Mi}}\n"
+        )
+    };
+    crate::common::pod_yaml(
+        name,
+        &format!(
+            "  terminationGracePeriodSeconds: 10\n  containers:\n{}{}",
+            c("a"),
+            c("b")
+        ),
+    )
+}
+
+/// The pods reported Running with all their containers running.
+pub fn running_count(env: &crate::common::Env) -> usize {
+    env.pods()
+        .iter()
+        .filter(|p| {
+            p["status"]["phase"] == "Running"
+                && p["status"]["containerStatuses"]
+                    .as_array()
+                    .is_some_and(|cs| cs.iter().all(|c| c["state"]["running"].is_object()))
+        })
+        .count()
+}
+
+/// Writes the manifests of `n` pods named `{tag}0`, `{tag}1`, ...
+pub fn write_all(env: &crate::common::Env, n: usize, tag: &str) {
+    for i in 0..n {
+        env.write_manifest(&format!("{tag}{i}.yaml"), &pod(&format!("{tag}{i}")));
+    }
+}
+
+/// Removes the manifests `write_all` wrote.
+pub fn remove_all(env: &crate::common::Env, n: usize, tag: &str) {
+    for i in 0..n {
+        env.remove_manifest(&format!("{tag}{i}.yaml"));
+    }
+}

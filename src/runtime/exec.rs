@@ -118,6 +118,41 @@ fn open_output(p: &Path) -> Result<(pipe::Receiver, pipe::Sender), RuntimeError>
     Ok((rx, hold))
 }
 
+/// Runs `running` (the exec, to its exit) beside `copying` (the reading of
+/// its output FIFOs). Once the process has exited, our own write ends
+/// (`holds`) are closed, so that the readers see the end of file once the
+/// shim closed its ones, and what is left in the FIFOs has `DRAIN` to
+/// come out.
+async fn beside_output<T>(
+    running: impl Future<Output = T>,
+    copying: impl Future,
+    holds: impl Sized,
+) -> T {
+    tokio::pin!(copying);
+    tokio::pin!(running);
+    let (ran, copied) = tokio::select! {
+        r = &mut running => (r, false),
+        _ = &mut copying => (running.await, true),
+    };
+    drop(holds);
+    if !copied {
+        let _ = tokio::time::timeout(DRAIN, &mut copying).await;
+    }
+    ran
+}
+
+/// The exec's process spec as containerd takes it.
+fn process_any(process: &Process) -> Result<prost_types::Any, RuntimeError> {
+    let value = serde_json::to_vec(process).map_err(|e| RuntimeError::Failed {
+        op: "encoding process spec",
+        message: e.to_string(),
+    })?;
+    Ok(prost_types::Any {
+        type_url: PROCESS_TYPE_URL.to_string(),
+        value,
+    })
+}
+
 fn io_error(e: io::Error) -> RuntimeError {
     RuntimeError::Failed {
         op: "exec",
@@ -173,11 +208,7 @@ impl Containerd {
         req: &ExecRequest,
     ) -> Result<ExecOutput, RuntimeError> {
         let base = self.base_process(id).await?;
-        let spec =
-            serde_json::to_vec(&process_spec(&base, req)).map_err(|e| RuntimeError::Failed {
-                op: "encoding process spec",
-                message: e.to_string(),
-            })?;
+        let spec = process_any(&process_spec(&base, req))?;
         let exec_id = new_exec_id()?;
         let fifos =
             Fifos::make(&self.exec.dir, &exec_id, &["stdout", "stderr"]).map_err(io_error)?;
@@ -191,34 +222,22 @@ impl Containerd {
                 stdout: fifos.paths[0].to_string_lossy().into_owned(),
                 stderr: fifos.paths[1].to_string_lossy().into_owned(),
                 terminal: false,
-                spec: Some(prost_types::Any {
-                    type_url: PROCESS_TYPE_URL.to_string(),
-                    value: spec,
-                }),
+                spec: Some(spec),
                 exec_id: exec_id.clone(),
             }))
             .await
             .map_err(|s| status_error("exec", s))?;
         let mut output = ExecOutput::default();
-        let ran = {
-            let limit = req.output_limit;
-            let reading = futures::future::join(
+        let limit = req.output_limit;
+        let ran = beside_output(
+            self.run_exec(id, &exec_id, req.timeout),
+            futures::future::join(
                 read_into(&mut out_rx, &mut output.stdout, limit),
                 read_into(&mut err_rx, &mut output.stderr, limit),
-            );
-            tokio::pin!(reading);
-            let running = self.run_exec(id, &exec_id, req.timeout);
-            tokio::pin!(running);
-            let (ran, read) = tokio::select! {
-                r = &mut running => (r, false),
-                _ = &mut reading => (running.await, true),
-            };
-            drop((out_hold, err_hold));
-            if !read {
-                let _ = tokio::time::timeout(DRAIN, &mut reading).await;
-            }
-            ran
-        };
+            ),
+            (out_hold, err_hold),
+        )
+        .await;
         self.delete_exec(id, &exec_id).await;
         drop(fifos);
         output.exit_code = ran?;
@@ -397,10 +416,7 @@ impl Containerd {
                     .ok(),
             );
         }
-        let spec = serde_json::to_vec(&process).map_err(|e| RuntimeError::Failed {
-            op: "encoding process spec",
-            message: e.to_string(),
-        })?;
+        let spec = process_any(&process)?;
         let exec_id = new_exec_id()?;
         let mut names = vec!["stdout"];
         if !io.tty {
@@ -449,34 +465,24 @@ impl Containerd {
                     fifos.paths[1].to_string_lossy().into_owned()
                 },
                 terminal: io.tty,
-                spec: Some(prost_types::Any {
-                    type_url: PROCESS_TYPE_URL.to_string(),
-                    value: spec,
-                }),
+                spec: Some(spec),
                 exec_id: exec_id.clone(),
             }))
             .await
             .map_err(|s| status_error("exec", s))?;
         let ran = {
+            // Dropped with this block: the end of the output for its reader.
             let output = io.output;
-            let pumping =
+            beside_output(
+                self.control(id, &exec_id, stdin, io.resize, io.cancel),
                 futures::future::join(pump(&mut out_rx, OutputStream::Stdout, &output), async {
                     if let Some(rx) = err_rx.as_mut() {
                         pump(rx, OutputStream::Stderr, &output).await;
                     }
-                });
-            tokio::pin!(pumping);
-            let running = self.control(id, &exec_id, stdin, io.resize, io.cancel);
-            tokio::pin!(running);
-            let (ran, pumped) = tokio::select! {
-                r = &mut running => (r, false),
-                _ = &mut pumping => (running.await, true),
-            };
-            drop((out_hold, err_hold));
-            if !pumped {
-                let _ = tokio::time::timeout(DRAIN, &mut pumping).await;
-            }
-            ran
+                }),
+                (out_hold, err_hold),
+            )
+            .await
         };
         self.delete_exec(id, &exec_id).await;
         drop(fifos);

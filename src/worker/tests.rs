@@ -30,6 +30,9 @@ impl Drop for TempDir {
     }
 }
 
+/// The spec of a pod with one container, `c`.
+const ONE_CONTAINER: &str = "  containers:\n  - {name: c, image: busybox}\n";
+
 fn manifest(spec: &str) -> StaticPod {
     let text = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n{spec}");
     let p = parse_file(Path::new("/m/web.yaml"), &text, "node1");
@@ -71,6 +74,11 @@ impl Pod {
         }
     }
 
+    /// Runs the pod of `spec` over a fresh fake runtime and host.
+    fn start(spec: &str) -> Pod {
+        Pod::run(manifest(spec), FakeRuntime::default(), FakeHost::default())
+    }
+
     fn entry(&self) -> Option<PodEntry> {
         self.env.store.get(&self.uid)
     }
@@ -100,6 +108,15 @@ impl Pod {
             self.rt.calls(),
             self.entry().map(|e| e.status)
         );
+    }
+
+    /// Waits until the pod's status gives `reason`.
+    async fn until_reason(&self, what: &str, reason: &str) {
+        self.until(what, |p| {
+            p.entry()
+                .is_some_and(|e| e.status.reason.as_deref() == Some(reason))
+        })
+        .await;
     }
 
     fn running(&self, name: &str) -> bool {
@@ -176,11 +193,7 @@ async fn a_failed_init_container_is_retried_and_fails_the_pod_under_never() {
 
 #[tokio::test(start_paused = true)]
 async fn a_crash_looping_container_backs_off_as_the_kubelet_does() {
-    let p = Pod::run(
-        manifest("  containers:\n  - {name: c, image: busybox}\n"),
-        FakeRuntime::default(),
-        FakeHost::default(),
-    );
+    let p = Pod::start(ONE_CONTAINER);
     p.until("c runs", |p| p.running("c")).await;
     // The first restart is immediate.
     p.rt.exit("c", 1);
@@ -335,11 +348,7 @@ async fn termination_sends_sigterm_then_sigkill_after_the_grace_period() {
 
 #[tokio::test(start_paused = true)]
 async fn a_pod_whose_processes_honour_sigterm_stops_at_once() {
-    let mut p = Pod::run(
-        manifest("  containers:\n  - {name: c, image: busybox}\n"),
-        FakeRuntime::default(),
-        FakeHost::default(),
-    );
+    let mut p = Pod::start(ONE_CONTAINER);
     p.until("c runs", |p| p.running("c")).await;
     let start = tokio::time::Instant::now();
     p.handle.take().unwrap().stop().await;
@@ -355,16 +364,9 @@ async fn a_pod_whose_processes_honour_sigterm_stops_at_once() {
 async fn a_failed_setup_step_is_retried_with_backoff_and_reported() {
     let host = FakeHost::default();
     *host.sandbox_failures.lock().unwrap() = 2;
-    let p = Pod::run(
-        manifest("  containers:\n  - {name: c, image: busybox}\n"),
-        FakeRuntime::default(),
-        host,
-    );
-    p.until("the failure is reported", |p| {
-        p.entry()
-            .is_some_and(|e| e.status.reason.as_deref() == Some("FailedCreatePodSandBox"))
-    })
-    .await;
+    let p = Pod::run(manifest(ONE_CONTAINER), FakeRuntime::default(), host);
+    p.until_reason("the failure is reported", "FailedCreatePodSandBox")
+        .await;
     let events = p.entry().unwrap().status.events;
     assert!(
         events
@@ -391,18 +393,13 @@ async fn a_failed_setup_step_is_retried_with_backoff_and_reported() {
 
 #[tokio::test(start_paused = true)]
 async fn a_pod_with_an_unresolved_reference_waits_without_retrying() {
-    let pod = manifest("  containers:\n  - {name: c, image: busybox}\n").with_resolved(
-        crate::volume::Resolved {
-            problem: Some(PodError::Mount("configmap \"cfg\" not found".into())),
-            ..Default::default()
-        },
-    );
+    let pod = manifest(ONE_CONTAINER).with_resolved(crate::volume::Resolved {
+        problem: Some(PodError::Mount("configmap \"cfg\" not found".into())),
+        ..Default::default()
+    });
     let p = Pod::run(pod, FakeRuntime::default(), FakeHost::default());
-    p.until("the problem is reported", |p| {
-        p.entry()
-            .is_some_and(|e| e.status.reason.as_deref() == Some("FailedMount"))
-    })
-    .await;
+    p.until_reason("the problem is reported", "FailedMount")
+        .await;
     tokio::time::sleep(Duration::from_secs(600)).await;
     assert!(p.host.calls().is_empty() && p.rt.calls().is_empty());
     assert_eq!(p.entry().unwrap().status.events.len(), 1);
@@ -468,12 +465,8 @@ async fn a_missing_image_keeps_the_container_waiting_with_the_kubelets_reason() 
 
 #[tokio::test(start_paused = true)]
 async fn pull_policies_decide_between_the_node_and_the_registry() {
-    let p = Pod::run(
-        manifest(
-            "  containers:\n  - {name: a, image: 'busybox'}\n  - {name: b, image: 'busybox:1.36'}\n  - {name: c, image: 'busybox:1.36', imagePullPolicy: Always}\n",
-        ),
-        FakeRuntime::default(),
-        FakeHost::default(),
+    let p = Pod::start(
+        "  containers:\n  - {name: a, image: 'busybox'}\n  - {name: b, image: 'busybox:1.36'}\n  - {name: c, image: 'busybox:1.36', imagePullPolicy: Always}\n",
     );
     p.until("a, b, c run", |p| {
         p.running("a") && p.running("b") && p.running("c")
@@ -501,16 +494,9 @@ async fn pull_policies_decide_between_the_node_and_the_registry() {
 async fn the_pod_network_gives_the_status_its_addresses() {
     let host = FakeHost::default();
     *host.network_not_ready.lock().unwrap() = 1;
-    let p = Pod::run(
-        manifest("  containers:\n  - {name: c, image: busybox}\n"),
-        FakeRuntime::default(),
-        host,
-    );
-    p.until("the network is reported not ready", |p| {
-        p.entry()
-            .is_some_and(|e| e.status.reason.as_deref() == Some("NetworkNotReady"))
-    })
-    .await;
+    let p = Pod::run(manifest(ONE_CONTAINER), FakeRuntime::default(), host);
+    p.until_reason("the network is reported not ready", "NetworkNotReady")
+        .await;
     assert!(p.entry().unwrap().status.pod_ips.is_empty());
     // Retried with the setup's back-off, then the sandbox's addresses.
     p.until("c runs", |p| p.running("c")).await;
@@ -580,16 +566,9 @@ async fn containers_are_created_while_the_network_attaches_and_start_after_it() 
 async fn a_failed_attach_removes_what_was_created_and_is_retried_alone() {
     let host = FakeHost::default();
     *host.attach_failures.lock().unwrap() = 1;
-    let p = Pod::run(
-        manifest("  containers:\n  - {name: c, image: busybox}\n"),
-        FakeRuntime::default(),
-        host,
-    );
-    p.until("the failure is reported", |p| {
-        p.entry()
-            .is_some_and(|e| e.status.reason.as_deref() == Some("FailedCreatePodSandBox"))
-    })
-    .await;
+    let p = Pod::run(manifest(ONE_CONTAINER), FakeRuntime::default(), host);
+    p.until_reason("the failure is reported", "FailedCreatePodSandBox")
+        .await;
     // The container created meanwhile is gone, never started.
     assert_eq!(p.rt.created("c"), 1);
     assert!(p.rt.ids().is_empty(), "{:?}", p.rt.calls());
@@ -622,7 +601,7 @@ async fn a_failed_attach_removes_what_was_created_and_is_retried_alone() {
 
 #[tokio::test(start_paused = true)]
 async fn the_manager_releases_networks_of_unknown_pods_once_at_start() {
-    let pod = manifest("  containers:\n  - {name: c, image: busybox}\n");
+    let pod = manifest(ONE_CONTAINER);
     let (rt, host, _dir) = Pod::prepare(FakeRuntime::default(), FakeHost::default());
     let env = env(rt, host.clone());
     // A pod directory whose manifest is gone: torn down (and so detached)
@@ -666,12 +645,8 @@ async fn the_manager_releases_networks_of_unknown_pods_once_at_start() {
 
 #[tokio::test(start_paused = true)]
 async fn events_reach_the_node_ring_with_the_containers_field_path() {
-    let p = Pod::run(
-        manifest(
-            "  initContainers:\n  - {name: setup, image: busybox}\n  containers:\n  - {name: c, image: busybox}\n",
-        ),
-        FakeRuntime::default(),
-        FakeHost::default(),
+    let p = Pod::start(
+        "  initContainers:\n  - {name: setup, image: busybox}\n  containers:\n  - {name: c, image: busybox}\n",
     );
     p.until("setup runs", |p| p.running("setup")).await;
     p.rt.exit("setup", 0);
@@ -733,6 +708,13 @@ fn condition(p: &Pod, kind: &str) -> (bool, SystemTime) {
 
 use super::fake::FakeExec;
 
+/// Runs the pod of `spec` over `rt` and waits until its container `web` runs.
+async fn web_running(spec: &str, rt: FakeRuntime) -> Pod {
+    let p = Pod::run(manifest(spec), rt, FakeHost::default());
+    p.until("web runs", |p| p.running("web")).await;
+    p
+}
+
 fn failing(output: &str) -> FakeExec {
     FakeExec {
         code: 1,
@@ -743,14 +725,11 @@ fn failing(output: &str) -> FakeExec {
 
 #[tokio::test(start_paused = true)]
 async fn a_probe_that_cannot_run_is_tried_three_times_and_never_counts() {
-    let p = Pod::run(
-        manifest(
-            "  containers:\n  - name: web\n    image: busybox\n    livenessProbe: {exec: {command: [check]}, periodSeconds: 1, failureThreshold: 1}\n",
-        ),
+    let p = web_running(
+        "  containers:\n  - name: web\n    image: busybox\n    livenessProbe: {exec: {command: [check]}, periodSeconds: 1, failureThreshold: 1}\n",
         FakeRuntime::default(),
-        FakeHost::default(),
-    );
-    p.until("web runs", |p| p.running("web")).await;
+    )
+    .await;
     p.rt.set_exec(
         "web",
         FakeExec {
@@ -780,14 +759,11 @@ async fn a_probe_that_cannot_run_is_tried_three_times_and_never_counts() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_liveness_probe_restarts_the_container_after_three_failures() {
-    let p = Pod::run(
-        manifest(
-            "  terminationGracePeriodSeconds: 30\n  containers:\n  - name: web\n    image: busybox\n    livenessProbe: {exec: {command: [cat, /tmp/healthy]}, periodSeconds: 1, terminationGracePeriodSeconds: 2}\n",
-        ),
+    let p = web_running(
+        "  terminationGracePeriodSeconds: 30\n  containers:\n  - name: web\n    image: busybox\n    livenessProbe: {exec: {command: [cat, /tmp/healthy]}, periodSeconds: 1, terminationGracePeriodSeconds: 2}\n",
         FakeRuntime::default(),
-        FakeHost::default(),
-    );
-    p.until("web runs", |p| p.running("web")).await;
+    )
+    .await;
     p.until("probed", |p| p.rt.execs_of("web cat /tmp/healthy") >= 2)
         .await;
     assert_eq!(p.rt.created("web"), 1, "healthy: no restart");
@@ -836,14 +812,11 @@ async fn a_failing_liveness_probe_restarts_the_container_after_three_failures() 
 async fn readiness_flips_ready_and_conditions_both_ways_without_restarts() {
     let rt = FakeRuntime::default();
     rt.set_exec("web", failing("not yet"));
-    let p = Pod::run(
-        manifest(
-            "  containers:\n  - name: web\n    image: busybox\n    readinessProbe: {exec: {command: [cat, /tmp/ready]}, periodSeconds: 1, failureThreshold: 2}\n",
-        ),
+    let p = web_running(
+        "  containers:\n  - name: web\n    image: busybox\n    readinessProbe: {exec: {command: [cat, /tmp/ready]}, periodSeconds: 1, failureThreshold: 2}\n",
         rt,
-        FakeHost::default(),
-    );
-    p.until("web runs", |p| p.running("web")).await;
+    )
+    .await;
     p.until("probed", |p| p.rt.execs_of("web") >= 3).await;
     assert!(!p.container("web").ready);
     assert!(p.container("web").started);
@@ -878,14 +851,11 @@ async fn readiness_flips_ready_and_conditions_both_ways_without_restarts() {
 async fn a_startup_probe_holds_liveness_and_readiness_back_until_it_succeeds() {
     let rt = FakeRuntime::default();
     rt.set_exec("web test -f /started", failing(""));
-    let p = Pod::run(
-        manifest(
-            "  containers:\n  - name: web\n    image: busybox\n    startupProbe: {exec: {command: [test, -f, /started]}, periodSeconds: 1, failureThreshold: 30}\n    livenessProbe: {exec: {command: [live]}, periodSeconds: 1}\n    readinessProbe: {exec: {command: [ready]}, periodSeconds: 1}\n",
-        ),
+    let p = web_running(
+        "  containers:\n  - name: web\n    image: busybox\n    startupProbe: {exec: {command: [test, -f, /started]}, periodSeconds: 1, failureThreshold: 30}\n    livenessProbe: {exec: {command: [live]}, periodSeconds: 1}\n    readinessProbe: {exec: {command: [ready]}, periodSeconds: 1}\n",
         rt,
-        FakeHost::default(),
-    );
-    p.until("web runs", |p| p.running("web")).await;
+    )
+    .await;
     p.until("startup probed", |p| {
         p.rt.execs_of("web test -f /started") >= 5
     })
@@ -924,14 +894,11 @@ async fn a_startup_probe_that_never_succeeds_kills_the_container() {
             ..Default::default()
         },
     );
-    let p = Pod::run(
-        manifest(
-            "  restartPolicy: Never\n  containers:\n  - name: web\n    image: busybox\n    startupProbe: {exec: {command: [sleep, '10']}, periodSeconds: 2, timeoutSeconds: 1, failureThreshold: 3}\n    livenessProbe: {exec: {command: [live]}, periodSeconds: 1}\n",
-        ),
+    let p = web_running(
+        "  restartPolicy: Never\n  containers:\n  - name: web\n    image: busybox\n    startupProbe: {exec: {command: [sleep, '10']}, periodSeconds: 2, timeoutSeconds: 1, failureThreshold: 3}\n    livenessProbe: {exec: {command: [live]}, periodSeconds: 1}\n",
         rt,
-        FakeHost::default(),
-    );
-    p.until("web runs", |p| p.running("web")).await;
+    )
+    .await;
     p.until("killed", |p| !events_of(p, "Killing").is_empty())
         .await;
     assert_eq!(

@@ -287,6 +287,12 @@ impl Env {
         std::fs::rename(&tmp, self.manifests.join(name)).unwrap();
     }
 
+    /// Writes `{name}.yaml`: the pod `name` with the given spec (see
+    /// `pod_yaml`).
+    pub fn write_pod(&self, name: &str, spec: &str) {
+        self.write_manifest(&format!("{name}.yaml"), &pod_yaml(name, spec));
+    }
+
     pub fn remove_manifest(&self, name: &str) {
         std::fs::remove_file(self.manifests.join(name)).unwrap();
     }
