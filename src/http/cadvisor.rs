@@ -11,8 +11,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::rc::Rc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use serde_json::{Value, json};
@@ -28,12 +27,12 @@ use crate::volume::Source;
 
 /// One sample: its rendered label set (`{a="b",...}`, shared by the
 /// samples of one container), value, optional timestamp (ms).
-type Sample = (Rc<str>, f64, Option<i64>);
+type Sample = (Arc<str>, f64, Option<i64>);
 
 /// Renders a label set once; every family of a container reuses it.
-fn render(labels: &[(&'static str, String)]) -> Rc<str> {
+fn render(labels: &[(&'static str, String)]) -> Arc<str> {
     if labels.is_empty() {
-        return Rc::from("");
+        return Arc::from("");
     }
     let mut out = String::from("{");
     for (i, (k, v)) in labels.iter().enumerate() {
@@ -46,7 +45,7 @@ fn render(labels: &[(&'static str, String)]) -> Rc<str> {
         out.push('"');
     }
     out.push('}');
-    Rc::from(out)
+    Arc::from(out)
 }
 
 struct Family {
@@ -62,25 +61,88 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn encode(families: &[Family]) -> String {
-    let mut out = String::new();
-    for f in families {
-        if f.samples.is_empty() {
-            continue;
-        }
-        let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
-        let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
-        for (labels, value, ts) in &f.samples {
-            out.push_str(f.name);
-            out.push_str(labels);
-            let _ = write!(out, " {value}");
-            if let Some(t) = ts {
-                let _ = write!(out, " {t}");
-            }
-            out.push('\n');
+/// The exposition text of `families`, made piece by piece as the response
+/// is sent: a piece is about [`Chunks::SIZE`] (a scrape at 110 pods is
+/// 1.4 MB). Pieces of that size are reused from the allocator's free lists;
+/// one buffer of the whole text was mapped afresh, and faulted in page by
+/// page, at every scrape.
+pub struct Chunks {
+    families: std::vec::IntoIter<Family>,
+    current: Option<(Family, usize)>,
+}
+
+impl Chunks {
+    const SIZE: usize = 64 * 1024;
+
+    fn new(families: Vec<Family>) -> Chunks {
+        Chunks {
+            families: families.into_iter(),
+            current: None,
         }
     }
-    out
+
+    /// The whole text at once.
+    pub fn text(self) -> String {
+        self.map(|b| String::from_utf8_lossy(&b).into_owned())
+            .collect()
+    }
+}
+
+impl Iterator for Chunks {
+    type Item = bytes::Bytes;
+
+    fn next(&mut self) -> Option<bytes::Bytes> {
+        let mut out = String::with_capacity(Chunks::SIZE + 1024);
+        while out.len() < Chunks::SIZE {
+            let (f, from) = match self.current.take() {
+                Some(current) => current,
+                None => {
+                    let Some(f) = self.families.find(|f| !f.samples.is_empty()) else {
+                        break;
+                    };
+                    let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
+                    let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
+                    (f, 0)
+                }
+            };
+            let mut done = from;
+            for (labels, value, ts) in &f.samples[from..] {
+                if out.len() >= Chunks::SIZE {
+                    break;
+                }
+                out.push_str(f.name);
+                out.push_str(labels);
+                out.push(' ');
+                write_value(&mut out, *value);
+                if let Some(t) = ts {
+                    let _ = write!(out, " {t}");
+                }
+                out.push('\n');
+                done += 1;
+            }
+            if done < f.samples.len() {
+                self.current = Some((f, done));
+            }
+        }
+        (!out.is_empty()).then(|| bytes::Bytes::from(out))
+    }
+}
+
+/// A sample value: integers without a fraction (most counters and gauges
+/// here), others in their shortest form.
+fn write_value(out: &mut String, v: f64) {
+    // Integral and exact in an i64: the integer's digits are the same text
+    // as the float's, made faster.
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        #[allow(clippy::cast_possible_truncation, reason = "integral and below 2^53")]
+        let _ = write!(out, "{}", v as i64);
+    } else {
+        let _ = write!(out, "{v}");
+    }
+}
+
+fn encode(families: Vec<Family>) -> Chunks {
+    Chunks::new(families)
 }
 
 fn now_ms() -> i64 {
@@ -243,7 +305,7 @@ pub fn cadvisor(
     specs: &SpecCache,
     root_dir: &std::path::Path,
     volume_stats: &VolumeStats,
-) -> String {
+) -> Chunks {
     let pods = collect(store, cgroups, specs);
     type Get = fn(&CgroupStats) -> f64;
     let defs: [(&'static str, &'static str, &'static str, Get); 19] = [
@@ -501,7 +563,7 @@ pub fn cadvisor(
     families.extend(machine_families(&stats::machine::MachineInfo::read(
         std::path::Path::new("/"),
     )));
-    encode(&families)
+    encode(families)
 }
 
 /// cAdvisor's machine collector: one sample per family, labelled with the
@@ -625,7 +687,7 @@ pub fn usage(store: &Store, cgroups: &Cgroups, specs: &SpecCache) -> Vec<Contain
 }
 
 /// `/metrics/resource`: what metrics-server reads, with timestamps.
-pub fn resource(store: &Store, cgroups: &Cgroups, specs: &SpecCache) -> String {
+pub fn resource(store: &Store, cgroups: &Cgroups, specs: &SpecCache) -> Chunks {
     let pods = collect(store, cgroups, specs);
     let ts = Some(now_ms());
     let (node_cpu, node_ws, _) = node_usage(cgroups);
@@ -704,7 +766,7 @@ pub fn resource(store: &Store, cgroups: &Cgroups, specs: &SpecCache) -> String {
         }
     }
     err.samples.push((render(&[]), 0.0, None));
-    encode(&[
+    encode(vec![
         node_cpu_f, node_mem_f, c_cpu, c_mem, c_start, p_cpu, p_mem, err,
     ])
 }
@@ -904,9 +966,60 @@ mod tests {
             ],
         };
         assert_eq!(
-            encode(&[f]),
+            encode(vec![f]).text(),
             "# HELP x_total An x.\n# TYPE x_total counter\nx_total{a=\"q\\\"uo\\\\te\\n\"} 1.5 7\nx_total NaN\n"
         );
+    }
+
+    #[test]
+    fn pieces_join_to_the_whole_text() {
+        let family = |name: &'static str| Family {
+            name,
+            help: "H.",
+            kind: "gauge",
+            samples: (0..10_000)
+                .map(|i| (render(&[("i", i.to_string())]), f64::from(i) + 0.5, None))
+                .collect(),
+        };
+        let empty = Family {
+            samples: vec![],
+            ..family("z")
+        };
+        let pieces: Vec<_> = encode(vec![family("a"), empty, family("b")]).collect();
+        assert!(pieces.len() > 2, "{} pieces", pieces.len());
+        assert!(pieces.iter().all(|p| p.len() < Chunks::SIZE + 100));
+        let text: String = pieces
+            .iter()
+            .map(|p| std::str::from_utf8(p).unwrap())
+            .collect();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2 * (10_000 + 2));
+        assert_eq!(lines[0], "# HELP a H.");
+        assert_eq!(lines[2], "a{i=\"0\"} 0.5");
+        assert_eq!(lines[10_001], "a{i=\"9999\"} 9999.5");
+        assert_eq!(lines[10_002], "# HELP b H.");
+        assert_eq!(lines[20_003], "b{i=\"9999\"} 9999.5");
+        for (i, l) in lines.iter().enumerate() {
+            assert!(l.starts_with('#') || l.ends_with(".5"), "line {i}: {l}");
+        }
+        assert!(!text.contains("# HELP z"));
+    }
+
+    #[test]
+    fn integral_values_print_without_a_fraction() {
+        for (v, want) in [
+            (0.0, "0"),
+            (3.0, "3"),
+            (1_073_741_824.0, "1073741824"),
+            (-2.0, "-2"),
+            (1.5, "1.5"),
+            (1e20, "100000000000000000000"),
+            (f64::NAN, "NaN"),
+        ] {
+            let mut out = String::new();
+            write_value(&mut out, v);
+            assert_eq!(out, want);
+        }
     }
 
     #[test]
@@ -921,7 +1034,7 @@ mod tests {
             machine_id: "m".into(),
             system_uuid: String::new(),
         };
-        let text = encode(&machine_families(&m));
+        let text = encode(machine_families(&m)).text();
         for line in [
             "# TYPE machine_cpu_cores gauge",
             "machine_cpu_cores{boot_id=\"b\",machine_id=\"m\",system_uuid=\"\"} 2",

@@ -185,8 +185,20 @@ pub async fn scrape<T: Send + 'static>(
 
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-fn text(body: String) -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, TEXT_FORMAT)], body).into_response()
+fn text(body: impl Into<axum::body::Body>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, TEXT_FORMAT)],
+        body.into(),
+    )
+        .into_response()
+}
+
+/// A scrape's text, sent piece by piece as it is made.
+fn streamed(chunks: cadvisor::Chunks) -> axum::body::Body {
+    axum::body::Body::from_stream(futures::stream::iter(
+        chunks.map(Ok::<_, std::convert::Infallible>),
+    ))
 }
 
 fn json_response(v: &serde_json::Value) -> Result<Response, HandlerError> {
@@ -260,7 +272,7 @@ async fn metrics_cadvisor(State(s): State<AppState>) -> Result<Response, Handler
         )
     })
     .await?;
-    Ok(text(body))
+    Ok(text(streamed(body)))
 }
 
 async fn metrics_resource(State(s): State<AppState>) -> Result<Response, HandlerError> {
@@ -269,7 +281,7 @@ async fn metrics_resource(State(s): State<AppState>) -> Result<Response, Handler
         cadvisor::resource(&s2.store, &s2.cgroups, &s2.specs)
     })
     .await?;
-    Ok(text(body))
+    Ok(text(streamed(body)))
 }
 
 async fn stats_summary(State(s): State<AppState>) -> Result<Response, HandlerError> {
