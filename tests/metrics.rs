@@ -260,7 +260,7 @@ fn endpoints_pass_promtool_and_match_the_cgroup_files() {
         "procs.yaml",
         &pod_yaml(
             "procs",
-            "  terminationGracePeriodSeconds: 0\n  containers:\n  - name: one\n    image: busybox\n    command: [sleep, '3600']\n  - name: three\n    image: busybox\n    command: [sh, -c, 'sleep 3600 & sleep 3600 & wait']\n",
+            "  terminationGracePeriodSeconds: 0\n  containers:\n  - name: one\n    image: busybox\n    command: [sleep, '3600']\n  - name: three\n    image: busybox\n    command: [sh, -c, 'sleep 8 & sleep 3600 & sleep 3600 & wait']\n",
         ),
     );
     let pod = env.wait_running("procs-node1");
@@ -273,6 +273,12 @@ fn endpoints_pass_promtool_and_match_the_cgroup_files() {
             sample(&text, "container_threads", &labels).unwrap(),
         )
     };
+    // Four processes, then three once `sleep 8` is gone: the list is read
+    // afresh at every scrape (the scrapes of the wait come quicker than
+    // cgroup v1 would let a kept list go stale).
+    env.wait_for("four processes in `three`", Duration::from_secs(8), || {
+        (series("three") == (4.0, 4.0)).then_some(())
+    });
     env.wait_for(
         "three processes in `three`",
         Duration::from_secs(20),

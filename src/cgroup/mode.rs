@@ -17,9 +17,16 @@ use crate::hostfs::MountEntry;
 pub enum Mode {
     /// Unified hierarchy mounted at the path.
     V2(PathBuf),
-    /// Controller name -> mount point of its hierarchy.
+    /// Controller name -> mount point of its hierarchy. On a hybrid host
+    /// also [`UNIFIED`] -> the cgroup v2 tree without controllers.
     V1(BTreeMap<String, PathBuf>),
 }
+
+/// The key of a hybrid host's cgroup v2 tree in [`Mode::V1`]'s map. runc
+/// places each container in it too, at the same path: its process list is
+/// read there, since v2 lists a cgroup's processes afresh at every read of
+/// a file kept open, where v1 builds the list at each open.
+pub const UNIFIED: &str = "unified";
 
 pub use super::version::Version;
 
@@ -45,8 +52,11 @@ impl Mode {
     pub fn detect(mounts: &[MountEntry]) -> Option<Mode> {
         let mut v1 = BTreeMap::new();
         for m in mounts {
-            if m.fs_type == "cgroup2" && m.mount_point == Path::new("/sys/fs/cgroup") {
-                return Some(Mode::V2(m.mount_point.clone()));
+            if m.fs_type == "cgroup2" {
+                if m.mount_point == Path::new("/sys/fs/cgroup") {
+                    return Some(Mode::V2(m.mount_point.clone()));
+                }
+                v1.insert(UNIFIED.to_string(), m.mount_point.clone());
             }
             if m.fs_type == "cgroup" {
                 for opt in m.super_options.split(',') {
@@ -56,7 +66,7 @@ impl Mode {
                 }
             }
         }
-        (!v1.is_empty()).then_some(Mode::V1(v1))
+        v1.keys().any(|k| k != UNIFIED).then_some(Mode::V1(v1))
     }
 
     pub fn version(&self) -> Version {
@@ -129,6 +139,7 @@ impl Mode {
                 cpuacct: None,
                 memory: None,
                 pids: None,
+                unified: None,
             }),
             Mode::V1(_) => {
                 let cpu_dir = self.dir(cpu::CONTROLLER, rel)?;
@@ -148,6 +159,10 @@ impl Mode {
                     cpuacct,
                     memory: Some(memory),
                     pids: self.dir(pids::CONTROLLER, rel).and_then(|p| Dir::open(&p)),
+                    unified: self
+                        .dir(UNIFIED, rel)
+                        .and_then(|u| Dir::open(&u))
+                        .map(Dir::keeping_listings),
                 })
             }
         }
@@ -169,6 +184,8 @@ pub struct Opened {
     cpuacct: Option<Dir>,
     memory: Option<Dir>,
     pids: Option<Dir>,
+    /// A hybrid host's v2 directory of the cgroup, for its process list.
+    unified: Option<Dir>,
 }
 
 impl Opened {
@@ -189,6 +206,12 @@ impl Opened {
     /// and `tasks` list the same processes).
     pub fn pids(&self) -> &Dir {
         self.pids.as_ref().unwrap_or_else(|| self.memory())
+    }
+
+    /// Where the process list is read: on a hybrid host the v2 directory
+    /// (see [`UNIFIED`]), else [`Opened::pids`].
+    pub fn processes(&self) -> &Dir {
+        self.unified.as_ref().unwrap_or_else(|| self.pids())
     }
 }
 
@@ -216,6 +239,13 @@ mod tests {
             m.dir("memory", "/kubepods/pod1"),
             Some(PathBuf::from("/sys/fs/cgroup/memory/kubepods/pod1"))
         );
+        assert_eq!(
+            m.dir(UNIFIED, "/kubepods/pod1"),
+            Some(PathBuf::from("/sys/fs/cgroup/unified/kubepods/pod1"))
+        );
+        // A v2 tree without v1 controllers beside it is no cgroup mode.
+        let unified_only = "26 25 0:24 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(Mode::detect(&parse_mountinfo(unified_only)), None);
         let v2 = "30 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
         assert_eq!(
             Mode::detect(&parse_mountinfo(v2)),

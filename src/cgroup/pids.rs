@@ -45,7 +45,9 @@ pub enum Below {
     Tasks(u64),
 }
 
-pub fn tasks(version: Version, pids: &impl Source, below: Below) -> Tasks {
+/// `pids` has the thread counts, `procs` the process list (the same
+/// directory but on a hybrid host, see [`super::mode::UNIFIED`]).
+pub fn tasks(version: Version, pids: &impl Source, procs: &impl Source, below: Below) -> Tasks {
     let (threads, own) = match pids.counter_num("pids.current") {
         Some(all) => {
             let own = match below {
@@ -66,7 +68,7 @@ pub fn tasks(version: Version, pids: &impl Source, below: Below) -> Tasks {
     };
     let processes = match own {
         Some(n @ 0..=1) => n,
-        _ => pids.counter("cgroup.procs").map_or(0, |t| count_lines(&t)),
+        _ => procs.counter("cgroup.procs").map_or(0, |t| count_lines(&t)),
     };
     Tasks { processes, threads }
 }
@@ -105,7 +107,7 @@ mod tests {
             ("cgroup.threads", "12\n13\n14\n"),
         ]);
         assert_eq!(
-            tasks(Version::V2, &v2, Below::Unknown),
+            tasks(Version::V2, &v2, &v2, Below::Unknown),
             Tasks {
                 processes: 2,
                 threads: 3
@@ -113,20 +115,25 @@ mod tests {
         );
         let v1 = BTreeMap::from([("cgroup.procs", "1\n"), ("tasks", "1\n2\n")]);
         assert_eq!(
-            tasks(Version::V1, &v1, Below::Unknown),
+            tasks(Version::V1, &v1, &v1, Below::Unknown),
             Tasks {
                 processes: 1,
                 threads: 2
             }
         );
         assert_eq!(
-            tasks(Version::V1, &BTreeMap::new(), Below::Unknown),
+            tasks(
+                Version::V1,
+                &BTreeMap::new(),
+                &BTreeMap::new(),
+                Below::Unknown
+            ),
             Tasks::default()
         );
         // The pids controller's count when there is one: threads of the
         // children included.
         let pod = BTreeMap::from([("cgroup.procs", ""), ("tasks", ""), ("pids.current", "5\n")]);
-        let pod_tasks = |below| tasks(Version::V1, &pod, below);
+        let pod_tasks = |below| tasks(Version::V1, &pod, &pod, below);
         assert_eq!(
             pod_tasks(Below::Unknown),
             Tasks {
@@ -137,7 +144,7 @@ mod tests {
         // The list is what is read whenever the cgroup may have more than
         // one task of its own ...
         let procs_of =
-            |files: &BTreeMap<&str, &str>, below| tasks(Version::V2, files, below).processes;
+            |files: &BTreeMap<&str, &str>, below| tasks(Version::V2, files, files, below).processes;
         let listed = BTreeMap::from([("cgroup.procs", "7\n"), ("pids.current", "2\n")]);
         for below in [
             Below::Unknown,
@@ -156,10 +163,19 @@ mod tests {
         let pod_of_two = BTreeMap::from([("cgroup.procs", "9\n"), ("pids.current", "3\n")]);
         assert_eq!(procs_of(&pod_of_two, Below::Tasks(3)), 0);
         assert_eq!(procs_of(&pod_of_two, Below::Tasks(2)), 1);
+        // The list is read where it is given (a hybrid host's v2 tree).
+        let unified = BTreeMap::from([("cgroup.procs", "4\n5\n")]);
+        assert_eq!(
+            tasks(Version::V1, &listed, &unified, Below::Unknown),
+            Tasks {
+                processes: 2,
+                threads: 2
+            }
+        );
         // Without the pids controller the own thread list decides.
         let no_pids = BTreeMap::from([("cgroup.procs", "1\n2\n"), ("tasks", "4\n")]);
         assert_eq!(
-            tasks(Version::V1, &no_pids, Below::Unknown),
+            tasks(Version::V1, &no_pids, &no_pids, Below::Unknown),
             Tasks {
                 processes: 1,
                 threads: 1

@@ -136,7 +136,7 @@ fn read_opened(cg: &Opened, spec: &Spec, below: Below) -> Option<CgroupStats> {
     let v = cg.version;
     let cpu = cpu::usage(v, cg.cpu(), cg.cpuacct())?;
     let memory = memory::usage(v, cg.memory())?;
-    let tasks = pids::tasks(v, cg.pids(), below);
+    let tasks = pids::tasks(v, cg.pids(), cg.processes(), below);
     Some(CgroupStats {
         cpu_usage_ns: cpu.usage_ns,
         cpu_user_ns: cpu.user_ns,
