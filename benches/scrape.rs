@@ -5,7 +5,9 @@
 //! 0.5%, RSS under 30 MiB at 100 pods.
 //!
 //! `cargo bench --bench scrape` (as root); `BENCH_PODS` (default 100),
-//! `BENCH_CONTAINERS` per pod (default 1), `BENCH_IDLE_SECONDS` (default 20).
+//! `BENCH_CONTAINERS` per pod (default 1), `BENCH_IDLE_SECONDS` (default 20);
+//! `BENCH_SHELL=1`: the containers run the scale bench's shell (a loop
+//! starting `sleep 1` every second) instead of one `sleep`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -37,10 +39,15 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
+    let command = if std::env::var_os("BENCH_SHELL").is_some() {
+        format!("[sh, -c, \"{}\"]", support::SHELL)
+    } else {
+        "[sleep, '3600']".to_string()
+    };
     let spec: String = (0..containers)
         .map(|c| {
             format!(
-                "  - name: c{c}\n    image: busybox\n    command: [sleep, '3600']\n    resources: {{limits: {{cpu: 5m, memory: 16Mi}}}}\n"
+                "  - name: c{c}\n    image: busybox\n    command: {command}\n    resources: {{limits: {{cpu: 5m, memory: 16Mi}}}}\n"
             )
         })
         .collect();

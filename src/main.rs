@@ -6,7 +6,7 @@ use anyhow::Context;
 use std::io::IsTerminal;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use kubelet_lite::config::{Config, PodNetwork};
 use kubelet_lite::runtime::containerd::{Containerd, ContainerdOptions};
@@ -209,6 +209,45 @@ fn limit_malloc_arenas() {
                 libc::mallopt(param, value);
             }
         }
+    }
+}
+
+/// How long the pods must stay unchanged after some went before the
+/// allocator's free memory is handed back.
+#[cfg(target_env = "gnu")]
+const TRIM_QUIET: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Hands the allocator's free memory back to the kernel once pods went and
+/// the pod store has been quiet for [`TRIM_QUIET`]: glibc keeps what a
+/// deleted pod's tasks freed inside its arenas (only the top of the main
+/// heap is returned by itself), so RSS after a mass deletion stayed near
+/// its peak. `malloc_trim` releases the free pages of every arena; it runs
+/// once per wave of deletions, off the runtime's threads.
+#[cfg(target_env = "gnu")]
+async fn trim_after_deletions(store: kubelet_lite::pod::Store) {
+    let mut changes = store.changes();
+    let mut most = store.read().len();
+    while changes.changed().await.is_ok() {
+        let now = store.read().len();
+        if now >= most {
+            most = now;
+            continue;
+        }
+        loop {
+            match tokio::time::timeout(TRIM_QUIET, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => break,
+            }
+        }
+        // SAFETY: malloc_trim only returns free memory of the allocator's
+        // own arenas to the kernel; it takes the arenas' locks itself.
+        let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+        most = store.read().len();
+        debug!(
+            pods = most,
+            "allocator's free memory handed back after pods went"
+        );
     }
 }
 
@@ -462,6 +501,8 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
             kubelet_lite::stats::volumes::dirs_of(&store, &root_dir)
         }));
     }
+    #[cfg(target_env = "gnu")]
+    tokio::spawn(trim_after_deletions(store.clone()));
     let listener = tokio::net::TcpListener::bind(config.listen_address)
         .await
         .with_context(|| format!("listening on {}", config.listen_address))?;
