@@ -17,6 +17,7 @@ pub mod events;
 pub mod hostfs;
 pub mod http;
 pub mod logs;
+pub mod malloc;
 pub mod manifest;
 pub mod metrics;
 pub mod network;

@@ -6,7 +6,7 @@ use anyhow::Context;
 use std::io::IsTerminal;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use kubelet_lite::config::{Config, PodNetwork};
 use kubelet_lite::runtime::containerd::{Containerd, ContainerdOptions};
@@ -153,7 +153,7 @@ fn real_main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Check { files, output } => Ok(check(&config, &files, output)),
         Command::Run => {
-            limit_malloc_arenas();
+            kubelet_lite::malloc::tune();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 // Few blocking threads: each is a malloc arena (memory).
@@ -166,88 +166,6 @@ fn real_main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Verb(_) | Command::Completion { .. } => {
             unreachable!("handled before logging starts")
         }
-    }
-}
-
-/// glibc gives each thread that allocates its own arena (up to 8 per core)
-/// and keeps what is freed in it. Threads of the blocking pool come and go
-/// with pod work, so freed memory piled up across arenas: with 100 pods
-/// created and deleted three times, RSS went 38 -> 42 MiB, against 33 ->
-/// 34 MiB with two arenas (benches/scale.rs, same machine and run).
-///
-/// glibc also raises its mmap threshold to the size of each large block
-/// freed (up to 32 MiB), and its trim threshold to twice that: after the
-/// first large response (a scrape is about 800 KB) such blocks come from
-/// the arenas, and the arenas' free tops stay mapped. Fixed at glibc's
-/// initial 128 KiB, blocks of 128 KiB and more are mapped and unmapped on
-/// their own, and a free top above 128 KiB goes back to the kernel. In
-/// benches/memory.rs (110 two-container pods, deleted at once, three more
-/// cycles) RSS went 28.3 / 28.4 / 31.3 MiB (at 110 pods / after deleting
-/// them / after the cycles) -> 26.7 / 26.9 / 29.6 MiB, and with no pods
-/// 22.3 -> 16.5 MiB. The same run with mimalloc 2.0 (34.4 / 34.1 / 33.7)
-/// and jemalloc 5.3 (33.3 / 32.8 / 33.7) in place of glibc was worse.
-///
-/// glibc's own settings in the environment (`GLIBC_TUNABLES`,
-/// `MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`)
-/// win over these.
-fn limit_malloc_arenas() {
-    #[cfg(target_env = "gnu")]
-    {
-        let tunables = std::env::var_os("GLIBC_TUNABLES").is_some();
-        let settings = [
-            (libc::M_ARENA_MAX, "MALLOC_ARENA_MAX", 2),
-            (libc::M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_", 128 * 1024),
-            (libc::M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", 128 * 1024),
-        ];
-        for (param, var, value) in settings {
-            if tunables || std::env::var_os(var).is_some() {
-                continue;
-            }
-            // SAFETY: mallopt only sets a tunable of the allocator; it is
-            // called before the runtime starts any thread.
-            unsafe {
-                libc::mallopt(param, value);
-            }
-        }
-    }
-}
-
-/// How long the pods must stay unchanged after some went before the
-/// allocator's free memory is handed back.
-#[cfg(target_env = "gnu")]
-const TRIM_QUIET: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Hands the allocator's free memory back to the kernel once pods went and
-/// the pod store has been quiet for [`TRIM_QUIET`]: glibc keeps what a
-/// deleted pod's tasks freed inside its arenas (only the top of the main
-/// heap is returned by itself), so RSS after a mass deletion stayed near
-/// its peak. `malloc_trim` releases the free pages of every arena; it runs
-/// once per wave of deletions, off the runtime's threads.
-#[cfg(target_env = "gnu")]
-async fn trim_after_deletions(store: kubelet_lite::pod::Store) {
-    let mut changes = store.changes();
-    let mut most = store.read().len();
-    while changes.changed().await.is_ok() {
-        let now = store.read().len();
-        if now >= most {
-            most = now;
-            continue;
-        }
-        loop {
-            match tokio::time::timeout(TRIM_QUIET, changes.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return,
-                Err(_) => break,
-            }
-        }
-        // SAFETY: malloc_trim only returns free memory of the allocator's
-        // own arenas to the kernel; it takes the arenas' locks itself.
-        let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
-        most = store.read().len();
-        debug!(
-            pods = most,
-            "allocator's free memory handed back after pods went"
-        );
     }
 }
 
@@ -501,8 +419,11 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
             kubelet_lite::stats::volumes::dirs_of(&store, &root_dir)
         }));
     }
-    #[cfg(target_env = "gnu")]
-    tokio::spawn(trim_after_deletions(store.clone()));
+    tokio::spawn(kubelet_lite::malloc::trim_after_deletions(
+        store.clone(),
+        kubelet_lite::malloc::TRIM_QUIET,
+        kubelet_lite::malloc::trim,
+    ));
     let listener = tokio::net::TcpListener::bind(config.listen_address)
         .await
         .with_context(|| format!("listening on {}", config.listen_address))?;
