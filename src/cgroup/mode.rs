@@ -83,10 +83,21 @@ impl Mode {
     pub fn describe(&self) -> String {
         match self {
             Mode::V2(p) => format!("cgroup v2 (unified) at {}", p.display()),
-            Mode::V1(m) => format!(
-                "cgroup v1/hybrid, controllers {}",
-                m.keys().cloned().collect::<Vec<_>>().join(",")
-            ),
+            Mode::V1(m) => {
+                let controllers: Vec<&str> = m
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|k| *k != UNIFIED)
+                    .collect();
+                let unified = m
+                    .get(UNIFIED)
+                    .map(|u| format!(", v2 tree at {}", u.display()))
+                    .unwrap_or_default();
+                format!(
+                    "cgroup v1/hybrid, controllers {}{unified}",
+                    controllers.join(",")
+                )
+            }
         }
     }
 
@@ -242,6 +253,10 @@ mod tests {
         assert_eq!(
             m.dir(UNIFIED, "/kubepods/pod1"),
             Some(PathBuf::from("/sys/fs/cgroup/unified/kubepods/pod1"))
+        );
+        assert_eq!(
+            m.describe(),
+            "cgroup v1/hybrid, controllers cpu,cpuacct,memory,pids, v2 tree at /sys/fs/cgroup/unified"
         );
         // A v2 tree without v1 controllers beside it is no cgroup mode.
         let unified_only = "26 25 0:24 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n";

@@ -74,13 +74,6 @@ pub struct Chunks {
 impl Chunks {
     const SIZE: usize = 64 * 1024;
 
-    fn new(families: Vec<Family>) -> Chunks {
-        Chunks {
-            families: families.into_iter(),
-            current: None,
-        }
-    }
-
     /// The whole text at once.
     pub fn text(self) -> String {
         self.map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -142,7 +135,10 @@ fn write_value(out: &mut String, v: f64) {
 }
 
 fn encode(families: Vec<Family>) -> Chunks {
-    Chunks::new(families)
+    Chunks {
+        families: families.into_iter(),
+        current: None,
+    }
 }
 
 fn now_ms() -> i64 {
