@@ -6,8 +6,11 @@
 //!
 //! `cargo bench --bench scrape` (as root); `BENCH_PODS` (default 100),
 //! `BENCH_CONTAINERS` per pod (default 1), `BENCH_IDLE_SECONDS` (default 20);
-//! `BENCH_SHELL=1`: the containers run the scale bench's shell (a loop
-//! starting `sleep 1` every second) instead of one `sleep`.
+//! `BENCH_SHELL=1`: the scale bench's pods (two containers each running a
+//! shell that starts `sleep 1` every second) instead of pods of `sleep`;
+//! `BENCH_GAP_MS`: a pause before each scrape (default 0: back to back), as
+//! a scraper with an interval leaves the caches to the workload between
+//! scrapes.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -31,26 +34,42 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
-    let containers: usize = std::env::var("BENCH_CONTAINERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    let containers: usize = if std::env::var_os("BENCH_SHELL").is_some() {
+        2
+    } else {
+        std::env::var("BENCH_CONTAINERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1)
+    };
     let idle_secs: u64 = std::env::var("BENCH_IDLE_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let command = if std::env::var_os("BENCH_SHELL").is_some() {
-        format!("[sh, -c, \"{}\"]", support::SHELL)
-    } else {
-        "[sleep, '3600']".to_string()
-    };
+    let shell = std::env::var_os("BENCH_SHELL").is_some();
+    let gap = Duration::from_millis(
+        std::env::var("BENCH_GAP_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
     let spec: String = (0..containers)
         .map(|c| {
             format!(
-                "  - name: c{c}\n    image: busybox\n    command: {command}\n    resources: {{limits: {{cpu: 5m, memory: 16Mi}}}}\n"
+                "  - name: c{c}\n    image: busybox\n    command: [sleep, '3600']\n    resources: {{limits: {{cpu: 5m, memory: 16Mi}}}}\n"
             )
         })
         .collect();
+    let manifest = |name: &str| {
+        if shell {
+            support::pod(name)
+        } else {
+            pod_yaml(
+                name,
+                &format!("  terminationGracePeriodSeconds: 0\n  containers:\n{spec}"),
+            )
+        }
+    };
     let mut env = Env::new("scrape");
     // A long resync: idle means idle.
     env.write_config("fileCheckFrequency: 60s\n");
@@ -59,13 +78,7 @@ fn main() {
     let (idle0, rss0) = idle(&env, idle_secs);
 
     for i in 0..pods {
-        env.write_manifest(
-            &format!("p{i}.yaml"),
-            &pod_yaml(
-                &format!("p{i}"),
-                &format!("  terminationGracePeriodSeconds: 0\n  containers:\n{spec}"),
-            ),
-        );
+        env.write_manifest(&format!("p{i}.yaml"), &manifest(&format!("p{i}")));
     }
     env.wait_for("all pods running", Duration::from_secs(600), || {
         let p = env.pods();
@@ -90,6 +103,7 @@ fn main() {
     let mut lat = vec![];
     let mut bytes = 0;
     for _ in 0..rounds {
+        std::thread::sleep(gap);
         let t = Instant::now();
         bytes = env.get("/metrics/cadvisor").unwrap().len();
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -103,7 +117,8 @@ fn main() {
     )]
     let p = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
     println!(
-        "/metrics/cadvisor with {pods} pods of {containers} containers ({bytes} bytes): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms, agent CPU {:.2} ms per scrape",
+        "/metrics/cadvisor with {pods} pods of {containers} containers ({bytes} bytes, {} ms apart): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms, agent CPU {:.2} ms per scrape",
+        gap.as_millis(),
         p(0.5),
         p(0.9),
         p(0.99),

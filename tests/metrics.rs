@@ -168,6 +168,16 @@ fn endpoints_pass_promtool_and_match_the_cgroup_files() {
         sample(&cadvisor, "container_spec_memory_limit_bytes", &spin),
         Some(67108864.0)
     );
+    // As cAdvisor: the CFS series and the quota only with a CPU quota.
+    let hold = [("container", "hold"), ("namespace", "default")];
+    assert!(sample(&cadvisor, "container_cpu_usage_seconds_total", &hold).is_some());
+    for name in [
+        "container_cpu_cfs_periods_total",
+        "container_cpu_cfs_throttled_seconds_total",
+        "container_spec_cpu_quota",
+    ] {
+        assert_eq!(sample(&cadvisor, name, &hold), None, "{name}");
+    }
     // The pod-level series (container="") exist too.
     assert!(
         sample(

@@ -67,9 +67,16 @@ pub struct Usage {
 }
 
 /// Reads the usage; `cpuacct` is v1's accounting directory (the cpu one
-/// when co-mounted, unused on v2). `None` on v2 when `cpu.stat` cannot be
-/// read: the cgroup is gone.
-pub fn usage(version: Version, cpu: &impl Source, cpuacct: &impl Source) -> Option<Usage> {
+/// when co-mounted, unused on v2). Without a `quota` the throttling
+/// counters cannot move: v1 does not read them (v2 has them in the one
+/// file it reads anyway). `None` on v2 when `cpu.stat` cannot be read: the
+/// cgroup is gone.
+pub fn usage(
+    version: Version,
+    cpu: &impl Source,
+    cpuacct: &impl Source,
+    quota: bool,
+) -> Option<Usage> {
     match version {
         Version::V2 => {
             let stat = cpu.counter("cpu.stat")?;
@@ -97,9 +104,12 @@ pub fn usage(version: Version, cpu: &impl Source, cpuacct: &impl Source) -> Opti
             let ticks = cpuacct.counter("cpuacct.stat").unwrap_or_default();
             let [user, system] = keyed_values(&ticks, ["user", "system"])
                 .map(|t| t.saturating_mul(1_000_000_000 / USER_HZ));
-            let stat = cpu.counter("cpu.stat").unwrap_or_default();
-            let [periods, throttled, throttled_ns] =
-                keyed_values(&stat, ["nr_periods", "nr_throttled", "throttled_time"]);
+            let [periods, throttled, throttled_ns] = if quota {
+                let stat = cpu.counter("cpu.stat").unwrap_or_default();
+                keyed_values(&stat, ["nr_periods", "nr_throttled", "throttled_time"])
+            } else {
+                [0; 3]
+            };
             Some(Usage {
                 usage_ns: cpuacct.counter_num("cpuacct.usage").unwrap_or(0),
                 user_ns: user,
@@ -226,7 +236,7 @@ mod tests {
             "usage_usec 2000000\nuser_usec 1500000\nsystem_usec 500000\nnr_periods 40\nnr_throttled 30\nthrottled_usec 250000\n",
         )]);
         assert_eq!(
-            usage(Version::V2, &cpu, &cpu),
+            usage(Version::V2, &cpu, &cpu, true),
             Some(Usage {
                 usage_ns: 2_000_000_000,
                 user_ns: 1_500_000_000,
@@ -238,9 +248,9 @@ mod tests {
         );
         // The root cgroup's cpu.stat has no throttling lines.
         let root = files(&[("cpu.stat", "usage_usec 7\nuser_usec 5\nsystem_usec 2\n")]);
-        let u = usage(Version::V2, &root, &root).unwrap();
+        let u = usage(Version::V2, &root, &root, false).unwrap();
         assert_eq!((u.usage_ns, u.periods), (7000, 0));
-        assert_eq!(usage(Version::V2, &files(&[]), &files(&[])), None);
+        assert_eq!(usage(Version::V2, &files(&[]), &files(&[]), true), None);
     }
 
     #[test]
@@ -253,21 +263,29 @@ mod tests {
             ("cpuacct.usage", "3000000000\n"),
             ("cpuacct.stat", "user 250\nsystem 50\n"),
         ]);
+        let with_quota = Usage {
+            usage_ns: 3_000_000_000,
+            user_ns: 2_500_000_000,
+            system_ns: 500_000_000,
+            periods: 10,
+            throttled_periods: 4,
+            throttled_ns: 123,
+        };
+        assert_eq!(usage(Version::V1, &cpu, &acct, true), Some(with_quota));
+        // Without a quota, cpu.stat is not read.
         assert_eq!(
-            usage(Version::V1, &cpu, &acct),
+            usage(Version::V1, &files(&[]), &acct, false),
             Some(Usage {
-                usage_ns: 3_000_000_000,
-                user_ns: 2_500_000_000,
-                system_ns: 500_000_000,
-                periods: 10,
-                throttled_periods: 4,
-                throttled_ns: 123,
+                periods: 0,
+                throttled_periods: 0,
+                throttled_ns: 0,
+                ..with_quota
             })
         );
         // Nothing readable: zeros, not a missing cgroup (v1 decides that
         // by the directories).
         assert_eq!(
-            usage(Version::V1, &files(&[]), &files(&[])),
+            usage(Version::V1, &files(&[]), &files(&[]), true),
             Some(Usage::default())
         );
     }

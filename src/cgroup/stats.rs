@@ -134,7 +134,7 @@ fn spec_of(cg: &Opened) -> Spec {
 
 fn read_opened(cg: &Opened, spec: &Spec, below: Below) -> Option<CgroupStats> {
     let v = cg.version;
-    let cpu = cpu::usage(v, cg.cpu(), cg.cpuacct())?;
+    let cpu = cpu::usage(v, cg.cpu(), cg.cpuacct(), spec.cpu.quota_us > 0)?;
     let memory = memory::usage(v, cg.memory())?;
     let tasks = pids::tasks(v, cg.pids(), cg.processes(), below);
     Some(CgroupStats {
@@ -249,7 +249,7 @@ mod tests {
                 "nr_periods 10\nnr_throttled 4\nthrottled_time 123\n",
             ),
             ("cpu", "cpu.shares", "204\n"),
-            ("cpu", "cpu.cfs_quota_us", "-1\n"),
+            ("cpu", "cpu.cfs_quota_us", "50000\n"),
             ("cpu", "cpu.cfs_period_us", "100000\n"),
             ("memory", "memory.usage_in_bytes", "1000\n"),
             (
@@ -283,7 +283,10 @@ mod tests {
             (s.memory_rss, s.memory_cache, s.memory_failcnt, s.oom_kills),
             (300, 600, 2, 3)
         );
-        assert_eq!((s.cpu_shares, s.cpu_quota_us, s.memory_limit), (204, -1, 0));
+        assert_eq!(
+            (s.cpu_shares, s.cpu_quota_us, s.memory_limit),
+            (204, 50_000, 0)
+        );
         assert_eq!((s.processes, s.threads), (1, 2));
         // Without the pids hierarchy, the memory one lists the processes
         // and threads.

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use k8s_openapi::api::core::v1::PodSpec;
 
 use crate::cgroup::{Below, CgroupStats, Cgroups, QosClass, SpecCache};
+use crate::manifest::StaticPod;
 use crate::pod::ContainerState;
 use crate::pod::{PodEntry, Store};
 use crate::stats::volumes::{self, Figure, VolumeStats};
@@ -30,18 +31,24 @@ use crate::volume::Source;
 type Sample = (Arc<str>, f64, Option<i64>);
 
 /// Renders a label set once; every family of a container reuses it.
-fn render(labels: &[(&'static str, String)]) -> Arc<str> {
+fn render<V: AsRef<str>>(labels: &[(&'static str, V)]) -> Arc<str> {
     if labels.is_empty() {
         return Arc::from("");
     }
-    let mut out = String::from("{");
+    let mut out = String::with_capacity(
+        2 + labels
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().len() + 4)
+            .sum::<usize>(),
+    );
+    out.push('{');
     for (i, (k, v)) in labels.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         out.push_str(k);
         out.push_str("=\"");
-        out.push_str(&escape(v));
+        push_escaped(&mut out, v.as_ref());
         out.push('"');
     }
     out.push('}');
@@ -55,10 +62,20 @@ struct Family {
     samples: Vec<Sample>,
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A label value as the text format escapes it.
+fn push_escaped(out: &mut String, v: &str) {
+    if !v.contains(['\\', '"', '\n']) {
+        out.push_str(v);
+        return;
+    }
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
 }
 
 /// The exposition text of `families`, made piece by piece as the response
@@ -165,9 +182,54 @@ struct Row {
     stats: CgroupStats,
 }
 
+/// What a scrape takes of a pod from the store: its running containers,
+/// not a copy of its whole status.
+struct Seen {
+    pod: Arc<StaticPod>,
+    qos: QosClass,
+    start_time: Option<SystemTime>,
+    running: Vec<Running>,
+}
+
+struct Running {
+    name: String,
+    image: String,
+    id: String,
+    started_at: SystemTime,
+    pid: Option<u32>,
+}
+
+impl Seen {
+    fn of(entry: &PodEntry) -> Seen {
+        let status = &entry.status;
+        let running = status
+            .init_containers
+            .iter()
+            .chain(&status.containers)
+            .filter_map(|c| match (&c.state, &c.container_id) {
+                (ContainerState::Running { started_at }, Some(id)) => Some(Running {
+                    name: c.name.clone(),
+                    image: c.image.clone(),
+                    id: id.clone(),
+                    started_at: *started_at,
+                    pid: c.pid,
+                }),
+                _ => None,
+            })
+            .collect();
+        Seen {
+            pod: entry.pod.clone(),
+            qos: status.qos_class.unwrap_or(QosClass::BestEffort),
+            start_time: status.start_time,
+            running,
+        }
+    }
+}
+
 /// A pod with its own cgroup's stats and its containers.
 struct PodRow {
-    entry: PodEntry,
+    pod: Arc<StaticPod>,
+    start_time: Option<SystemTime>,
     cgroup: String,
     stats: Option<CgroupStats>,
     containers: Vec<Row>,
@@ -176,7 +238,7 @@ struct PodRow {
 
 /// Reads everything one scrape needs.
 fn collect(store: &Store, cgroups: &Cgroups, specs: &SpecCache) -> Vec<PodRow> {
-    let entries: Vec<PodEntry> = store.read().values().cloned().collect();
+    let entries: Vec<Seen> = store.read().values().map(Seen::of).collect();
     // Reading cgroup files is system-call bound: spread the pods over the
     // CPUs for the latency of one scrape (the CPU spent stays the same).
     let threads = std::thread::available_parallelism()
@@ -185,7 +247,7 @@ fn collect(store: &Store, cgroups: &Cgroups, specs: &SpecCache) -> Vec<PodRow> {
     let chunk = entries.len().div_ceil(threads).max(1);
     let mut entries = entries.into_iter();
     let parts = std::iter::from_fn(|| {
-        let part: Vec<PodEntry> = entries.by_ref().take(chunk).collect();
+        let part: Vec<Seen> = entries.by_ref().take(chunk).collect();
         (!part.is_empty()).then_some(part)
     });
     let rows: Vec<PodRow> = std::thread::scope(|scope| {
@@ -209,29 +271,24 @@ fn collect(store: &Store, cgroups: &Cgroups, specs: &SpecCache) -> Vec<PodRow> {
     rows
 }
 
-fn collect_pods(entries: Vec<PodEntry>, cgroups: &Cgroups, specs: &SpecCache) -> Vec<PodRow> {
+fn collect_pods(pods: Vec<Seen>, cgroups: &Cgroups, specs: &SpecCache) -> Vec<PodRow> {
     let manager = cgroups.manager();
     let mut out = vec![];
-    for entry in entries {
-        let qos = entry.status.qos_class.unwrap_or(QosClass::BestEffort);
-        let uid = entry.pod.uid.clone();
-        let pod_cgroup = manager.pod_cgroup(qos, &uid);
+    for seen in pods {
+        let Seen {
+            pod,
+            qos,
+            start_time,
+            running,
+        } = seen;
+        let pod_cgroup = manager.pod_cgroup(qos, &pod.uid);
         let mut containers = vec![];
         let mut net = None;
         // The tasks of the containers read, for the pod's own count.
         let mut tasks = 0;
-        for c in entry
-            .status
-            .init_containers
-            .iter()
-            .chain(&entry.status.containers)
-        {
-            let (ContainerState::Running { started_at }, Some(id)) = (&c.state, &c.container_id)
-            else {
-                continue;
-            };
-            let cgroup = manager.container_cgroup(qos, &uid, id);
-            let below = if may_make_cgroups(entry.pod.spec(), &c.name) {
+        for c in running {
+            let cgroup = manager.container_cgroup(qos, &pod.uid, &c.id);
+            let below = if may_make_cgroups(pod.spec(), &c.name) {
                 Below::Unknown
             } else {
                 Below::Nothing
@@ -242,7 +299,7 @@ fn collect_pods(entries: Vec<PodEntry>, cgroups: &Cgroups, specs: &SpecCache) ->
             tasks += stats.threads;
             if net.is_none()
                 && let Some(pid) = c.pid
-                && entry.pod.spec().host_network != Some(true)
+                && pod.spec().host_network != Some(true)
             {
                 // Any process of the pod sees its namespace's counters.
                 // cAdvisor leaves loopback out (its isIgnoredDevice).
@@ -253,17 +310,18 @@ fn collect_pods(entries: Vec<PodEntry>, cgroups: &Cgroups, specs: &SpecCache) ->
                 net = Some(devs);
             }
             containers.push(Row {
-                container: c.name.clone(),
-                image: c.image.clone(),
-                id: id.clone(),
+                container: c.name,
+                image: c.image,
+                id: c.id,
                 cgroup,
-                started: Some(*started_at),
+                started: Some(c.started_at),
                 stats,
             });
         }
         let stats = manager.stats(&pod_cgroup, Some(specs), Below::Tasks(tasks));
         out.push(PodRow {
-            entry,
+            pod,
+            start_time,
             cgroup: pod_cgroup,
             stats,
             containers,
@@ -294,6 +352,11 @@ fn may_make_cgroups(spec: &PodSpec, container: &str) -> bool {
         .any(|cap| matches!(cap.trim_start_matches("CAP_"), "SYS_ADMIN" | "ALL"))
 }
 
+/// Whether the cgroup has a CPU quota (the CFS counters only move then).
+fn quota(s: &CgroupStats) -> bool {
+    s.cpu_quota_us > 0
+}
+
 /// `/metrics/cadvisor`.
 pub fn cadvisor(
     store: &Store,
@@ -303,136 +366,134 @@ pub fn cadvisor(
     volume_stats: &VolumeStats,
 ) -> Chunks {
     let pods = collect(store, cgroups, specs);
-    type Get = fn(&CgroupStats) -> f64;
+    // `None`: no sample. As cAdvisor, the CFS series and the quota only
+    // for a cgroup with a CPU quota.
+    type Get = fn(&CgroupStats) -> Option<f64>;
     let defs: [(&'static str, &'static str, &'static str, Get); 19] = [
         (
             "container_cpu_usage_seconds_total",
             "Cumulative cpu time consumed in seconds.",
             "counter",
-            |s| s.cpu_usage_ns as f64 / 1e9,
+            |s| Some(s.cpu_usage_ns as f64 / 1e9),
         ),
         (
             "container_cpu_user_seconds_total",
             "Cumulative user cpu time consumed in seconds.",
             "counter",
-            |s| s.cpu_user_ns as f64 / 1e9,
+            |s| Some(s.cpu_user_ns as f64 / 1e9),
         ),
         (
             "container_cpu_system_seconds_total",
             "Cumulative system cpu time consumed in seconds.",
             "counter",
-            |s| s.cpu_system_ns as f64 / 1e9,
+            |s| Some(s.cpu_system_ns as f64 / 1e9),
         ),
         (
             "container_cpu_cfs_periods_total",
             "Number of elapsed enforcement period intervals.",
             "counter",
-            |s| s.cfs_periods as f64,
+            |s| quota(s).then_some(s.cfs_periods as f64),
         ),
         (
             "container_cpu_cfs_throttled_periods_total",
             "Number of throttled period intervals.",
             "counter",
-            |s| s.cfs_throttled_periods as f64,
+            |s| quota(s).then_some(s.cfs_throttled_periods as f64),
         ),
         (
             "container_cpu_cfs_throttled_seconds_total",
             "Total time duration the container has been throttled.",
             "counter",
-            |s| s.cfs_throttled_ns as f64 / 1e9,
+            |s| quota(s).then_some(s.cfs_throttled_ns as f64 / 1e9),
         ),
         (
             "container_memory_usage_bytes",
             "Current memory usage in bytes, including all memory regardless of when it was accessed",
             "gauge",
-            |s| s.memory_usage as f64,
+            |s| Some(s.memory_usage as f64),
         ),
         (
             "container_memory_working_set_bytes",
             "Current working set in bytes.",
             "gauge",
-            |s| s.memory_working_set as f64,
+            |s| Some(s.memory_working_set as f64),
         ),
         (
             "container_memory_rss",
             "Size of RSS in bytes.",
             "gauge",
-            |s| s.memory_rss as f64,
+            |s| Some(s.memory_rss as f64),
         ),
         (
             "container_memory_cache",
             "Number of bytes of page cache memory.",
             "gauge",
-            |s| s.memory_cache as f64,
+            |s| Some(s.memory_cache as f64),
         ),
         (
             "container_memory_swap",
             "Container swap usage in bytes.",
             "gauge",
-            |s| s.memory_swap as f64,
+            |s| Some(s.memory_swap as f64),
         ),
         (
             "container_memory_failcnt",
             "Number of memory usage hits limits",
             "counter",
-            |s| s.memory_failcnt as f64,
+            |s| Some(s.memory_failcnt as f64),
         ),
         (
             "container_oom_events_total",
             "Count of out of memory events observed for the container",
             "counter",
-            |s| s.oom_kills as f64,
+            |s| Some(s.oom_kills as f64),
         ),
         (
             "container_spec_cpu_period",
             "CPU period of the container.",
             "gauge",
-            |s| s.cpu_period_us as f64,
+            |s| Some(s.cpu_period_us as f64),
         ),
         (
             "container_spec_cpu_quota",
             "CPU quota of the container.",
             "gauge",
-            |s| {
-                if s.cpu_quota_us > 0 {
-                    s.cpu_quota_us as f64
-                } else {
-                    f64::NAN
-                }
-            },
+            |s| quota(s).then_some(s.cpu_quota_us as f64),
         ),
         (
             "container_spec_cpu_shares",
             "CPU share of the container.",
             "gauge",
-            |s| s.cpu_shares as f64,
+            |s| Some(s.cpu_shares as f64),
         ),
         (
             "container_spec_memory_limit_bytes",
             "Memory limit for the container.",
             "gauge",
-            |s| s.memory_limit as f64,
+            |s| Some(s.memory_limit as f64),
         ),
         (
             "container_processes",
             "Number of processes running inside the container.",
             "gauge",
-            |s| s.processes as f64,
+            |s| Some(s.processes as f64),
         ),
         (
             "container_threads",
             "Number of threads running inside the container.",
             "gauge",
-            |s| s.threads as f64,
+            |s| Some(s.threads as f64),
         ),
     ];
+    // A sample per container and pod in each family.
+    let rows = pods.iter().map(|p| p.containers.len() + 1).sum();
     let mut families: Vec<Family> = defs
         .iter()
         .map(|(name, help, kind, _)| Family {
             name,
             help,
             kind,
-            samples: vec![],
+            samples: Vec::with_capacity(rows),
         })
         .collect();
     let mut start = Family {
@@ -441,16 +502,23 @@ pub fn cadvisor(
         kind: "gauge",
         samples: vec![],
     };
-    let labels = |container: &str, id: &str, image: &str, name: &str, ns: &str, pod: &str| {
+    fn labels<'a>(
+        container: &'a str,
+        id: &'a str,
+        image: &'a str,
+        name: &'a str,
+        ns: &'a str,
+        pod: &'a str,
+    ) -> Vec<(&'static str, &'a str)> {
         vec![
-            ("container", container.to_string()),
-            ("id", id.to_string()),
-            ("image", image.to_string()),
-            ("name", name.to_string()),
-            ("namespace", ns.to_string()),
-            ("pod", pod.to_string()),
+            ("container", container),
+            ("id", id),
+            ("image", image),
+            ("name", name),
+            ("namespace", ns),
+            ("pod", pod),
         ]
-    };
+    }
     let mut net_families: Vec<Family> = [
         (
             "container_network_receive_bytes_total",
@@ -500,11 +568,13 @@ pub fn cadvisor(
         samples: vec![],
     };
     for p in &pods {
-        let (ns, pod) = (p.entry.pod.namespace.as_str(), p.entry.pod.name.as_str());
+        let (ns, pod) = (p.pod.namespace.as_str(), p.pod.name.as_str());
         for r in &p.containers {
             let l = render(&labels(&r.container, &r.cgroup, &r.image, &r.id, ns, pod));
             for (f, (_, _, _, get)) in families.iter_mut().zip(&defs) {
-                f.samples.push((l.clone(), get(&r.stats), None));
+                if let Some(v) = get(&r.stats) {
+                    f.samples.push((l.clone(), v, None));
+                }
             }
             if let Some(t) = r.started {
                 start.samples.push((l, secs(t), None));
@@ -515,11 +585,13 @@ pub fn cadvisor(
             let base = labels("", &p.cgroup, "", "", ns, pod);
             let l = render(&base);
             for (f, (_, _, _, get)) in families.iter_mut().zip(&defs) {
-                f.samples.push((l.clone(), get(s), None));
+                if let Some(v) = get(s) {
+                    f.samples.push((l.clone(), v, None));
+                }
             }
             for d in &p.net {
                 let mut l = base.clone();
-                l.push(("interface", d.interface.clone()));
+                l.push(("interface", &d.interface));
                 let l = render(&l);
                 let values = [
                     d.rx_bytes,
@@ -536,19 +608,20 @@ pub fn cadvisor(
                 }
             }
         }
-        for v in &p.entry.pod.resolved.volumes {
+        for v in &p.pod.resolved.volumes {
             let Source::EmptyDir { .. } = &v.source else {
                 continue;
             };
-            let Some(path) = volumes::volume_dir(root_dir, &p.entry.pod.uid, v) else {
+            let Some(path) = volumes::volume_dir(root_dir, &p.pod.uid, v) else {
                 continue;
             };
             // The background collector's latest figure (none yet, or the
             // volume did not answer: no sample).
             if let Some(Figure::Ready { usage, .. }) = volume_stats.get(&path) {
+                let device = path.display().to_string();
                 let mut l = labels("", &p.cgroup, "", "", ns, pod);
-                l.push(("device", path.display().to_string()));
-                l.push(("volume", v.name.clone()));
+                l.push(("device", &device));
+                l.push(("volume", &v.name));
                 fs.samples.push((render(&l), usage.used_bytes as f64, None));
             }
         }
@@ -566,9 +639,9 @@ pub fn cadvisor(
 /// machine's IDs (empty where unreadable, as cAdvisor leaves them).
 fn machine_families(m: &stats::machine::MachineInfo) -> Vec<Family> {
     let labels = render(&[
-        ("boot_id", m.boot_id.clone()),
-        ("machine_id", m.machine_id.clone()),
-        ("system_uuid", m.system_uuid.clone()),
+        ("boot_id", &m.boot_id),
+        ("machine_id", &m.machine_id),
+        ("system_uuid", &m.system_uuid),
     ]);
     let families = [
         (
@@ -670,7 +743,7 @@ pub fn usage(store: &Store, cgroups: &Cgroups, specs: &SpecCache) -> Vec<Contain
     collect(store, cgroups, specs)
         .into_iter()
         .flat_map(|p| {
-            let (ns, pod) = (p.entry.pod.namespace.clone(), p.entry.pod.name.clone());
+            let (ns, pod) = (p.pod.namespace.clone(), p.pod.name.clone());
             p.containers.into_iter().map(move |r| ContainerUsage {
                 namespace: ns.clone(),
                 pod: pod.clone(),
@@ -733,15 +806,17 @@ pub fn resource(store: &Store, cgroups: &Cgroups, specs: &SpecCache) -> Chunks {
         "1 if there was an error while getting container metrics, 0 otherwise",
         "gauge",
     );
-    node_cpu_f.samples.push((render(&[]), node_cpu, ts));
-    node_mem_f.samples.push((render(&[]), node_ws as f64, ts));
+    node_cpu_f.samples.push((render::<&str>(&[]), node_cpu, ts));
+    node_mem_f
+        .samples
+        .push((render::<&str>(&[]), node_ws as f64, ts));
     for p in &pods {
-        let (ns, pod) = (p.entry.pod.namespace.clone(), p.entry.pod.name.clone());
+        let (ns, pod) = (p.pod.namespace.as_str(), p.pod.name.as_str());
         for r in &p.containers {
             let l = render(&[
-                ("container", r.container.clone()),
-                ("namespace", ns.clone()),
-                ("pod", pod.clone()),
+                ("container", r.container.as_str()),
+                ("namespace", ns),
+                ("pod", pod),
             ]);
             c_cpu
                 .samples
@@ -754,14 +829,14 @@ pub fn resource(store: &Store, cgroups: &Cgroups, specs: &SpecCache) -> Chunks {
             }
         }
         if let Some(s) = &p.stats {
-            let l = render(&[("namespace", ns.clone()), ("pod", pod.clone())]);
+            let l = render(&[("namespace", ns), ("pod", pod)]);
             p_cpu
                 .samples
                 .push((l.clone(), s.cpu_usage_ns as f64 / 1e9, ts));
             p_mem.samples.push((l, s.memory_working_set as f64, ts));
         }
     }
-    err.samples.push((render(&[]), 0.0, None));
+    err.samples.push((render::<&str>(&[]), 0.0, None));
     encode(vec![
         node_cpu_f, node_mem_f, c_cpu, c_mem, c_start, p_cpu, p_mem, err,
     ])
@@ -858,7 +933,7 @@ pub fn summary(
     let pods: Vec<Value> = pods
         .iter()
         .map(|p| {
-            let pod = &p.entry.pod;
+            let pod = &p.pod;
             let containers: Vec<Value> = p
                 .containers
                 .iter()
@@ -898,7 +973,7 @@ pub fn summary(
                 .collect();
             let mut v = json!({
                 "podRef": {"name": pod.name, "namespace": pod.namespace, "uid": pod.uid},
-                "startTime": p.entry.status.start_time.map(rfc3339),
+                "startTime": p.start_time.map(rfc3339),
                 "containers": containers,
                 "volume": volumes,
             });
@@ -957,8 +1032,8 @@ mod tests {
             help: "An x.",
             kind: "counter",
             samples: vec![
-                (render(&[("a", "q\"uo\\te\n".to_string())]), 1.5, Some(7)),
-                (render(&[]), f64::NAN, None),
+                (render(&[("a", "q\"uo\\te\n")]), 1.5, Some(7)),
+                (render::<&str>(&[]), f64::NAN, None),
             ],
         };
         assert_eq!(
