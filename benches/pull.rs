@@ -135,6 +135,7 @@ fn main() {
             logger: "/bin/true".into(),
             log_rotation: None,
             systemd_cgroup: false,
+            exec_dir: empty.join("exec"),
             call_timeout: Duration::from_secs(120),
             registries: RegistryOptions {
                 hosts: [(

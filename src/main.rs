@@ -204,6 +204,7 @@ async fn connect(config: &Config, health: &RuntimeHealth) -> anyhow::Result<Cont
             systemd_cgroup: config.cgroup_driver == cgroup::Driver::Systemd,
             call_timeout: config.runtime_request_timeout,
             registries: config.registry_options(),
+            exec_dir: config.root_dir.join("exec"),
         };
         match Containerd::connect(opts).await {
             Ok(c) => return Ok(c),

@@ -926,16 +926,39 @@ fn exec_streams_exit_codes_terminals_and_disconnects() {
     env.wait_for("the exec killed", Duration::from_secs(5), || {
         (!ps().contains("sleep 101") && task_pids() == before).then_some(())
     });
+    let exec_dir = env.dir.join("root/exec");
     let fifos_open = || {
         let pid = env.agent_pid().unwrap();
         std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()
             .flatten()
             .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-            .filter(|l| l.to_string_lossy().contains("kubelet-lite-exec"))
+            .filter(|l| l.starts_with(&exec_dir))
             .count()
     };
     env.wait_for("no connection or FIFO left", Duration::from_secs(5), || {
         (socket_entries(&env) == 1 && fifos_open() == 0).then_some(())
+    });
+
+    // The agent killed during an exec: the FIFOs it left are removed when
+    // it starts again.
+    let fifos = || std::fs::read_dir(&exec_dir).unwrap().count();
+    let mut client = cli(&env)
+        .args(["exec", "two-node1", "-c", "app", "--", "sleep", "102"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    env.wait_for("the exec's sleep", Duration::from_secs(10), || {
+        ps().contains("sleep 102").then_some(())
+    });
+    assert!(fifos() > 0);
+    env.stop_agent(libc::SIGKILL);
+    client.kill().unwrap();
+    client.wait().unwrap();
+    assert!(fifos() > 0, "the killed agent's FIFOs are there");
+    env.start_agent();
+    env.wait_for("the FIFOs removed", Duration::from_secs(10), || {
+        (fifos() == 0).then_some(())
     });
 }

@@ -2,6 +2,7 @@
 //! Sandbox service). Every request carries the `containerd-namespace` header.
 
 use std::collections::HashMap;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -71,16 +72,21 @@ pub(super) struct ExecState {
     pub(super) specs: Mutex<HashMap<String, oci_spec::runtime::Process>>,
 }
 
-impl Default for ExecState {
-    fn default() -> Self {
+impl ExecState {
+    /// FIFOs in `dir`, the agent's own: what an agent killed during an exec
+    /// left there is removed (the exec that used them ended with it).
+    pub(super) fn new(dir: PathBuf) -> ExecState {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_fifo()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         ExecState {
-            dir: std::env::temp_dir().join("kubelet-lite-exec"),
+            dir,
             specs: Mutex::new(HashMap::new()),
         }
     }
-}
 
-impl ExecState {
     /// The container is gone: its spec is not needed any more.
     pub(super) fn forget(&self, id: &str) {
         self.specs
@@ -106,6 +112,8 @@ pub struct ContainerdOptions {
     pub call_timeout: Duration,
     /// Mirrors, TLS and credentials for registry pulls.
     pub registries: super::registry::RegistryOptions,
+    /// Where execs' FIFOs are made (the agent's own directory).
+    pub exec_dir: PathBuf,
 }
 
 impl Containerd {
@@ -131,7 +139,7 @@ impl Containerd {
             archives: Default::default(),
             registries: super::registry::Registries::new(opts.registries),
             pulls: Mutex::new(HashMap::new()),
-            exec: Default::default(),
+            exec: ExecState::new(opts.exec_dir),
         };
         let req = c.req(CreateNamespaceRequest {
             namespace: Some(containerd_client::services::v1::Namespace {
@@ -1028,6 +1036,22 @@ impl Runtime for Containerd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fifos_left_by_a_killed_agent_are_removed_at_start() {
+        let dir = std::env::temp_dir().join(format!("kl-exec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("exec-0123.stdout");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        std::fs::write(dir.join("note"), "kept").unwrap();
+        let state = ExecState::new(dir.clone());
+        assert_eq!(state.dir, dir);
+        assert!(!fifo.exists());
+        assert!(dir.join("note").exists(), "only FIFOs are removed");
+        // A directory not made yet is no error.
+        ExecState::new(dir.join("absent"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn chain_ids_follow_the_image_spec() {
