@@ -910,12 +910,15 @@ fn exec_streams_exit_codes_terminals_and_disconnects() {
         .to_string();
     let task_pids = || env.ctr(&["tasks", "ps", &id]).lines().skip(1).count();
     let before = task_pids();
-    let mut client = cli(&env)
-        .args(["exec", "two-node1", "-c", "app", "--", "sleep", "101"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let exec_sleep = |secs: &str| {
+        cli(&env)
+            .args(["exec", "two-node1", "-c", "app", "--", "sleep", secs])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut client = exec_sleep("101");
     let ps = || ok(&env, &["exec", "two-node1", "-c", "app", "--", "ps"]);
     env.wait_for("the exec's sleep", Duration::from_secs(10), || {
         ps().contains("sleep 101").then_some(())
@@ -943,12 +946,7 @@ fn exec_streams_exit_codes_terminals_and_disconnects() {
     // The agent killed during an exec: the FIFOs it left are removed when
     // it starts again.
     let fifos = || std::fs::read_dir(&exec_dir).unwrap().count();
-    let mut client = cli(&env)
-        .args(["exec", "two-node1", "-c", "app", "--", "sleep", "102"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut client = exec_sleep("102");
     env.wait_for("the exec's sleep", Duration::from_secs(10), || {
         ps().contains("sleep 102").then_some(())
     });
