@@ -37,6 +37,17 @@ async fn raw(sock: &std::path::Path, pods: usize) -> Duration {
     took
 }
 
+/// `n` pods (named after `tag`) written at once: the wall time until the
+/// agent reports all of them running.
+fn start_all(env: &Env, n: usize, tag: &str) -> Duration {
+    let t0 = Instant::now();
+    write_all(env, n, tag);
+    env.wait_for("all running", Duration::from_secs(300), || {
+        (running_count(env) == n).then_some(())
+    });
+    t0.elapsed()
+}
+
 /// `podman kube play` of the same `n` pods in one file: until podman
 /// reports them started. `None` without podman.
 fn podman(env: &Env, n: usize) -> Option<Duration> {
@@ -66,13 +77,12 @@ fn main() {
     let pid = env.agent_pid().unwrap();
     let empty_rss = mib(usage(pid).1);
 
-    // Start-up of N pods at once.
-    let t0 = Instant::now();
-    write_all(&env, n, "s");
-    env.wait_for("all running", long, || {
-        (running_count(&env) == n).then_some(())
-    });
-    let start = t0.elapsed();
+    // Start-up of N pods at once, against raw containerd just before it
+    // (again in each cycle below: the figures are the medians).
+    let sock = env.dir.join("containerd.sock");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut raw_starts = vec![rt.block_on(raw(&sock, n))];
+    let mut starts = vec![start_all(&env, n, "s")];
     std::thread::sleep(Duration::from_secs(2));
     let rss_full = mib(usage(pid).1);
 
@@ -141,10 +151,8 @@ fn main() {
     let mut after_cycles = vec![];
     for c in 0..cycles {
         let tag = format!("c{c}x");
-        write_all(&env, n, &tag);
-        env.wait_for("cycle running", long, || {
-            (running_count(&env) == n).then_some(())
-        });
+        raw_starts.push(rt.block_on(raw(&sock, n)));
+        starts.push(start_all(&env, n, &tag));
         remove_all(&env, n, &tag);
         env.wait_for("cycle gone", long, || env.pods().is_empty().then_some(()));
         std::thread::sleep(Duration::from_secs(2));
@@ -169,28 +177,34 @@ fn main() {
     }
     let stop50 = percentile(&mut stops, 0.5);
 
-    let sock = env.dir.join("containerd.sock");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let raw_start = rt.block_on(raw(&sock, n));
     let podman_start = podman(&env, n);
 
     let cpus = std::thread::available_parallelism().map_or(0, |c| c.get());
     let verdict = |met: bool| if met { "met" } else { "**not met**" };
-    let ratio = start.as_secs_f64() / raw_start.as_secs_f64();
+    // Medians of the start-ups, with each one listed (seconds).
+    let median = |v: &[Duration]| {
+        let mut secs: Vec<f64> = v.iter().map(Duration::as_secs_f64).collect();
+        let list = secs
+            .iter()
+            .map(|s| format!("{s:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        (percentile(&mut secs, 0.5), list)
+    };
+    let ((start, starts), (raw_start, raw_starts)) = (median(&starts), median(&raw_starts));
+    let ratio = start / raw_start;
     println!("kubelet-lite at scale: {n} two-container pods, {cpus} CPUs");
     println!("| figure | kubelet-lite | baseline, same run | target |");
     println!("|---|---|---|---|");
     println!(
-        "| {n} pods written -> all running | {:.1} s | raw containerd, same concurrency: {:.1} s; **{ratio:.2}x** | <= 1.5x raw: {} |",
-        start.as_secs_f64(),
-        raw_start.as_secs_f64(),
+        "| {n} pods written -> all running | {start:.1} s (median of {starts}) | raw containerd, same concurrency, each just before: {raw_start:.1} s ({raw_starts}); **{ratio:.2}x** | <= 1.5x raw: {} |",
         verdict(ratio <= 1.5)
     );
     if let Some(p) = podman_start {
         println!(
             "| `podman kube play` of the same {n} pods (one file) | | {:.1} s: {:.1}x slower | |",
             p.as_secs_f64(),
-            p.as_secs_f64() / start.as_secs_f64()
+            p.as_secs_f64() / start
         );
     }
     println!("| agent RSS, no pods | {empty_rss:.1} MiB | | |");
