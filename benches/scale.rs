@@ -78,7 +78,8 @@ fn main() {
     let empty_rss = mib(usage(pid).1);
 
     // Start-up of N pods at once, against raw containerd just before it
-    // (again in each cycle below: the figures are the medians).
+    // (again in each cycle below, in turns after it: the figures are the
+    // medians).
     let sock = env.dir.join("containerd.sock");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut raw_starts = vec![rt.block_on(raw(&sock, n))];
@@ -150,9 +151,16 @@ fn main() {
     // More cycles.
     let mut after_cycles = vec![];
     for c in 0..cycles {
+        // The order alternates, so that neither side always runs while
+        // the other's teardown settles.
         let tag = format!("c{c}x");
-        raw_starts.push(rt.block_on(raw(&sock, n)));
-        starts.push(start_all(&env, n, &tag));
+        if c % 2 == 0 {
+            starts.push(start_all(&env, n, &tag));
+            raw_starts.push(rt.block_on(raw(&sock, n)));
+        } else {
+            raw_starts.push(rt.block_on(raw(&sock, n)));
+            starts.push(start_all(&env, n, &tag));
+        }
         remove_all(&env, n, &tag);
         env.wait_for("cycle gone", long, || env.pods().is_empty().then_some(()));
         std::thread::sleep(Duration::from_secs(2));
@@ -191,13 +199,19 @@ fn main() {
             .join(", ");
         (percentile(&mut secs, 0.5), list)
     };
+    let pairs = starts
+        .iter()
+        .zip(&raw_starts)
+        .map(|(s, r)| format!("{:.2}", s.as_secs_f64() / r.as_secs_f64()))
+        .collect::<Vec<_>>()
+        .join(", ");
     let ((start, starts), (raw_start, raw_starts)) = (median(&starts), median(&raw_starts));
     let ratio = start / raw_start;
     println!("kubelet-lite at scale: {n} two-container pods, {cpus} CPUs");
     println!("| figure | kubelet-lite | baseline, same run | target |");
     println!("|---|---|---|---|");
     println!(
-        "| {n} pods written -> all running | {start:.1} s (median of {starts}) | raw containerd, same concurrency, each just before: {raw_start:.1} s ({raw_starts}); **{ratio:.2}x** | <= 1.5x raw: {} |",
+        "| {n} pods written -> all running | {start:.1} s (median of {starts}) | raw containerd, same concurrency, in turns: {raw_start:.1} s ({raw_starts}); **{ratio:.2}x** (each pair: {pairs}) | <= 1.5x raw: {} |",
         verdict(ratio <= 1.5)
     );
     if let Some(p) = podman_start {
@@ -225,7 +239,7 @@ fn main() {
         );
     }
     println!(
-        "| `/metrics/cadvisor` at {n} pods, 50 ms apart | p50 {s50:.1} ms, p99 {s99:.1} ms, {cpu_per_scrape:.1} ms CPU per scrape | first scrape {first_scrape:.0} ms | p99 <= 20 ms, <= 10 ms CPU: {} |",
+        "| `/metrics/cadvisor` at {n} pods, 50 ms apart | p50 {s50:.1} ms, p99 {s99:.1} ms, {cpu_per_scrape:.1} ms CPU per scrape; the first scrape {first_scrape:.0} ms | | p99 <= 20 ms, <= 10 ms CPU: {} |",
         verdict(s99 <= 20.0 && cpu_per_scrape <= 10.0)
     );
     println!(

@@ -7,10 +7,11 @@
 //! `cargo bench --bench scrape` (as root); `BENCH_PODS` (default 100),
 //! `BENCH_CONTAINERS` per pod (default 1), `BENCH_IDLE_SECONDS` (default 20);
 //! `BENCH_SHELL=1`: the scale bench's pods (two containers each running a
-//! shell that starts `sleep 1` every second) instead of pods of `sleep`;
-//! `BENCH_GAP_MS`: a pause before each scrape (default 0: back to back), as
-//! a scraper with an interval leaves the caches to the workload between
-//! scrapes.
+//! shell that starts `sleep 1` every second; `BENCH_CONTAINERS` does not
+//! apply) instead of pods of `sleep`; `BENCH_GAP_MS`: a pause before each
+//! scrape (default 0: back to back), as a scraper with an interval leaves
+//! the machine to the workload between scrapes. The CPU per scrape is the
+//! agent's over the whole loop, pauses included (where it is idle).
 
 #[path = "../tests/common/mod.rs"]
 mod common;

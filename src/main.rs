@@ -404,7 +404,6 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
         token,
         metrics_anonymous: config.metrics_anonymous,
         rates: Default::default(),
-        specs: Default::default(),
         scrape_slots: http::Shared::scrape_slots(),
         volume_stats: Arc::clone(&volume_stats),
         events: events.clone(),

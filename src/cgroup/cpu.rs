@@ -274,7 +274,7 @@ mod tests {
         assert_eq!(usage(Version::V1, &cpu, &acct, true), Some(with_quota));
         // Without a quota, cpu.stat is not read.
         assert_eq!(
-            usage(Version::V1, &files(&[]), &acct, false),
+            usage(Version::V1, &cpu, &acct, false),
             Some(Usage {
                 periods: 0,
                 throttled_periods: 0,

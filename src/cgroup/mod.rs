@@ -84,6 +84,8 @@ pub struct Cgroups {
     pub formula: WeightFormula,
     pub options: qos::Options,
     manager: Arc<dyn Manager>,
+    /// What the statistics endpoints keep of each cgroup between scrapes.
+    specs: Arc<SpecCache>,
 }
 
 impl Cgroups {
@@ -106,11 +108,18 @@ impl Cgroups {
             layout: layout.clone(),
             options,
             manager: for_driver(hierarchy, layout),
+            specs: Arc::default(),
         }
     }
 
     pub fn manager(&self) -> &dyn Manager {
         &*self.manager
+    }
+
+    /// The cgroups the statistics endpoints keep open, with their
+    /// configured values.
+    pub fn specs(&self) -> &SpecCache {
+        &self.specs
     }
 
     /// [`Manager::setup`].
@@ -119,9 +128,11 @@ impl Cgroups {
             .setup(allocatable_cpu_milli, allocatable_memory)
     }
 
-    /// [`Manager::apply_pod`].
+    /// [`Manager::apply_pod`]; a scrape reads the values written afresh.
     pub fn apply_pod(&self, qos: QosClass, uid: &str, limits: &CgroupLimits) -> Result<(), Error> {
-        self.manager.apply_pod(qos, uid, limits)
+        let applied = self.manager.apply_pod(qos, uid, limits);
+        self.specs.configured(&self.manager.pod_cgroup(qos, uid));
+        applied
     }
 
     /// [`Manager::remove_pod`].

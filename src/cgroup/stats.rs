@@ -4,6 +4,7 @@
 //! an idle agent costs nothing.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::mode::{Mode, Opened};
@@ -54,41 +55,57 @@ struct Kept {
 }
 
 /// The cgroups read by earlier scrapes, by path. Forget the gone ones with
-/// [`SpecCache::retain`].
+/// [`SpecCache::retain`]; [`SpecCache::configured`] makes a cgroup's
+/// configured values read again after they were written.
 #[derive(Debug, Default)]
-pub struct SpecCache(Mutex<HashMap<String, Kept>>);
+pub struct SpecCache {
+    kept: Mutex<HashMap<String, Kept>>,
+    /// Bumped by [`SpecCache::configured`]: a scrape that began reading a
+    /// cgroup's values before a write does not keep what it read.
+    writes: AtomicU64,
+}
 
 impl SpecCache {
-    fn get(&self, rel: &str) -> Option<Kept> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(rel)
-            .cloned()
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Kept>> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn put(&self, rel: &str, kept: Kept) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(rel.to_string(), kept);
+    fn get(&self, rel: &str) -> Option<Kept> {
+        self.map().get(rel).cloned()
+    }
+
+    fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Acquire)
+    }
+
+    /// Keeps what was read if no values were written since `writes`.
+    fn put(&self, rel: &str, kept: Kept, writes: u64) {
+        let mut map = self.map();
+        if self.writes() == writes {
+            map.insert(rel.to_string(), kept);
+        }
     }
 
     fn forget(&self, rel: &str) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(rel);
+        self.map().remove(rel);
+    }
+
+    /// Cgroup `rel`'s configured values were written: the next scrape reads
+    /// them again (a pod's cgroup is made before its limits are written).
+    pub fn configured(&self, rel: &str) {
+        let mut map = self.map();
+        self.writes.fetch_add(1, Ordering::AcqRel);
+        map.remove(rel);
     }
 
     /// Forgets the cgroups not in `live`.
     pub fn retain(&self, live: &HashSet<String>) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|k, _| live.contains(k));
+        self.map().retain(|k, _| live.contains(k));
     }
 
     /// How many cgroups are kept.
     pub fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.map().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -118,10 +135,11 @@ pub fn read(
         }
         cache.forget(rel);
     }
+    let writes = cache.writes();
     let opened = Arc::new(mode.open(rel)?);
     let spec = spec_of(&opened);
     let stats = read_opened(&opened, &spec, below)?;
-    cache.put(rel, Kept { opened, spec });
+    cache.put(rel, Kept { opened, spec }, writes);
     Some(stats)
 }
 
@@ -225,8 +243,23 @@ mod tests {
         assert_eq!(cache.len(), 1);
         cache.retain(&HashSet::new());
         assert!(cache.is_empty());
-        let fresh = read(&mode, "/kubepods/podu/c1", Some(&cache), Below::Unknown).unwrap();
+        let rel = "/kubepods/podu/c1";
+        let fresh = read(&mode, rel, Some(&cache), Below::Unknown).unwrap();
         assert_eq!(fresh.cpu_quota_us, -1);
+        // Values written later are read again once said to be written...
+        std::fs::write(d.join("cpu.max"), "50000 100000\n").unwrap();
+        let kept = read(&mode, rel, Some(&cache), Below::Unknown).unwrap();
+        assert_eq!(kept.cpu_quota_us, -1);
+        cache.configured(rel);
+        let written = read(&mode, rel, Some(&cache), Below::Unknown).unwrap();
+        assert_eq!(written.cpu_quota_us, 50_000);
+        // ...and what a scrape began reading before such a write is not
+        // kept.
+        let before = cache.writes();
+        let entry = cache.get(rel).unwrap();
+        cache.configured(rel);
+        cache.put(rel, entry, before);
+        assert!(cache.get(rel).is_none());
         // A cgroup removed and made again at the same path is read afresh
         // because the kernel fails reads of the old one's kept files: that
         // needs real cgroups (tests/resources.rs).

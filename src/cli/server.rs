@@ -625,7 +625,7 @@ async fn top(agent: &Agent) -> Answer {
         crate::http::scrape(&agent.shared.scrape_slots, move || {
             (
                 Instant::now(),
-                crate::http::cadvisor::usage(&s.store, &s.cgroups, &s.specs),
+                crate::http::cadvisor::usage(&s.store, &s.cgroups),
             )
         })
     };

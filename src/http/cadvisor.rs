@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use k8s_openapi::api::core::v1::PodSpec;
 
-use crate::cgroup::{Below, CgroupStats, Cgroups, QosClass, SpecCache};
+use crate::cgroup::{Below, CgroupStats, Cgroups, QosClass};
 use crate::manifest::StaticPod;
 use crate::pod::ContainerState;
 use crate::pod::{PodEntry, Store};
@@ -237,7 +237,7 @@ struct PodRow {
 }
 
 /// Reads everything one scrape needs.
-fn collect(store: &Store, cgroups: &Cgroups, specs: &SpecCache) -> Vec<PodRow> {
+fn collect(store: &Store, cgroups: &Cgroups) -> Vec<PodRow> {
     let entries: Vec<Seen> = store.read().values().map(Seen::of).collect();
     // Reading cgroup files is system-call bound: spread the pods over the
     // CPUs for the latency of one scrape (the CPU spent stays the same).
@@ -252,7 +252,7 @@ fn collect(store: &Store, cgroups: &Cgroups, specs: &SpecCache) -> Vec<PodRow> {
     });
     let rows: Vec<PodRow> = std::thread::scope(|scope| {
         let handles: Vec<_> = parts
-            .map(|part| scope.spawn(move || collect_pods(part, cgroups, specs)))
+            .map(|part| scope.spawn(move || collect_pods(part, cgroups)))
             .collect();
         handles
             .into_iter()
@@ -267,12 +267,12 @@ fn collect(store: &Store, cgroups: &Cgroups, specs: &SpecCache) -> Vec<PodRow> {
             std::iter::once(p.cgroup.clone()).chain(p.containers.iter().map(|c| c.cgroup.clone()))
         })
         .collect();
-    specs.retain(&live);
+    cgroups.specs().retain(&live);
     rows
 }
 
-fn collect_pods(pods: Vec<Seen>, cgroups: &Cgroups, specs: &SpecCache) -> Vec<PodRow> {
-    let manager = cgroups.manager();
+fn collect_pods(pods: Vec<Seen>, cgroups: &Cgroups) -> Vec<PodRow> {
+    let (manager, specs) = (cgroups.manager(), cgroups.specs());
     let mut out = vec![];
     for seen in pods {
         let Seen {
@@ -361,11 +361,10 @@ fn quota(s: &CgroupStats) -> bool {
 pub fn cadvisor(
     store: &Store,
     cgroups: &Cgroups,
-    specs: &SpecCache,
     root_dir: &std::path::Path,
     volume_stats: &VolumeStats,
 ) -> Chunks {
-    let pods = collect(store, cgroups, specs);
+    let pods = collect(store, cgroups);
     // `None`: no sample. As cAdvisor, the CFS series and the quota only
     // for a cgroup with a CPU quota.
     type Get = fn(&CgroupStats) -> Option<f64>;
@@ -739,8 +738,8 @@ pub struct ContainerUsage {
 }
 
 /// [`ContainerUsage`] of every running container.
-pub fn usage(store: &Store, cgroups: &Cgroups, specs: &SpecCache) -> Vec<ContainerUsage> {
-    collect(store, cgroups, specs)
+pub fn usage(store: &Store, cgroups: &Cgroups) -> Vec<ContainerUsage> {
+    collect(store, cgroups)
         .into_iter()
         .flat_map(|p| {
             let (ns, pod) = (p.pod.namespace.clone(), p.pod.name.clone());
@@ -756,8 +755,8 @@ pub fn usage(store: &Store, cgroups: &Cgroups, specs: &SpecCache) -> Vec<Contain
 }
 
 /// `/metrics/resource`: what metrics-server reads, with timestamps.
-pub fn resource(store: &Store, cgroups: &Cgroups, specs: &SpecCache) -> Chunks {
-    let pods = collect(store, cgroups, specs);
+pub fn resource(store: &Store, cgroups: &Cgroups) -> Chunks {
+    let pods = collect(store, cgroups);
     let ts = Some(now_ms());
     let (node_cpu, node_ws, _) = node_usage(cgroups);
     let fam = |name, help, kind| Family {
@@ -899,14 +898,13 @@ fn memory_json(s: &CgroupStats, now: &str) -> Value {
 pub fn summary(
     store: &Store,
     cgroups: &Cgroups,
-    specs: &SpecCache,
     node_name: &str,
     root_dir: &std::path::Path,
     rates: &RateState,
     volume_stats: &VolumeStats,
 ) -> Value {
     let now = rfc3339(SystemTime::now());
-    let pods = collect(store, cgroups, specs);
+    let pods = collect(store, cgroups);
     let (node_cpu, node_ws, node_used) = node_usage(cgroups);
     #[allow(
         clippy::cast_possible_truncation,

@@ -49,7 +49,6 @@ pub struct Shared {
     /// The metrics paths are served without authentication.
     pub metrics_anonymous: bool,
     pub rates: cadvisor::RateState,
-    pub specs: crate::cgroup::SpecCache,
     /// Statistics computations running at once (see [`SCRAPE_SLOTS`]).
     pub scrape_slots: Arc<Semaphore>,
     /// Volume usage, measured in the background.
@@ -263,13 +262,7 @@ fn node_object(s: &Shared) -> serde_json::Value {
 async fn metrics_cadvisor(State(s): State<AppState>) -> Result<Response, HandlerError> {
     let s2 = Arc::clone(&s);
     let body = scrape(&s.scrape_slots, move || {
-        cadvisor::cadvisor(
-            &s2.store,
-            &s2.cgroups,
-            &s2.specs,
-            &s2.root_dir,
-            &s2.volume_stats,
-        )
+        cadvisor::cadvisor(&s2.store, &s2.cgroups, &s2.root_dir, &s2.volume_stats)
     })
     .await?;
     Ok(text(streamed(body)))
@@ -278,7 +271,7 @@ async fn metrics_cadvisor(State(s): State<AppState>) -> Result<Response, Handler
 async fn metrics_resource(State(s): State<AppState>) -> Result<Response, HandlerError> {
     let s2 = Arc::clone(&s);
     let body = scrape(&s.scrape_slots, move || {
-        cadvisor::resource(&s2.store, &s2.cgroups, &s2.specs)
+        cadvisor::resource(&s2.store, &s2.cgroups)
     })
     .await?;
     Ok(text(streamed(body)))
@@ -290,7 +283,6 @@ async fn stats_summary(State(s): State<AppState>) -> Result<Response, HandlerErr
         cadvisor::summary(
             &s2.store,
             &s2.cgroups,
-            &s2.specs,
             &s2.node_name,
             &s2.root_dir,
             &s2.rates,

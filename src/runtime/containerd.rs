@@ -73,8 +73,9 @@ pub(super) struct ExecState {
 }
 
 impl ExecState {
-    /// FIFOs in `dir`, the agent's own: what an agent killed during an exec
-    /// left there is removed (the exec that used them ended with it).
+    /// FIFOs in `dir`, the agent's own: those an agent killed during an
+    /// exec left there are removed (no one reads them any more; an exec'd
+    /// process still running keeps its ends open through the shim).
     pub(super) fn new(dir: PathBuf) -> ExecState {
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             if e.file_type().is_ok_and(|t| t.is_fifo()) {
@@ -1039,8 +1040,7 @@ mod tests {
 
     #[test]
     fn fifos_left_by_a_killed_agent_are_removed_at_start() {
-        let dir = std::env::temp_dir().join(format!("kl-exec-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_support::temp_dir("exec-fifos");
         let fifo = dir.join("exec-0123.stdout");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         std::fs::write(dir.join("note"), "kept").unwrap();
