@@ -172,13 +172,10 @@ fn secs(t: SystemTime) -> f64 {
         .as_secs_f64()
 }
 
-/// A running container as the scrape sees it.
+/// A running container with its cgroup's stats.
 struct Row {
-    container: String,
-    image: String,
-    id: String,
+    c: Running,
     cgroup: String,
-    started: Option<SystemTime>,
     stats: CgroupStats,
 }
 
@@ -309,14 +306,7 @@ fn collect_pods(pods: Vec<Seen>, cgroups: &Cgroups) -> Vec<PodRow> {
                 devs.retain(|d| d.interface != "lo");
                 net = Some(devs);
             }
-            containers.push(Row {
-                container: c.name,
-                image: c.image,
-                id: c.id,
-                cgroup,
-                started: Some(c.started_at),
-                stats,
-            });
+            containers.push(Row { c, cgroup, stats });
         }
         let stats = manager.stats(&pod_cgroup, Some(specs), Below::Tasks(tasks));
         out.push(PodRow {
@@ -569,15 +559,13 @@ pub fn cadvisor(
     for p in &pods {
         let (ns, pod) = (p.pod.namespace.as_str(), p.pod.name.as_str());
         for r in &p.containers {
-            let l = render(&labels(&r.container, &r.cgroup, &r.image, &r.id, ns, pod));
+            let l = render(&labels(&r.c.name, &r.cgroup, &r.c.image, &r.c.id, ns, pod));
             for (f, (_, _, _, get)) in families.iter_mut().zip(&defs) {
                 if let Some(v) = get(&r.stats) {
                     f.samples.push((l.clone(), v, None));
                 }
             }
-            if let Some(t) = r.started {
-                start.samples.push((l, secs(t), None));
-            }
+            start.samples.push((l, secs(r.c.started_at), None));
         }
         // The pod cgroup: container="", as the kubelet exposes it.
         if let Some(s) = &p.stats {
@@ -746,7 +734,7 @@ pub fn usage(store: &Store, cgroups: &Cgroups) -> Vec<ContainerUsage> {
             p.containers.into_iter().map(move |r| ContainerUsage {
                 namespace: ns.clone(),
                 pod: pod.clone(),
-                container: r.container,
+                container: r.c.name,
                 cpu_usage_ns: r.stats.cpu_usage_ns,
                 memory_working_set: r.stats.memory_working_set,
             })
@@ -813,7 +801,7 @@ pub fn resource(store: &Store, cgroups: &Cgroups) -> Chunks {
         let (ns, pod) = (p.pod.namespace.as_str(), p.pod.name.as_str());
         for r in &p.containers {
             let l = render(&[
-                ("container", r.container.as_str()),
+                ("container", r.c.name.as_str()),
                 ("namespace", ns),
                 ("pod", pod),
             ]);
@@ -823,9 +811,7 @@ pub fn resource(store: &Store, cgroups: &Cgroups) -> Chunks {
             c_mem
                 .samples
                 .push((l.clone(), r.stats.memory_working_set as f64, ts));
-            if let Some(t) = r.started {
-                c_start.samples.push((l, secs(t), ts));
-            }
+            c_start.samples.push((l, secs(r.c.started_at), ts));
         }
         if let Some(s) = &p.stats {
             let l = render(&[("namespace", ns), ("pod", pod)]);
@@ -937,9 +923,9 @@ pub fn summary(
                 .iter()
                 .map(|r| {
                     json!({
-                        "name": r.container,
-                        "startTime": r.started.map(rfc3339),
-                        "cpu": cpu_json(&r.id, &r.stats, rates, &now),
+                        "name": r.c.name,
+                        "startTime": rfc3339(r.c.started_at),
+                        "cpu": cpu_json(&r.c.id, &r.stats, rates, &now),
                         "memory": memory_json(&r.stats, &now),
                     })
                 })
