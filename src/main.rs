@@ -395,6 +395,11 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
     let events = kubelet_lite::events::Recorder::new(&node);
     let volume_stats = Arc::new(kubelet_lite::stats::volumes::VolumeStats::default());
     let runtime_health = Arc::new(RuntimeHealth::default());
+    let nets = Arc::new(kubelet_lite::stats::NetFiles::default());
+    tokio::spawn(kubelet_lite::stats::NetFiles::follow(
+        Arc::clone(&nets),
+        store.clone(),
+    ));
     let shared = Arc::new(http::Shared {
         store: store.clone(),
         cgroups: cgroups.clone(),
@@ -404,6 +409,7 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
         token,
         metrics_anonymous: config.metrics_anonymous,
         rates: Default::default(),
+        nets,
         scrape_slots: http::Shared::scrape_slots(),
         volume_stats: Arc::clone(&volume_stats),
         events: events.clone(),

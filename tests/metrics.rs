@@ -216,6 +216,30 @@ fn endpoints_pass_promtool_and_match_the_cgroup_files() {
         (periods_metric - periods_file).abs() <= 20.0,
         "{periods_metric} vs {periods_file}"
     );
+    // The spinning container's CPU time is the kernel's: between two reads
+    // of its cgroup's accounting made around the scrape (on a hybrid host
+    // the scrape reads the v2 tree's, this the v1 cpuacct).
+    let kernel_seconds = || -> f64 {
+        if v2 {
+            let stat = std::fs::read_to_string(format!("/sys/fs/cgroup{cg}/cpu.stat")).unwrap();
+            kubelet_lite::cgroup::fs::parse_keyed(&stat, "usage_usec").unwrap() as f64 / 1e6
+        } else {
+            let ns = std::fs::read_to_string(format!("/sys/fs/cgroup/cpuacct{cg}/cpuacct.usage"));
+            ns.unwrap().trim().parse::<f64>().unwrap() / 1e9
+        }
+    };
+    let before = kernel_seconds();
+    let scraped = sample(
+        &env.get("/metrics/cadvisor").unwrap(),
+        "container_cpu_usage_seconds_total",
+        &spin,
+    )
+    .unwrap();
+    let after = kernel_seconds();
+    assert!(
+        before - 0.001 <= scraped && scraped <= after + 0.001,
+        "{before} <= {scraped} <= {after}"
+    );
 
     // /metrics/resource: what metrics-server reads, with timestamps.
     for name in [

@@ -61,6 +61,16 @@ fn wait_gone(env: &Env) {
     });
 }
 
+/// The agent's open `/proc/<pid>/net/dev` files.
+fn kept_net_files(env: &Env) -> usize {
+    let pid = env.agent_pid().expect("the agent runs");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy().contains("/net/dev"))
+        .count()
+}
+
 fn web(port: u16) -> String {
     pod_yaml(
         "web",
@@ -223,11 +233,20 @@ fn pods_are_reached_by_address_and_host_port_and_keep_them_across_restarts() {
         "hello-from-web\n"
     );
     assert_eq!(net.reservations().len(), 2);
+    // A pod's network counter file is kept open from one scrape to the
+    // next (it holds the pod's network namespace) ...
+    assert_eq!(kept_net_files(&env), 0);
+    env.get("/metrics/cadvisor").unwrap();
+    assert_eq!(kept_net_files(&env), 2);
 
     // Deleted: addresses released, per-pod rules gone.
     env.remove_manifest("web.yaml");
     env.remove_manifest("client.yaml");
     wait_gone(&env);
+    // ... and let go with the pod, without waiting for a scrape.
+    env.wait_for("network files closed", Duration::from_secs(10), || {
+        (kept_net_files(&env) == 0).then_some(())
+    });
     env.wait_for("addresses released", Duration::from_secs(30), || {
         net.reservations().is_empty().then_some(())
     });

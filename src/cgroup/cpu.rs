@@ -71,26 +71,37 @@ pub struct Usage {
 /// counters cannot move: v1 does not read them (v2 has them in the one
 /// file it reads anyway). `None` on v2 when `cpu.stat` cannot be read: the
 /// cgroup is gone.
-pub fn usage(
+///
+/// On a hybrid host, `unified` is the cgroup's v2 directory (the container
+/// runtime places each process in both trees, see [`super::mode::UNIFIED`]).
+/// Its `cpu.stat` has the kernel's own CPU accounting of every v2 cgroup,
+/// whatever controllers it has: usage and its user/system split in one
+/// file, in microseconds. v1 reads it instead of `cpuacct.usage` and
+/// `cpuacct.stat` (two reads, and a split in clock ticks), and falls back
+/// to them where it has no usage line.
+pub fn usage<S: Source>(
     version: Version,
-    cpu: &impl Source,
-    cpuacct: &impl Source,
+    cpu: &S,
+    cpuacct: &S,
+    unified: Option<&S>,
     quota: bool,
 ) -> Option<Usage> {
     match version {
         Version::V2 => {
-            let stat = cpu.counter("cpu.stat")?;
-            let [usage, user, system, periods, throttled, throttled_us] = keyed_values(
-                &stat,
-                [
-                    "usage_usec",
-                    "user_usec",
-                    "system_usec",
-                    "nr_periods",
-                    "nr_throttled",
-                    "throttled_usec",
-                ],
-            );
+            let [usage, user, system, periods, throttled, throttled_us] =
+                cpu.counter("cpu.stat", |t| {
+                    keyed_values(
+                        t,
+                        [
+                            "usage_usec",
+                            "user_usec",
+                            "system_usec",
+                            "nr_periods",
+                            "nr_throttled",
+                            "throttled_usec",
+                        ],
+                    )
+                })?;
             Some(Usage {
                 usage_ns: usage.saturating_mul(1000),
                 user_ns: user.saturating_mul(1000),
@@ -101,17 +112,34 @@ pub fn usage(
             })
         }
         Version::V1 => {
-            let ticks = cpuacct.counter("cpuacct.stat").unwrap_or_default();
-            let [user, system] = keyed_values(&ticks, ["user", "system"])
-                .map(|t| t.saturating_mul(1_000_000_000 / USER_HZ));
+            let base = unified.and_then(|u| {
+                u.counter("cpu.stat", |t| {
+                    t.contains("usage_usec ")
+                        .then(|| keyed_values(t, ["usage_usec", "user_usec", "system_usec"]))
+                })
+                .flatten()
+            });
+            let [usage_ns, user, system] = match base {
+                Some(usec) => usec.map(|u| u.saturating_mul(1000)),
+                None => {
+                    let [user, system] = cpuacct
+                        .counter("cpuacct.stat", |t| keyed_values(t, ["user", "system"]))
+                        .unwrap_or_default()
+                        .map(|t| t.saturating_mul(1_000_000_000 / USER_HZ));
+                    let usage = cpuacct.counter_num("cpuacct.usage").unwrap_or(0);
+                    [usage, user, system]
+                }
+            };
             let [periods, throttled, throttled_ns] = if quota {
-                let stat = cpu.counter("cpu.stat").unwrap_or_default();
-                keyed_values(&stat, ["nr_periods", "nr_throttled", "throttled_time"])
+                cpu.counter("cpu.stat", |t| {
+                    keyed_values(t, ["nr_periods", "nr_throttled", "throttled_time"])
+                })
+                .unwrap_or_default()
             } else {
                 [0; 3]
             };
             Some(Usage {
-                usage_ns: cpuacct.counter_num("cpuacct.usage").unwrap_or(0),
+                usage_ns,
                 user_ns: user,
                 system_ns: system,
                 periods,
@@ -236,7 +264,7 @@ mod tests {
             "usage_usec 2000000\nuser_usec 1500000\nsystem_usec 500000\nnr_periods 40\nnr_throttled 30\nthrottled_usec 250000\n",
         )]);
         assert_eq!(
-            usage(Version::V2, &cpu, &cpu, true),
+            usage(Version::V2, &cpu, &cpu, None, true),
             Some(Usage {
                 usage_ns: 2_000_000_000,
                 user_ns: 1_500_000_000,
@@ -248,9 +276,12 @@ mod tests {
         );
         // The root cgroup's cpu.stat has no throttling lines.
         let root = files(&[("cpu.stat", "usage_usec 7\nuser_usec 5\nsystem_usec 2\n")]);
-        let u = usage(Version::V2, &root, &root, false).unwrap();
+        let u = usage(Version::V2, &root, &root, None, false).unwrap();
         assert_eq!((u.usage_ns, u.periods), (7000, 0));
-        assert_eq!(usage(Version::V2, &files(&[]), &files(&[]), true), None);
+        assert_eq!(
+            usage(Version::V2, &files(&[]), &files(&[]), None, true),
+            None
+        );
     }
 
     #[test]
@@ -271,10 +302,13 @@ mod tests {
             throttled_periods: 4,
             throttled_ns: 123,
         };
-        assert_eq!(usage(Version::V1, &cpu, &acct, true), Some(with_quota));
+        assert_eq!(
+            usage(Version::V1, &cpu, &acct, None, true),
+            Some(with_quota)
+        );
         // Without a quota, cpu.stat is not read.
         assert_eq!(
-            usage(Version::V1, &cpu, &acct, false),
+            usage(Version::V1, &cpu, &acct, None, false),
             Some(Usage {
                 periods: 0,
                 throttled_periods: 0,
@@ -285,9 +319,30 @@ mod tests {
         // Nothing readable: zeros, not a missing cgroup (v1 decides that
         // by the directories).
         assert_eq!(
-            usage(Version::V1, &files(&[]), &files(&[]), true),
+            usage(Version::V1, &files(&[]), &files(&[]), None, true),
             Some(Usage::default())
         );
+        // Hybrid: the v2 tree's accounting, in microseconds.
+        let unified = files(&[(
+            "cpu.stat",
+            "usage_usec 3000001\nuser_usec 2400000\nsystem_usec 600001\nnice_usec 0\n",
+        )]);
+        assert_eq!(
+            usage(Version::V1, &cpu, &acct, Some(&unified), true),
+            Some(Usage {
+                usage_ns: 3_000_001_000,
+                user_ns: 2_400_000_000,
+                system_ns: 600_001_000,
+                ..with_quota
+            })
+        );
+        // ... where it has it: else cpuacct.
+        for no_usage in [files(&[]), files(&[("cpu.stat", "nr_periods 1\n")])] {
+            assert_eq!(
+                usage(Version::V1, &cpu, &acct, Some(&no_usage), true),
+                Some(with_quota)
+            );
+        }
     }
 
     #[test]

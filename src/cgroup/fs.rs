@@ -28,15 +28,16 @@ pub trait Source {
         self.read(file)?.trim().parse().ok()
     }
 
-    /// As [`Source::read`], for a counter read again at every scrape: the
-    /// source may keep the file open between reads.
-    fn counter(&self, file: &'static str) -> Option<String> {
-        self.read(file)
+    /// As [`Source::read`], for a counter read again at every scrape, whose
+    /// text goes to `parse`: the source may keep the file open between
+    /// reads and read it into a reused buffer.
+    fn counter<T>(&self, file: &'static str, parse: impl FnOnce(&str) -> T) -> Option<T> {
+        self.read(file).map(|t| parse(&t))
     }
 
     /// A counter as one number.
     fn counter_num(&self, file: &'static str) -> Option<u64> {
-        self.counter(file)?.trim().parse().ok()
+        self.counter(file, |t| t.trim().parse().ok()).flatten()
     }
 }
 
@@ -97,53 +98,85 @@ impl Dir {
 }
 
 /// cgroup files listed record by record: one read may end between
-/// records, so they are read until a read returns nothing.
+/// records (see [`read_text`]).
 const ITERATED: &[&str] = &["cgroup.procs", "cgroup.threads", "tasks"];
 
-/// The first read's size for the other files (v1 `memory.stat`, the
-/// largest, is under 2 KiB).
+/// The first read's size (v1 `memory.stat`, the largest cgroup file of
+/// values, is under 2 KiB).
 const SINGLE_READ: usize = 4096;
 
-/// The whole text of a cgroup file read from offset 0. The kernel makes a
-/// file of values in one call into a buffer that grows until all fits,
-/// then copies it out: one read of a larger size returns all of it, and a
-/// short read means the end (this saves the read that would only find the
-/// end). A listing (`iterated`) is read until a read returns nothing.
-fn read_whole(file: &File, iterated: bool) -> Option<String> {
-    let mut first = [0u8; SINGLE_READ];
-    let mut last = file.read_at(&mut first, 0).ok()?;
-    let mut buf = first[..last].to_vec();
-    let mut asked = SINGLE_READ;
-    while last == asked || (iterated && last > 0) {
-        let len = buf.len();
-        asked = len.max(SINGLE_READ);
-        buf.resize(len + asked, 0);
-        last = file.read_at(&mut buf[len..], len as u64).ok()?;
-        buf.truncate(len + last);
+/// The longest record of a listing read with [`read_text`]: a pid line of
+/// `cgroup.procs`, an interface line of `/proc/<pid>/net/dev` (some 350
+/// bytes at most).
+const RECORD_MAX: usize = 512;
+
+/// The whole text of a kernel-made file read from offset 0 into `buf`
+/// (kept by the caller, so that a scrape does not allocate per file).
+///
+/// A cgroup file of values is made in one call into a buffer that grows
+/// until all fits, then copied out: a short read means the end. A listing
+/// (a `seq_file` that walks records: `cgroup.procs`, `/proc/<pid>/net/dev`)
+/// stops a read when the next record does not fit in what was asked or in
+/// its page-sized buffer, or at the end: a read shorter than asked by more
+/// than [`RECORD_MAX`] is the end too. Either saves the read that would
+/// only find it.
+pub fn read_text<'a>(file: &File, listing: bool, buf: &'a mut Vec<u8>) -> Option<&'a str> {
+    if buf.len() < SINGLE_READ {
+        buf.resize(SINGLE_READ, 0);
     }
-    String::from_utf8(buf).ok()
+    let mut len = 0;
+    loop {
+        let asked = buf.len() - len;
+        let n = file.read_at(&mut buf[len..], len as u64).ok()?;
+        len += n;
+        let end = if listing {
+            n == 0 || n + RECORD_MAX <= asked
+        } else {
+            n < asked
+        };
+        if end {
+            break;
+        }
+        if len == buf.len() {
+            buf.resize(2 * len, 0);
+        }
+    }
+    std::str::from_utf8(&buf[..len]).ok()
+}
+
+thread_local! {
+    /// The buffer of [`read_with`]: one per scraping thread, kept for the
+    /// next file.
+    static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Reads `file` as [`read_text`] does, into this thread's buffer, and
+/// gives the text to `parse`.
+pub fn read_with<T>(file: &File, listing: bool, parse: impl FnOnce(&str) -> T) -> Option<T> {
+    BUF.with_borrow_mut(|buf| read_text(file, listing, buf).map(parse))
 }
 
 impl Source for Dir {
     fn read(&self, file_name: &'static str) -> Option<String> {
         let file = self.open_file(file_name).ok()?;
-        read_whole(&file, ITERATED.contains(&file_name))
+        read_text(&file, ITERATED.contains(&file_name), &mut Vec::new()).map(str::to_string)
     }
 
-    fn counter(&self, file_name: &'static str) -> Option<String> {
-        let iterated = ITERATED.contains(&file_name);
-        if iterated && !self.keep_listings {
-            return self.read(file_name);
+    fn counter<T>(&self, file_name: &'static str, parse: impl FnOnce(&str) -> T) -> Option<T> {
+        let listing = ITERATED.contains(&file_name);
+        if listing && !self.keep_listings {
+            let file = self.open_file(file_name).ok()?;
+            return read_with(&file, listing, parse);
         }
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, file)) = kept.iter().find(|(name, _)| *name == file_name) {
-            return read_whole(file.as_ref()?, iterated);
+            return read_with(file.as_ref()?, listing, parse);
         }
         match self.open_file(file_name) {
             Ok(file) => {
-                let text = read_whole(&file, iterated);
+                let value = read_with(&file, listing, parse);
                 kept.push((file_name, Some(file)));
-                text
+                value
             }
             // Absent here (a controller or file this kernel lacks): not
             // looked for again. Other errors (out of descriptors) are not
@@ -334,14 +367,26 @@ pub(crate) mod tests {
         let big = "x".repeat(3 * SINGLE_READ + 7);
         std::fs::write(root.join("memory.stat"), &big).unwrap();
         let d = Dir::open(&root).unwrap();
-        assert_eq!(d.counter("cpu.stat").as_deref(), Some("usage_usec 1\n"));
+        assert_eq!(
+            d.counter("cpu.stat", str::to_string).as_deref(),
+            Some("usage_usec 1\n")
+        );
         // Rewritten in place, as the kernel remakes a cgroup file's text:
         // the kept file reads the new text.
         std::fs::write(root.join("cpu.stat"), "usage_usec 22\n").unwrap();
-        assert_eq!(d.counter("cpu.stat").as_deref(), Some("usage_usec 22\n"));
+        assert_eq!(
+            d.counter("cpu.stat", str::to_string).as_deref(),
+            Some("usage_usec 22\n")
+        );
         // Longer than one read, twice (the second from the kept file).
-        assert_eq!(d.counter("memory.stat").as_deref(), Some(big.as_str()));
-        assert_eq!(d.counter("memory.stat").as_deref(), Some(big.as_str()));
+        assert_eq!(
+            d.counter("memory.stat", str::to_string).as_deref(),
+            Some(big.as_str())
+        );
+        assert_eq!(
+            d.counter("memory.stat", str::to_string).as_deref(),
+            Some(big.as_str())
+        );
         // An absent file is remembered as absent.
         assert_eq!(d.counter_num("pids.current"), None);
         std::fs::write(root.join("pids.current"), "3\n").unwrap();
@@ -363,16 +408,25 @@ pub(crate) mod tests {
         drop(kept);
         // Listings are not kept (cgroup v1) ...
         std::fs::write(root.join("cgroup.procs"), "1\n2\n").unwrap();
-        assert_eq!(d.counter("cgroup.procs").as_deref(), Some("1\n2\n"));
+        assert_eq!(
+            d.counter("cgroup.procs", str::to_string).as_deref(),
+            Some("1\n2\n")
+        );
         assert_eq!(d.kept.lock().unwrap().len(), 3);
         // ... unless asked (v2), and read to the end either way.
         let v2 = Dir::open(&root).unwrap().keeping_listings();
         let long: String = (0..3000).map(|p| format!("{p}\n")).collect();
         std::fs::write(root.join("cgroup.procs"), &long).unwrap();
         assert_eq!(d.read("cgroup.procs").as_deref(), Some(long.as_str()));
-        assert_eq!(v2.counter("cgroup.procs").as_deref(), Some(long.as_str()));
+        assert_eq!(
+            v2.counter("cgroup.procs", str::to_string).as_deref(),
+            Some(long.as_str())
+        );
         std::fs::write(root.join("cgroup.procs"), "7\n").unwrap();
-        assert_eq!(v2.counter("cgroup.procs").as_deref(), Some("7\n"));
+        assert_eq!(
+            v2.counter("cgroup.procs", str::to_string).as_deref(),
+            Some("7\n")
+        );
         assert_eq!(v2.kept.lock().unwrap().len(), 1);
         std::fs::remove_dir_all(&root).unwrap();
     }

@@ -68,15 +68,22 @@ pub struct Usage {
 /// `memory.usage_in_bytes` cannot be read: the cgroup is gone (v1 needs the
 /// memory hierarchy, as [`super::Mode::open`] does; on v2 `cpu.stat`
 /// decides, and the root has no `memory.current`).
-pub fn usage(version: Version, memory: &impl Source) -> Option<Usage> {
-    let stat = memory.counter("memory.stat").unwrap_or_default();
+///
+/// v1 reads `memory.failcnt` only for a cgroup `limited` by a limit of its
+/// own: the kernel counts a failed charge on the counter whose limit was
+/// hit, so the count of any other cgroup stays 0.
+pub fn usage(version: Version, memory: &impl Source, limited: bool) -> Option<Usage> {
     match version {
         Version::V2 => {
+            let [anon, file, inactive_file] = memory
+                .counter("memory.stat", |t| {
+                    keyed_values(t, ["anon", "file", "inactive_file"])
+                })
+                .unwrap_or_default();
             let usage = memory.counter_num("memory.current").unwrap_or(0);
-            let events = memory.counter("memory.events").unwrap_or_default();
-            let [anon, file, inactive_file] =
-                keyed_values(&stat, ["anon", "file", "inactive_file"]);
-            let [max, oom_kills] = keyed_values(&events, ["max", "oom_kill"]);
+            let [max, oom_kills] = memory
+                .counter("memory.events", |t| keyed_values(t, ["max", "oom_kill"]))
+                .unwrap_or_default();
             Some(Usage {
                 usage,
                 working_set: working_set(usage, inactive_file),
@@ -89,25 +96,33 @@ pub fn usage(version: Version, memory: &impl Source) -> Option<Usage> {
         }
         Version::V1 => {
             let usage = memory.counter_num("memory.usage_in_bytes")?;
-            let [rss, cache, swap, inactive_file] = keyed_values(
-                &stat,
-                [
-                    "total_rss",
-                    "total_cache",
-                    "total_swap",
-                    "total_inactive_file",
-                ],
-            );
+            let [rss, cache, swap, inactive_file] = memory
+                .counter("memory.stat", |t| {
+                    keyed_values(
+                        t,
+                        [
+                            "total_rss",
+                            "total_cache",
+                            "total_swap",
+                            "total_inactive_file",
+                        ],
+                    )
+                })
+                .unwrap_or_default();
             Some(Usage {
                 usage,
                 working_set: working_set(usage, inactive_file),
                 rss,
                 cache,
                 swap,
-                failcnt: memory.counter_num("memory.failcnt").unwrap_or(0),
+                failcnt: if limited {
+                    memory.counter_num("memory.failcnt").unwrap_or(0)
+                } else {
+                    0
+                },
                 oom_kills: memory
-                    .counter("memory.oom_control")
-                    .and_then(|t| parse_keyed(&t, "oom_kill"))
+                    .counter("memory.oom_control", |t| parse_keyed(t, "oom_kill"))
+                    .flatten()
                     .unwrap_or(0),
             })
         }
@@ -194,7 +209,7 @@ mod tests {
             ("memory.events", "low 0\nhigh 0\nmax 7\noom 1\noom_kill 1\n"),
         ]);
         assert_eq!(
-            usage(Version::V2, &mem),
+            usage(Version::V2, &mem, true),
             Some(Usage {
                 usage: 104_857_600,
                 working_set: 104_857_600 - 20_971_520,
@@ -205,7 +220,10 @@ mod tests {
                 oom_kills: 1,
             })
         );
-        assert_eq!(usage(Version::V2, &files(&[])), Some(Usage::default()));
+        assert_eq!(
+            usage(Version::V2, &files(&[]), true),
+            Some(Usage::default())
+        );
     }
 
     #[test]
@@ -222,21 +240,27 @@ mod tests {
                 "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
             ),
         ]);
+        let limited = Usage {
+            usage: 1000,
+            // Never below zero.
+            working_set: 0,
+            rss: 300,
+            cache: 600,
+            swap: 8,
+            failcnt: 2,
+            oom_kills: 3,
+        };
+        assert_eq!(usage(Version::V1, &mem, true), Some(limited));
+        // Without a limit of its own, its failcnt is not read.
         assert_eq!(
-            usage(Version::V1, &mem),
+            usage(Version::V1, &mem, false),
             Some(Usage {
-                usage: 1000,
-                // Never below zero.
-                working_set: 0,
-                rss: 300,
-                cache: 600,
-                swap: 8,
-                failcnt: 2,
-                oom_kills: 3,
+                failcnt: 0,
+                ..limited
             })
         );
         // Without its usage the cgroup is gone.
-        assert_eq!(usage(Version::V1, &files(&[])), None);
+        assert_eq!(usage(Version::V1, &files(&[]), true), None);
     }
 
     #[test]

@@ -195,7 +195,8 @@ pub struct Opened {
     cpuacct: Option<Dir>,
     memory: Option<Dir>,
     pids: Option<Dir>,
-    /// A hybrid host's v2 directory of the cgroup, for its process list.
+    /// A hybrid host's v2 directory of the cgroup, for its process list
+    /// and CPU usage.
     unified: Option<Dir>,
 }
 
@@ -217,6 +218,11 @@ impl Opened {
     /// and `tasks` list the same processes).
     pub fn pids(&self) -> &Dir {
         self.pids.as_ref().unwrap_or_else(|| self.memory())
+    }
+
+    /// A hybrid host's v2 directory (see [`UNIFIED`]).
+    pub fn unified(&self) -> Option<&Dir> {
+        self.unified.as_ref()
     }
 
     /// Where the process list is read: on a hybrid host the v2 directory

@@ -68,7 +68,7 @@ pub fn tasks(version: Version, pids: &impl Source, procs: &impl Source, below: B
     };
     let processes = match own {
         Some(n @ 0..=1) => n,
-        _ => procs.counter("cgroup.procs").map_or(0, |t| count_lines(&t)),
+        _ => procs.counter("cgroup.procs", count_lines).unwrap_or(0),
     };
     Tasks { processes, threads }
 }

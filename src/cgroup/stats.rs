@@ -3,7 +3,7 @@
 //! figures are put together here. Read at scrape time, no background loop:
 //! an idle agent costs nothing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -54,24 +54,32 @@ struct Kept {
     spec: Spec,
 }
 
-/// The cgroups read by earlier scrapes, by path. Forget the gone ones with
-/// [`SpecCache::retain`]; [`SpecCache::configured`] makes a cgroup's
-/// configured values read again after they were written.
+/// The cgroups read by earlier scrapes, by path. A scrape forgets the
+/// cgroups it did not read with [`SpecCache::scrape`] and
+/// [`SpecCache::forget_unread`]; [`SpecCache::configured`] makes a
+/// cgroup's configured values read again after they were written.
 #[derive(Debug, Default)]
 pub struct SpecCache {
-    kept: Mutex<HashMap<String, Kept>>,
+    /// Each cgroup with the number of the last scrape that read it.
+    kept: Mutex<HashMap<String, (Kept, u64)>>,
     /// Bumped by [`SpecCache::configured`]: a scrape that began reading a
     /// cgroup's values before a write does not keep what it read.
     writes: AtomicU64,
+    /// Scrapes begun.
+    scrapes: AtomicU64,
 }
 
 impl SpecCache {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Kept>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Kept, u64)>> {
         self.kept.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn get(&self, rel: &str) -> Option<Kept> {
-        self.map().get(rel).cloned()
+        let scrape = self.scrapes.load(Ordering::Acquire);
+        self.map().get_mut(rel).map(|(kept, read_by)| {
+            *read_by = scrape;
+            kept.clone()
+        })
     }
 
     fn writes(&self) -> u64 {
@@ -82,7 +90,8 @@ impl SpecCache {
     fn put(&self, rel: &str, kept: Kept, writes: u64) {
         let mut map = self.map();
         if self.writes() == writes {
-            map.insert(rel.to_string(), kept);
+            let scrape = self.scrapes.load(Ordering::Acquire);
+            map.insert(rel.to_string(), (kept, scrape));
         }
     }
 
@@ -98,9 +107,16 @@ impl SpecCache {
         map.remove(rel);
     }
 
-    /// Forgets the cgroups not in `live`.
-    pub fn retain(&self, live: &HashSet<String>) {
-        self.map().retain(|k, _| live.contains(k));
+    /// A scrape begins: its number, for [`SpecCache::forget_unread`].
+    pub fn scrape(&self) -> u64 {
+        self.scrapes.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Forgets the cgroups that neither scrape `scrape` nor a later one
+    /// read (the cache follows the pods through any churn; a scrape running
+    /// beside keeps what it read).
+    pub fn forget_unread(&self, scrape: u64) {
+        self.map().retain(|_, (_, read_by)| *read_by >= scrape);
     }
 
     /// How many cgroups are kept.
@@ -152,8 +168,14 @@ fn spec_of(cg: &Opened) -> Spec {
 
 fn read_opened(cg: &Opened, spec: &Spec, below: Below) -> Option<CgroupStats> {
     let v = cg.version;
-    let cpu = cpu::usage(v, cg.cpu(), cg.cpuacct(), spec.cpu.quota_us > 0)?;
-    let memory = memory::usage(v, cg.memory())?;
+    let cpu = cpu::usage(
+        v,
+        cg.cpu(),
+        cg.cpuacct(),
+        cg.unified(),
+        spec.cpu.quota_us > 0,
+    )?;
+    let memory = memory::usage(v, cg.memory(), spec.memory_limit > 0)?;
     let tasks = pids::tasks(v, cg.pids(), cg.processes(), below);
     Some(CgroupStats {
         cpu_usage_ns: cpu.usage_ns,
@@ -241,7 +263,14 @@ mod tests {
         let again = read(&mode, "/kubepods/podu/c1", Some(&cache), Below::Unknown).unwrap();
         assert_eq!((again.cpu_quota_us, again.processes), (20_000, 1));
         assert_eq!(cache.len(), 1);
-        cache.retain(&HashSet::new());
+        // Read by the scrape that began before: kept ...
+        let first = cache.scrape();
+        read(&mode, "/kubepods/podu/c1", Some(&cache), Below::Unknown).unwrap();
+        let second = cache.scrape();
+        cache.forget_unread(first);
+        assert_eq!(cache.len(), 1);
+        // ... and forgotten once a scrape did not read it.
+        cache.forget_unread(second);
         assert!(cache.is_empty());
         let rel = "/kubepods/podu/c1";
         let fresh = read(&mode, rel, Some(&cache), Below::Unknown).unwrap();
@@ -291,7 +320,7 @@ mod tests {
                 "cache 5\ntotal_cache 600\ntotal_rss 300\ntotal_inactive_file 1200\ntotal_swap 0\n",
             ),
             ("memory", "memory.failcnt", "2\n"),
-            ("memory", "memory.limit_in_bytes", "9223372036854771712\n"),
+            ("memory", "memory.limit_in_bytes", "67108864\n"),
             (
                 "memory",
                 "memory.oom_control",
@@ -318,9 +347,28 @@ mod tests {
         );
         assert_eq!(
             (s.cpu_shares, s.cpu_quota_us, s.memory_limit),
-            (204, 50_000, 0)
+            (204, 50_000, 64 << 20)
         );
         assert_eq!((s.processes, s.threads), (1, 2));
+        // Hybrid: CPU time from the v2 tree's cpu.stat.
+        let unified = root.join("unified/kp/c");
+        std::fs::create_dir_all(&unified).unwrap();
+        std::fs::write(
+            unified.join("cpu.stat"),
+            "usage_usec 3100000\nuser_usec 3000000\nsystem_usec 100000\n",
+        )
+        .unwrap();
+        let mut hybrid = dirs.clone();
+        hybrid.insert(
+            super::super::mode::UNIFIED.to_string(),
+            root.join("unified"),
+        );
+        let s = read(&Mode::V1(hybrid), "kp/c", None, Below::Unknown).unwrap();
+        assert_eq!(
+            (s.cpu_usage_ns, s.cpu_user_ns, s.cpu_system_ns),
+            (3_100_000_000, 3_000_000_000, 100_000_000)
+        );
+        assert_eq!(s.cfs_throttled_periods, 4);
         // Without the pids hierarchy, the memory one lists the processes
         // and threads.
         std::fs::write(root.join("memory/kp/c/cgroup.procs"), "1\n2\n3\n").unwrap();

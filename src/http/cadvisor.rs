@@ -23,7 +23,7 @@ use crate::manifest::StaticPod;
 use crate::pod::ContainerState;
 use crate::pod::{PodEntry, Store};
 use crate::stats::volumes::{self, Figure, VolumeStats};
-use crate::stats::{self, NetDev};
+use crate::stats::{self, NetDev, NetFiles};
 use crate::volume::Source;
 
 /// One sample: its rendered label set (`{a="b",...}`, shared by the
@@ -233,8 +233,10 @@ struct PodRow {
     net: Vec<NetDev>,
 }
 
-/// Reads everything one scrape needs.
-fn collect(store: &Store, cgroups: &Cgroups) -> Vec<PodRow> {
+/// Reads everything one scrape needs; the pods' network counters only with
+/// `nets` (`/metrics/resource` has no network series).
+fn collect(store: &Store, cgroups: &Cgroups, nets: Option<&NetFiles>) -> Vec<PodRow> {
+    let scrape = cgroups.specs().scrape();
     let entries: Vec<Seen> = store.read().values().map(Seen::of).collect();
     // Reading cgroup files is system-call bound: spread the pods over the
     // CPUs for the latency of one scrape (the CPU spent stays the same).
@@ -249,7 +251,7 @@ fn collect(store: &Store, cgroups: &Cgroups) -> Vec<PodRow> {
     });
     let rows: Vec<PodRow> = std::thread::scope(|scope| {
         let handles: Vec<_> = parts
-            .map(|part| scope.spawn(move || collect_pods(part, cgroups)))
+            .map(|part| scope.spawn(move || collect_pods(part, cgroups, nets)))
             .collect();
         handles
             .into_iter()
@@ -258,17 +260,16 @@ fn collect(store: &Store, cgroups: &Cgroups) -> Vec<PodRow> {
     });
     // The configured values of cgroups that are gone are forgotten, so
     // that the cache follows the pods through any churn.
-    let live: std::collections::HashSet<String> = rows
-        .iter()
-        .flat_map(|p| {
-            std::iter::once(p.cgroup.clone()).chain(p.containers.iter().map(|c| c.cgroup.clone()))
-        })
-        .collect();
-    cgroups.specs().retain(&live);
+    cgroups.specs().forget_unread(scrape);
+    if let Some(nets) = nets {
+        let pods: std::collections::HashSet<&str> =
+            rows.iter().map(|p| p.pod.uid.as_str()).collect();
+        nets.retain(|uid| pods.contains(uid));
+    }
     rows
 }
 
-fn collect_pods(pods: Vec<Seen>, cgroups: &Cgroups) -> Vec<PodRow> {
+fn collect_pods(pods: Vec<Seen>, cgroups: &Cgroups, nets: Option<&NetFiles>) -> Vec<PodRow> {
     let (manager, specs) = (cgroups.manager(), cgroups.specs());
     let mut out = vec![];
     for seen in pods {
@@ -295,14 +296,13 @@ fn collect_pods(pods: Vec<Seen>, cgroups: &Cgroups) -> Vec<PodRow> {
             };
             tasks += stats.threads;
             if net.is_none()
-                && let Some(pid) = c.pid
+                && let Some(nets) = nets
+                && let (Some(pid), Some(started)) = (c.pid, start_time)
                 && pod.spec().host_network != Some(true)
             {
                 // Any process of the pod sees its namespace's counters.
                 // cAdvisor leaves loopback out (its isIgnoredDevice).
-                let mut devs = std::fs::read_to_string(format!("/proc/{pid}/net/dev"))
-                    .map(|t| stats::parse_net_dev(&t))
-                    .unwrap_or_default();
+                let mut devs = nets.read(&pod.uid, started, pid).unwrap_or_default();
                 devs.retain(|d| d.interface != "lo");
                 net = Some(devs);
             }
@@ -351,10 +351,11 @@ fn quota(s: &CgroupStats) -> bool {
 pub fn cadvisor(
     store: &Store,
     cgroups: &Cgroups,
+    nets: &NetFiles,
     root_dir: &std::path::Path,
     volume_stats: &VolumeStats,
 ) -> Chunks {
-    let pods = collect(store, cgroups);
+    let pods = collect(store, cgroups, Some(nets));
     // `None`: no sample. As cAdvisor, the CFS series and the quota only
     // for a cgroup with a CPU quota.
     type Get = fn(&CgroupStats) -> Option<f64>;
@@ -727,7 +728,7 @@ pub struct ContainerUsage {
 
 /// [`ContainerUsage`] of every running container.
 pub fn usage(store: &Store, cgroups: &Cgroups) -> Vec<ContainerUsage> {
-    collect(store, cgroups)
+    collect(store, cgroups, None)
         .into_iter()
         .flat_map(|p| {
             let (ns, pod) = (p.pod.namespace.clone(), p.pod.name.clone());
@@ -744,7 +745,7 @@ pub fn usage(store: &Store, cgroups: &Cgroups) -> Vec<ContainerUsage> {
 
 /// `/metrics/resource`: what metrics-server reads, with timestamps.
 pub fn resource(store: &Store, cgroups: &Cgroups) -> Chunks {
-    let pods = collect(store, cgroups);
+    let pods = collect(store, cgroups, None);
     let ts = Some(now_ms());
     let (node_cpu, node_ws, _) = node_usage(cgroups);
     let fam = |name, help, kind| Family {
@@ -884,13 +885,14 @@ fn memory_json(s: &CgroupStats, now: &str) -> Value {
 pub fn summary(
     store: &Store,
     cgroups: &Cgroups,
+    nets: &NetFiles,
     node_name: &str,
     root_dir: &std::path::Path,
     rates: &RateState,
     volume_stats: &VolumeStats,
 ) -> Value {
     let now = rfc3339(SystemTime::now());
-    let pods = collect(store, cgroups);
+    let pods = collect(store, cgroups, Some(nets));
     let (node_cpu, node_ws, node_used) = node_usage(cgroups);
     #[allow(
         clippy::cast_possible_truncation,

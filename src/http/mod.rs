@@ -49,6 +49,8 @@ pub struct Shared {
     /// The metrics paths are served without authentication.
     pub metrics_anonymous: bool,
     pub rates: cadvisor::RateState,
+    /// The pods' network counter files, kept between scrapes.
+    pub nets: Arc<crate::stats::NetFiles>,
     /// Statistics computations running at once (see [`SCRAPE_SLOTS`]).
     pub scrape_slots: Arc<Semaphore>,
     /// Volume usage, measured in the background.
@@ -262,7 +264,13 @@ fn node_object(s: &Shared) -> serde_json::Value {
 async fn metrics_cadvisor(State(s): State<AppState>) -> Result<Response, HandlerError> {
     let s2 = Arc::clone(&s);
     let body = scrape(&s.scrape_slots, move || {
-        cadvisor::cadvisor(&s2.store, &s2.cgroups, &s2.root_dir, &s2.volume_stats)
+        cadvisor::cadvisor(
+            &s2.store,
+            &s2.cgroups,
+            &s2.nets,
+            &s2.root_dir,
+            &s2.volume_stats,
+        )
     })
     .await?;
     Ok(text(streamed(body)))
@@ -283,6 +291,7 @@ async fn stats_summary(State(s): State<AppState>) -> Result<Response, HandlerErr
         cadvisor::summary(
             &s2.store,
             &s2.cgroups,
+            &s2.nets,
             &s2.node_name,
             &s2.root_dir,
             &s2.rates,
