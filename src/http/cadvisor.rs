@@ -617,9 +617,7 @@ pub fn cadvisor(
     families.push(start);
     families.extend(net_families);
     families.push(fs);
-    families.extend(machine_families(&stats::machine::MachineInfo::read(
-        std::path::Path::new("/"),
-    )));
+    families.extend(machine_families(&stats::machine::current()));
     encode(families)
 }
 

@@ -11,10 +11,17 @@
 //! /proc/sys/kernel/random/boot_id, /etc/machine-id (or dbus's copy) and
 //! /sys/class/dmi/id/product_uuid, empty when unreadable (a VM without DMI,
 //! a container without /etc/machine-id). Every path is below `root`, so
-//! tests read a made-up tree.
+//! tests read a made-up tree. As cAdvisor, a reading is served for 5
+//! minutes ([`current`]).
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a reading of the machine is served: cAdvisor's
+/// `update_machine_info_interval` (5 minutes).
+pub const REFRESH: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MachineInfo {
@@ -99,9 +106,51 @@ impl MachineInfo {
     }
 }
 
+/// A reading of the machine kept for [`REFRESH`], so that a scrape does not
+/// walk each CPU's topology in sysfs.
+#[derive(Debug, Default)]
+pub struct Kept(Mutex<Option<(Instant, Arc<MachineInfo>)>>);
+
+impl Kept {
+    /// The reading of less than [`REFRESH`] before `now`, else `read()`'s.
+    pub fn get(&self, now: Instant, read: impl FnOnce() -> MachineInfo) -> Arc<MachineInfo> {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, m)) = kept.as_ref()
+            && now.saturating_duration_since(*at) < REFRESH
+        {
+            return Arc::clone(m);
+        }
+        let m = Arc::new(read());
+        *kept = Some((now, Arc::clone(&m)));
+        m
+    }
+}
+
+/// This machine, read at most once per [`REFRESH`].
+pub fn current() -> Arc<MachineInfo> {
+    static KEPT: Kept = Kept(Mutex::new(None));
+    KEPT.get(Instant::now(), || MachineInfo::read(Path::new("/")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reading_is_kept_for_the_refresh_interval() {
+        let kept = Kept::default();
+        let t0 = Instant::now();
+        let one = |n| {
+            move || MachineInfo {
+                cpu_cores: n,
+                ..MachineInfo::default()
+            }
+        };
+        assert_eq!(kept.get(t0, one(1)).cpu_cores, 1);
+        assert_eq!(kept.get(t0 + REFRESH / 2, one(2)).cpu_cores, 1);
+        assert_eq!(kept.get(t0 + REFRESH, one(3)).cpu_cores, 3);
+        assert_eq!(kept.get(t0 + REFRESH + REFRESH / 2, one(4)).cpu_cores, 3);
+    }
 
     #[test]
     fn cpu_lists() {
