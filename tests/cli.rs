@@ -268,15 +268,20 @@ fn get_describe_events_and_unknown_names() {
     assert!(socket_entries(&env) >= 2, "the watch is connected");
     let _ = watch.kill();
     let _ = watch.wait();
+    env.wait_for("get -w connection closed", Duration::from_secs(10), || {
+        (socket_entries(&env) == 1).then_some(())
+    });
     let (mut events_watch, _) = spawn(&env, &["events", "-w"]);
-    env.wait_for("events -w connected", Duration::from_secs(5), || {
+    env.wait_for("events -w connected", Duration::from_secs(10), || {
         (socket_entries(&env) == 2).then_some(())
     });
     let _ = events_watch.kill();
     let _ = events_watch.wait();
-    env.wait_for("watch connections closed", Duration::from_secs(5), || {
-        (socket_entries(&env) == 1).then_some(())
-    });
+    env.wait_for(
+        "events -w connection closed",
+        Duration::from_secs(10),
+        || (socket_entries(&env) == 1).then_some(()),
+    );
 
     // wide, other namespaces, json, yaml.
     let wide = ok(&env, &["get", "pods", "-o", "wide"]);
