@@ -261,10 +261,11 @@ fn collect(store: &Store, cgroups: &Cgroups, nets: Option<&NetFiles>) -> Vec<Pod
     // The configured values of cgroups that are gone are forgotten, so
     // that the cache follows the pods through any churn.
     cgroups.specs().forget_unread(scrape);
+    // A pod removed after the store was read may have had its file kept
+    // after `NetFiles::follow` saw the removal: checked against the store
+    // as it is now.
     if let Some(nets) = nets {
-        let pods: std::collections::HashSet<&str> =
-            rows.iter().map(|p| p.pod.uid.as_str()).collect();
-        nets.retain(|uid| pods.contains(uid));
+        nets.keep_pods_in(store);
     }
     rows
 }

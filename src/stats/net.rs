@@ -58,8 +58,8 @@ pub fn parse_net_dev(text: &str) -> Vec<NetDev> {
 /// reference), so it follows the pod, not the process it was opened
 /// through: it is kept for the pod's UID and start, stays valid through
 /// container restarts (the namespace is the pod sandbox's, pinned for the
-/// pod's life), and is let go with [`NetFiles::retain`] once the pod is
-/// gone.
+/// pod's life), and is let go once the pod is gone ([`NetFiles::follow`],
+/// [`NetFiles::keep_pods_in`]).
 #[derive(Debug, Default)]
 pub struct NetFiles(Mutex<HashMap<String, (SystemTime, Arc<File>)>>);
 
@@ -89,8 +89,16 @@ impl NetFiles {
     }
 
     /// Closes the files of the pods for which `live` is false.
-    pub fn retain(&self, live: impl Fn(&str) -> bool) {
+    fn retain(&self, live: impl Fn(&str) -> bool) {
         self.map().retain(|uid, _| live(uid));
+    }
+
+    /// Closes the files of the pods no longer in `store`.
+    pub fn keep_pods_in(&self, store: &Store) {
+        if !self.is_empty() {
+            let pods = store.read();
+            self.retain(|uid| pods.contains_key(uid));
+        }
     }
 
     /// Lets go of a pod's file as soon as the pod leaves `store`, not at
@@ -99,10 +107,7 @@ impl NetFiles {
     pub async fn follow(nets: Arc<NetFiles>, store: Store) {
         let mut changes = store.changes();
         while changes.changed().await.is_ok() {
-            if !nets.is_empty() {
-                let pods = store.read();
-                nets.retain(|uid| pods.contains_key(uid));
-            }
+            nets.keep_pods_in(&store);
         }
     }
 
