@@ -173,7 +173,9 @@ async fn raw_networked_rounds(env: &Env, net: &Net, rounds: usize) -> Vec<f64> {
             })
             .expect("CNI ADD");
         out.push(t0.elapsed().as_secs_f64() * 1000.0);
-        network.detach(&pods_dir.join(&uid)).expect("CNI DEL");
+        network
+            .detach(&pods_dir.join(&uid), &netns)
+            .expect("CNI DEL");
         let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         for id in &ids {
             raw.remove(id).await;

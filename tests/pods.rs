@@ -111,6 +111,25 @@ fn edit_delete_and_readd_replace_the_pod() {
     let first = env.wait_running("app-node1");
     let uid1 = first["metadata"]["uid"].as_str().unwrap().to_string();
     assert_eq!(env.tasks().len(), 1);
+    // Its namespaces are pinned in the agent's pin namespace, not in the
+    // host's mount table, which holds one mount for all pods.
+    let root = env.dir.join("root");
+    let pinned: Vec<String> = ["ipc", "net", "uts"]
+        .iter()
+        .map(|k| format!("{}/pods/{uid1}/ns/{k}", root.display()))
+        .collect();
+    assert_eq!(env.pins(), pinned);
+    let host_mounts: Vec<String> = env
+        .mounts_under_dir()
+        .into_iter()
+        .filter(|m| m.starts_with(&*root.to_string_lossy()))
+        .filter(|m| !pinned.contains(m) && !m.ends_with("/shm"))
+        .collect();
+    assert_eq!(
+        host_mounts,
+        [format!("{}/pin-namespace", root.display())],
+        "the agent's mounts besides the pod's pins and /dev/shm"
+    );
 
     // Reformatting the file keeps the pod.
     env.write_manifest(

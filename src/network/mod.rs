@@ -243,8 +243,9 @@ impl Network {
         let path = self.state_path(pod.uid);
         let inode = inode(pod.netns).map_err(NetworkError::io("reading", pod.netns))?;
         if let Some(old) = read_state(&path)? {
+            // The namespace is compared, not its path: the path names the
+            // agent's thread in the pin namespace, another after a restart.
             if let Some(result) = &old.result
-                && old.netns == pod.netns
                 && old.netns_inode == inode
             {
                 return Ok(Attachment {
@@ -254,7 +255,7 @@ impl Network {
             }
             // Another namespace, or an ADD cut short: undone first, so that
             // its address and rules are released.
-            self.del(&old)?;
+            self.del(&old, pod.netns)?;
             remove_state(&path)?;
         }
         let config = self.config()?;
@@ -296,7 +297,7 @@ impl Network {
                 let ips = cni::pod_ips(&result);
                 stored.result = Some(result);
                 if let Err(e) = write_state(&path, &stored) {
-                    let _ = self.del(&stored);
+                    let _ = self.del(&stored, pod.netns);
                     let _ = remove_state(&path);
                     return Err(e);
                 }
@@ -306,7 +307,7 @@ impl Network {
             Err(e) => {
                 // As containerd does after a failed ADD: DEL, so that the
                 // plugins that did run release what they took.
-                match self.del(&stored) {
+                match self.del(&stored, pod.netns) {
                     Ok(()) => {
                         let _ = remove_state(&path);
                     }
@@ -358,14 +359,14 @@ impl Network {
         Ok(())
     }
 
-    /// DEL with the stored configuration and result. The namespace is
-    /// passed only while the one of the ADD is still pinned (not another
-    /// one pinned at the same path since): plugins release addresses and
-    /// rules without one.
-    fn del(&self, s: &Stored) -> Result<(), NetworkError> {
-        let same = inode(&s.netns).is_ok_and(|i| i == s.netns_inode);
-        let netns = if same && crate::hostfs::is_mount_point(&s.netns) {
-            s.netns.to_string_lossy().into_owned()
+    /// DEL with the stored configuration and result. The namespace (at
+    /// `netns` now) is passed only while the one of the ADD is still pinned
+    /// (not another one pinned at the same path since): plugins release
+    /// addresses and rules without one.
+    fn del(&self, s: &Stored, netns: &Path) -> Result<(), NetworkError> {
+        let same = inode(netns).is_ok_and(|i| i == s.netns_inode);
+        let netns = if same && crate::hostfs::is_mount_point(netns) {
+            netns.to_string_lossy().into_owned()
         } else {
             String::new()
         };
@@ -385,11 +386,12 @@ impl Network {
             })
     }
 
-    /// Detaches the pod of `pod_dir` (DEL) and forgets its result.
-    /// Idempotent; an error leaves the state for the caller's retry. Call
-    /// before the namespace pin goes (a DEL without it still releases the
-    /// address, but not the interface inside).
-    pub fn detach(&self, pod_dir: &Path) -> Result<(), NetworkError> {
+    /// Detaches the pod of `pod_dir`, whose network namespace is pinned at
+    /// `netns`, (DEL) and forgets its result. Idempotent; an error leaves
+    /// the state for the caller's retry. Call before the namespace pin goes
+    /// (a DEL without it still releases the address, but not the interface
+    /// inside).
+    pub fn detach(&self, pod_dir: &Path, netns: &Path) -> Result<(), NetworkError> {
         let uid = pod_dir
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
@@ -400,7 +402,7 @@ impl Network {
         let Some(stored) = read_state(&path)? else {
             return Ok(());
         };
-        self.del(&stored)?;
+        self.del(&stored, netns)?;
         remove_state(&path)?;
         drop(_held);
         self.forget_lock(&uid);
@@ -413,8 +415,13 @@ impl Network {
     /// the current configuration's host-local reservations made under our
     /// container IDs for such UIDs (an ADD cut short before its result was
     /// kept). Call once at start, with the UIDs of the pods wanted and of
-    /// those being torn down. Returns what could not be released.
-    pub fn release_orphans(&self, known: &HashSet<String>) -> Vec<NetworkError> {
+    /// those being torn down; `netns_of` gives the network namespace path
+    /// of a pod directory. Returns what could not be released.
+    pub fn release_orphans(
+        &self,
+        known: &HashSet<String>,
+        netns_of: impl Fn(&Path) -> PathBuf,
+    ) -> Vec<NetworkError> {
         let mut errors = vec![];
         let mut done: HashSet<String> = HashSet::new();
         for entry in std::fs::read_dir(&self.cfg.pods_dir)
@@ -426,7 +433,7 @@ impl Network {
             if known.contains(&uid) || !entry.path().join(STATE_FILE).exists() {
                 continue;
             }
-            match self.detach(&entry.path()) {
+            match self.detach(&entry.path(), &netns_of(&entry.path())) {
                 Ok(()) => {
                     done.insert(uid);
                 }
@@ -456,7 +463,7 @@ impl Network {
                     port_mappings: vec![],
                     result: None,
                 };
-                match self.del(&stored) {
+                match self.del(&stored, Path::new("")) {
                     Ok(()) => {
                         done.insert(uid.to_string());
                     }
@@ -707,8 +714,8 @@ mod tests {
         let other = net.attach(&pod("a", &ns, &[])).unwrap();
         assert!(other.added);
         assert_eq!(calls(&d)[1], "DEL kubelet-lite-a netns=");
-        net.detach(&d.join("pods/a")).unwrap();
-        net.detach(&d.join("pods/a")).unwrap();
+        net.detach(&d.join("pods/a"), &ns).unwrap();
+        net.detach(&d.join("pods/a"), &ns).unwrap();
         assert_eq!(calls(&d).len(), 4);
         assert!(!d.join("pods/a/network.json").exists());
         assert!(host_local_reservations(&d.join("ipam/fake")).is_empty());
@@ -787,7 +794,10 @@ mod tests {
         std::fs::write(d.join("ipam/fake/10.8.0.77"), "kubelet-lite-lost\r\neth0").unwrap();
         std::fs::write(d.join("ipam/fake/10.8.0.78"), "abcdef\r\neth0").unwrap();
         let known: HashSet<String> = ["keep".to_string()].into();
-        assert!(net.release_orphans(&known).is_empty());
+        assert!(
+            net.release_orphans(&known, |dir| dir.join("ns-net"))
+                .is_empty()
+        );
         let left: Vec<String> = host_local_reservations(&d.join("ipam/fake"))
             .into_iter()
             .map(|(_, id)| id)

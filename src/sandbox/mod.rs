@@ -1,8 +1,9 @@
 //! The pod sandbox without a pause container: the network, UTS and IPC
 //! namespaces a pod's containers share are created once and pinned by bind
-//! mounts of their `/proc/<tid>/ns/*` files (what `ip netns add` does), under
-//! `<root>/pods/<uid>/ns/`. They outlive any container and any restart of the
-//! agent, and go away when the pins are unmounted. The network namespace is
+//! mounts of their `/proc/<tid>/ns/*` files (what `ip netns add` does), in
+//! the agent's pin namespace ([`pins`]) rather than the host's mount table.
+//! They outlive any container and any restart of the agent, and go away
+//! when the pins are unmounted. The network namespace is
 //! attached to the pod network through CNI ([`crate::network`]) by
 //! [`attach`], after [`setup`] made it and while the pod's containers are
 //! being created (they join it by path), and detached before its pin goes.
@@ -15,7 +16,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sched::{CloneFlags, unshare};
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -25,6 +25,9 @@ use crate::manifest::StaticPod;
 use crate::network::dns::{self, PodNames};
 use crate::network::{self, Network, NetworkError};
 use crate::oci::PodContext;
+
+pub mod pins;
+pub use pins::Pins;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -114,9 +117,31 @@ pub struct Host {
     pub hosts_file: PathBuf,
     /// The node's address (`status.hostIP`).
     pub host_ip: IpAddr,
+    /// Where the pods' namespaces are pinned.
+    pub pins: Arc<Pins>,
 }
 
-const NS_KINDS: [&str; 3] = ["net", "uts", "ipc"];
+const NS_KINDS: [&str; 3] = pins::KINDS;
+
+/// The UID of the pod whose directory is `dir` (its name).
+fn uid_of(dir: &Path) -> String {
+    dir.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+impl Host {
+    /// The path of the network namespace of the pod whose directory is
+    /// `dir`, pinned or not.
+    pub fn netns_of(&self, dir: &Path) -> PathBuf {
+        let legacy = dir.join("ns").join("net");
+        if is_mount_point(&legacy) {
+            legacy
+        } else {
+            self.pins.path(&uid_of(dir), "net")
+        }
+    }
+}
 
 /// A sandbox made, its network maybe still to attach.
 #[derive(Debug, Clone)]
@@ -152,8 +177,7 @@ pub fn setup(spec: &SandboxSpec, host: &Host) -> Result<Prepared, SandboxError> 
     let node_resolv = std::fs::read_to_string(&host.resolv_conf)
         .map_err(io_err("reading the node's resolv.conf", &host.resolv_conf))?;
 
-    let ns_dir = spec.dir.join("ns");
-    std::fs::create_dir_all(&ns_dir).map_err(io_err("creating", &ns_dir))?;
+    std::fs::create_dir_all(&spec.dir).map_err(io_err("creating", &spec.dir))?;
     // As the kubelet makes pod directories: what lies below (secrets and
     // configMaps among it) is not for other users of the host.
     std::fs::set_permissions(&spec.dir, std::fs::Permissions::from_mode(0o750))
@@ -166,18 +190,34 @@ pub fn setup(spec: &SandboxSpec, host: &Host) -> Result<Prepared, SandboxError> 
             _ => !spec.host_ipc,
         })
         .collect();
-    let missing: Vec<&str> = wanted
-        .iter()
-        .copied()
-        .filter(|k| !is_mount_point(&ns_dir.join(k)))
-        .collect();
-    if !missing.is_empty() {
-        // Namespaces are made together so that they stay consistent; any
-        // half-made earlier set is dropped first.
-        for k in &wanted {
-            unpin(&ns_dir.join(k))?;
+    // A pod that an earlier version of the agent pinned in the host's mount
+    // table keeps its namespaces there.
+    let legacy = spec.dir.join("ns");
+    let in_host = !wanted.is_empty() && wanted.iter().all(|k| is_mount_point(&legacy.join(k)));
+    if !in_host {
+        for k in NS_KINDS {
+            unpin(&legacy.join(k))?;
         }
-        pin_new_namespaces(&ns_dir, &wanted, &hostname)?;
+        unpin(&legacy)?;
+        if wanted.iter().any(|k| !host.pins.pinned(&spec.uid, k)) {
+            // Namespaces are made together so that they stay consistent;
+            // any half-made earlier set is dropped first.
+            let uts = wanted.contains(&"uts");
+            let net = wanted.contains(&"net");
+            let hostname = hostname.clone();
+            host.pins
+                .pin_new(&spec.uid, &wanted, move || {
+                    if uts {
+                        nix::unistd::sethostname(&hostname)
+                            .map_err(|e| format!("sethostname: {e}"))?;
+                    }
+                    if net {
+                        loopback_up().map_err(|e| format!("bringing up lo: {e}"))?;
+                    }
+                    Ok(())
+                })
+                .map_err(SandboxError::Namespaces)?;
+        }
     }
 
     let (pod_ips, attach): (Vec<IpAddr>, bool) = match (&host.network, spec.host_network) {
@@ -229,7 +269,15 @@ pub fn setup(spec: &SandboxSpec, host: &Host) -> Result<Prepared, SandboxError> 
         }
         Some(shm)
     };
-    let pinned = |k: &str| wanted.contains(&k).then(|| ns_dir.join(k));
+    let pinned = |k: &str| {
+        wanted.contains(&k).then(|| {
+            if in_host {
+                legacy.join(k)
+            } else {
+                host.pins.path(&spec.uid, k)
+            }
+        })
+    };
     Ok(Prepared {
         ctx: PodContext {
             net: pinned("net"),
@@ -260,7 +308,7 @@ pub fn attach(spec: &SandboxSpec, host: &Host) -> Result<Vec<IpAddr>, SandboxErr
     let Some(net) = &host.network else {
         return Ok(vec![IpAddr::from([127, 0, 0, 1])]);
     };
-    let netns = spec.dir.join("ns").join("net");
+    let netns = host.netns_of(&spec.dir);
     let ips = net
         .attach(&network::PodRef {
             uid: &spec.uid,
@@ -285,59 +333,6 @@ fn write_in_place(path: &Path, text: &str) -> Result<(), SandboxError> {
         Ok(old) if old == text.as_bytes() => Ok(()),
         _ => std::fs::write(path, text).map_err(io_err("writing", path)),
     }
-}
-
-/// Creates new namespaces of the given kinds on a short-lived thread and
-/// pins them. unshare(2) of net/uts/ipc affects only the calling thread, so
-/// the rest of the agent stays in the host's namespaces.
-fn pin_new_namespaces(ns_dir: &Path, kinds: &[&str], hostname: &str) -> Result<(), SandboxError> {
-    if kinds.is_empty() {
-        return Ok(());
-    }
-    let mut flags = CloneFlags::empty();
-    for k in kinds {
-        flags |= match *k {
-            "net" => CloneFlags::CLONE_NEWNET,
-            "uts" => CloneFlags::CLONE_NEWUTS,
-            _ => CloneFlags::CLONE_NEWIPC,
-        };
-    }
-    let pins = ns_dir.to_path_buf();
-    let ns_dir = ns_dir.to_path_buf();
-    let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
-    let hostname = hostname.to_string();
-    let made = std::thread::spawn(move || -> Result<(), String> {
-        unshare(flags).map_err(|e| format!("unshare: {e}"))?;
-        if flags.contains(CloneFlags::CLONE_NEWUTS) {
-            nix::unistd::sethostname(&hostname).map_err(|e| format!("sethostname: {e}"))?;
-        }
-        if flags.contains(CloneFlags::CLONE_NEWNET) {
-            loopback_up().map_err(|e| format!("bringing up lo: {e}"))?;
-        }
-        for k in &kinds {
-            let target = ns_dir.join(k);
-            std::fs::File::create(&target).map_err(|e| format!("{}: {e}", target.display()))?;
-            let source = format!("/proc/thread-self/ns/{k}");
-            mount(
-                Some(source.as_str()),
-                &target,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(|e| format!("pinning {k} namespace at {}: {e}", target.display()))?;
-        }
-        Ok(())
-    })
-    .join()
-    .map_err(|_| SandboxError::Namespaces("namespace thread panicked".into()))?;
-    if let Err(e) = made {
-        for k in NS_KINDS {
-            let _ = unpin(&pins.join(k));
-        }
-        return Err(SandboxError::Namespaces(e));
-    }
-    Ok(())
 }
 
 /// Sets IFF_UP on `lo` in the calling thread's network namespace. A new
@@ -404,13 +399,16 @@ pub fn teardown(dir: &Path, host: &Host) -> Result<(), SandboxError> {
         return Ok(());
     }
     if let Some(net) = &host.network {
-        net.detach(dir)?;
+        net.detach(dir, &host.netns_of(dir))?;
     }
     let mut errors = vec![];
     for k in NS_KINDS {
         if let Err(e) = unpin(&dir.join("ns").join(k)) {
             errors.push(e);
         }
+    }
+    if let Err(e) = host.pins.unpin(&uid_of(dir)) {
+        errors.push(SandboxError::Namespaces(e));
     }
     if let Err(e) = unpin(&dir.join("shm")) {
         errors.push(e);
@@ -467,11 +465,16 @@ mod tests {
             Some(opts.as_str()),
         )
         .unwrap();
+        let pin_dir = std::env::temp_dir().join(format!("kl-sandbox-pins-{}", std::process::id()));
+        let pins = Arc::new(
+            Pins::open(&pin_dir.join("pin-namespace"), &pin_dir.join("pin-root")).unwrap(),
+        );
         let (tx, rx) = std::sync::mpsc::channel();
         let d = dir.clone();
         let started = Instant::now();
         std::thread::spawn(move || {
             let host = Host {
+                pins,
                 network: None,
                 cluster_domain: String::new(),
                 resolv_conf: "/etc/resolv.conf".into(),
@@ -484,6 +487,8 @@ mod tests {
         // Whatever happened, the mount goes and the server hangs up.
         let _ = umount2(&target, MntFlags::MNT_DETACH);
         drop(fuse);
+        let _ = umount2(&pin_dir.join("pin-namespace"), MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir_all(&pin_dir);
         let result = result.expect("teardown hung on a dead filesystem");
         assert!(result.is_ok(), "{result:?}");
         assert!(started.elapsed() < Duration::from_secs(5));

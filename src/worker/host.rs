@@ -80,13 +80,14 @@ pub trait Sandboxes: Send + Sync + 'static {
     /// Detaches the pod's network, then removes the pod directory with
     /// everything below it; blocking.
     fn teardown(&self, dir: &Path) -> Result<(), String>;
-    /// Releases the network addresses held for pods whose UID is not in
-    /// `known` (called once at start); returns what failed. Blocking.
+    /// Releases the network addresses and namespaces held for pods whose
+    /// UID is not in `known` (called once at start); returns what failed.
+    /// Blocking.
     fn release_orphans(&self, known: &HashSet<String>) -> Vec<String>;
 }
 
-/// Sandboxes of this host: namespaces pinned under the pod directory,
-/// networks through CNI.
+/// Sandboxes of this host: namespaces pinned in the pin namespace
+/// ([`sandbox::pins`]), networks through CNI.
 pub struct HostSandboxes(pub sandbox::Host);
 
 impl Sandboxes for HostSandboxes {
@@ -103,12 +104,22 @@ impl Sandboxes for HostSandboxes {
     }
 
     fn release_orphans(&self, known: &HashSet<String>) -> Vec<String> {
-        self.0.network.as_ref().map_or_else(Vec::new, |n| {
-            n.release_orphans(known)
+        let mut errors: Vec<String> = self.0.network.as_ref().map_or_else(Vec::new, |n| {
+            n.release_orphans(known, |dir| self.0.netns_of(dir))
                 .into_iter()
                 .map(|e| e.to_string())
                 .collect()
-        })
+        });
+        // Pins of pods the agent knows nothing else of (their directory
+        // removed by hand): the other orphans' teardown unpins theirs.
+        for uid in self.0.pins.pods() {
+            if !known.contains(&uid)
+                && let Err(e) = self.0.pins.unpin(&uid)
+            {
+                errors.push(format!("releasing the namespaces of pod {uid}: {e}"));
+            }
+        }
+        errors
     }
 }
 

@@ -430,15 +430,45 @@ impl Env {
             .collect()
     }
 
+    /// The mounts below the test directory, with the pods' namespace pins
+    /// in the agent's pin namespace (named as
+    /// `<dir>/root/pods/<uid>/ns/<kind>`, where an earlier layout put them
+    /// in the host's mount table).
     pub fn mounts_under_dir(&self) -> Vec<String> {
         let prefix = format!("{}/", self.dir.display());
-        std::fs::read_to_string("/proc/self/mountinfo")
+        let mut out: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.split(' ').nth(4))
             .filter(|m| m.starts_with(&prefix))
             .map(str::to_string)
-            .collect()
+            .collect();
+        out.extend(self.pins());
+        out
+    }
+
+    /// The pods' namespace pins in the running agent's pin namespace, seen
+    /// through its threads (the one parked there, and any pinning thread).
+    pub fn pins(&self) -> Vec<String> {
+        let Some(pid) = self.agent_pid() else {
+            return vec![];
+        };
+        let mut pins = std::collections::BTreeSet::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let info = std::fs::read_to_string(task.path().join("mountinfo")).unwrap_or_default();
+            for m in info.lines().filter_map(|l| l.split(' ').nth(4)) {
+                if let Some(rest) = m.strip_prefix("/pods/")
+                    && let Some((uid, kind)) = rest.split_once('/')
+                {
+                    pins.insert(format!("{}/root/pods/{uid}/ns/{kind}", self.dir.display()));
+                }
+            }
+        }
+        pins.into_iter().collect()
     }
 
     /// Nothing of any pod is left: containers, tasks, pod directories and
