@@ -290,11 +290,8 @@ fn sandbox_host(config: &Config) -> anyhow::Result<kubelet_lite::sandbox::Host> 
     };
     let host_ip = network::node_ip();
     info!(%host_ip, "node address");
-    let pins = kubelet_lite::sandbox::Pins::open(
-        &config.root_dir.join("pin-namespace"),
-        &config.root_dir.join("pin-root"),
-    )
-    .context("opening the namespace pins' mount namespace")?;
+    let pins = kubelet_lite::sandbox::Pins::open(&config.root_dir.join("pins"))
+        .context("opening the namespace pins' mount namespace")?;
     Ok(kubelet_lite::sandbox::Host {
         pins: Arc::new(pins),
         network,

@@ -112,7 +112,7 @@ fn edit_delete_and_readd_replace_the_pod() {
     let uid1 = first["metadata"]["uid"].as_str().unwrap().to_string();
     assert_eq!(env.tasks().len(), 1);
     // Its namespaces are pinned in the agent's pin namespace, not in the
-    // host's mount table, which holds one mount for all pods.
+    // host's mount table, which holds two mounts for all pods.
     let root = env.dir.join("root");
     let pinned: Vec<String> = ["ipc", "net", "uts"]
         .iter()
@@ -127,7 +127,10 @@ fn edit_delete_and_readd_replace_the_pod() {
         .collect();
     assert_eq!(
         host_mounts,
-        [format!("{}/pin-namespace", root.display())],
+        [
+            format!("{}/pins", root.display()),
+            format!("{}/pins/namespace", root.display())
+        ],
         "the agent's mounts besides the pod's pins and /dev/shm"
     );
 

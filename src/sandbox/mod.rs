@@ -466,9 +466,7 @@ mod tests {
         )
         .unwrap();
         let pin_dir = std::env::temp_dir().join(format!("kl-sandbox-pins-{}", std::process::id()));
-        let pins = Arc::new(
-            Pins::open(&pin_dir.join("pin-namespace"), &pin_dir.join("pin-root")).unwrap(),
-        );
+        let pins = Arc::new(Pins::open(&pin_dir).unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
         let d = dir.clone();
         let started = Instant::now();
@@ -487,7 +485,8 @@ mod tests {
         // Whatever happened, the mount goes and the server hangs up.
         let _ = umount2(&target, MntFlags::MNT_DETACH);
         drop(fuse);
-        let _ = umount2(&pin_dir.join("pin-namespace"), MntFlags::MNT_DETACH);
+        let _ = umount2(&pin_dir.join("namespace"), MntFlags::MNT_DETACH);
+        let _ = umount2(&pin_dir, MntFlags::MNT_DETACH);
         let _ = std::fs::remove_dir_all(&pin_dir);
         let result = result.expect("teardown hung on a dead filesystem");
         assert!(result.is_ok(), "{result:?}");

@@ -1,10 +1,14 @@
 //! Where the pods' namespaces are pinned: a mount namespace of the agent's
 //! own, the pin namespace, whose root is a small tmpfs holding a bind mount
 //! of each pod's network, UTS and IPC namespace file at
-//! `/pods/<uid>/<kind>`. The pin namespace is itself pinned by one bind
-//! mount in the host's mount table (`<root>/pin-namespace`), so that it
+//! `/pods/<uid>/<kind>`. The pin namespace is itself pinned by a bind
+//! mount in the host's mount table (`<root>/pins/namespace`), so that it
 //! and every pod namespace in it outlive the agent; a restarted agent
-//! enters it again.
+//! enters it again. A mount namespace's file can only be pinned on a mount
+//! that is not shared (the kernel refuses what propagation could turn into
+//! a loop; systemd makes `/` shared), so `<root>/pins` is first bound onto
+//! itself and made private, as unshare(1) documents for `--mount=file`:
+//! two mounts in the host's table for all pods.
 //!
 //! Why not pin each namespace in the host's mount table (`ip netns add`
 //! does): every line of the host's table is read again and again as pods
@@ -99,12 +103,27 @@ fn create(mount_dir: &Path) -> io::Result<()> {
 }
 
 impl Pins {
-    /// Enters the pin namespace pinned at `file`, or makes one and pins it
-    /// there (its tmpfs mounted on `mount_dir` inside it only), and parks a
-    /// thread in it for the agent's lifetime.
-    pub fn open(file: &Path, mount_dir: &Path) -> io::Result<Pins> {
+    /// Enters the pin namespace pinned in `dir` (at `dir/namespace`), or
+    /// makes one and pins it there (its tmpfs mounted on `dir/root` inside
+    /// it only), and parks a thread in it for the agent's lifetime.
+    pub fn open(dir: &Path) -> io::Result<Pins> {
+        std::fs::create_dir_all(dir)?;
+        if !crate::hostfs::is_mount_point(dir) {
+            mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(errno("binding the pins' directory onto itself"))?;
+        }
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(errno("making the pins' directory private"))?;
+        let file = dir.join("namespace");
+        let file = file.as_path();
         let existing = File::open(file).ok();
-        let mount_dir = mount_dir.to_path_buf();
+        let mount_dir = dir.join("root");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("pin-namespace".into())
@@ -143,9 +162,6 @@ impl Pins {
         if made {
             // A stale pin (not a pin namespace any more) goes first.
             let _ = umount2(file, MntFlags::MNT_DETACH);
-            if let Some(dir) = file.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
             File::create(file)?;
             let source = format!("/proc/{}/task/{tid}/ns/mnt", std::process::id());
             mount(
@@ -275,5 +291,93 @@ fn unpin_all(dir: &Path) -> Result<(), String> {
     match std::fs::remove_dir(dir) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(format!("{}: {e}", dir.display())),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn inode(p: &Path) -> u64 {
+        std::fs::metadata(p).map(|m| m.ino()).unwrap_or(0)
+    }
+
+    fn checks(base: &Path) -> Result<(), String> {
+        let dir = base.join("pins");
+        let pins = Pins::open(&dir).map_err(|e| format!("open: {e}"))?;
+        pins.pin_new("u1", &["net", "uts"], || Ok(()))?;
+        if !(pins.pinned("u1", "net") && pins.pinned("u1", "uts") && !pins.pinned("u1", "ipc")) {
+            return Err("the pod's net and uts namespaces, and only those, are pinned".into());
+        }
+        let net = inode(&pins.path("u1", "net"));
+        if net == 0 || net == inode(Path::new("/proc/self/ns/net")) {
+            return Err(format!("the pinned network namespace is a new one: {net}"));
+        }
+        let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        if host.contains("/pods/u1") {
+            return Err("a pin is in the host's mount table".into());
+        }
+        if pins.pods() != ["u1"] {
+            return Err(format!("pods: {:?}", pins.pods()));
+        }
+        // As a restarted agent: the same namespace, entered again.
+        let again = Pins::open(&dir).map_err(|e| format!("open again: {e}"))?;
+        if !again.pinned("u1", "net") || inode(&again.path("u1", "net")) != net {
+            return Err("the pin namespace was not found again".into());
+        }
+        again.unpin("u1")?;
+        if pins.pinned("u1", "net") || !pins.pods().is_empty() {
+            return Err("unpinned namespaces are still there".into());
+        }
+        Ok(())
+    }
+
+    /// The pins' directory on a shared mount (`/` is shared under
+    /// systemd, where a mount namespace's file cannot be pinned): the pin
+    /// namespace is made and pinned all the same, found again by a second
+    /// opening, holds a pod's namespaces out of the host's mount table and
+    /// releases them. Needs root.
+    #[test]
+    fn pins_live_out_of_the_host_table_even_on_a_shared_mount() {
+        if !nix::unistd::Uid::effective().is_root() {
+            return;
+        }
+        let base = crate::test_support::temp_dir("pins-shared");
+        mount(
+            Some("kl-test-pins"),
+            &base,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .unwrap();
+        mount(
+            None::<&str>,
+            &base,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .unwrap();
+        // A peer of the mount in another mount namespace (systemd's services
+        // with private mounts are such peers or slaves of `/`): what is
+        // mounted below it propagates there.
+        let (peer_ready, ready) = std::sync::mpsc::channel();
+        let (end, ended) = std::sync::mpsc::channel::<()>();
+        let peer = std::thread::spawn(move || {
+            let made = unshare(CloneFlags::CLONE_FS | CloneFlags::CLONE_NEWNS);
+            let _ = peer_ready.send(made.is_ok());
+            let _ = ended.recv();
+        });
+        assert!(ready.recv().unwrap(), "a second mount namespace");
+        let result = checks(&base);
+        drop(end);
+        peer.join().unwrap();
+        for m in ["pins/namespace", "pins", ""] {
+            let _ = umount2(&base.join(m), MntFlags::MNT_DETACH);
+        }
+        let _ = std::fs::remove_dir_all(&base);
+        result.unwrap();
     }
 }
