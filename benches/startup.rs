@@ -26,7 +26,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::net::{Net, PLUGINS};
+use common::net::Net;
 use common::{Env, pod_yaml};
 use support::{Podman, Raw, percentile};
 
@@ -143,35 +143,20 @@ async fn raw_networked_rounds(env: &Env, net: &Net, rounds: usize) -> Vec<f64> {
     )
     .await;
     let pods_dir = env.dir.join("rawnet");
-    let network = kubelet_lite::network::Network::new(kubelet_lite::network::NetworkConfig {
-        conf_dir: net.conf_dir.clone(),
-        bin_dirs: vec![PLUGINS.into()],
-        pod_cidr: net.subnet.clone(),
-        timeout: Duration::from_secs(60),
-        pods_dir: pods_dir.clone(),
-    });
+    let network = support::raw_network(net, &pods_dir);
     let mut out = vec![];
     for i in 0..rounds {
         let ns = format!("klbench{}-{i}", std::process::id());
         let uid = format!("rawnet{i}");
         let made = Command::new("ip").args(["netns", "add", &ns]).status();
         assert!(made.is_ok_and(|s| s.success()), "ip netns add {ns}");
-        std::fs::create_dir_all(pods_dir.join(&uid)).unwrap();
         let netns = Path::new("/run/netns").join(&ns);
         let ids = [format!("rawnet-{i}-a"), format!("rawnet-{i}-b")];
         let t0 = Instant::now();
         for id in &ids {
             raw.create_start(id).await;
         }
-        network
-            .attach(&kubelet_lite::network::PodRef {
-                uid: &uid,
-                namespace: "default",
-                name: &uid,
-                netns: &netns,
-                port_mappings: &[],
-            })
-            .expect("CNI ADD");
+        support::raw_attach(&network, &pods_dir, &uid, &netns);
         out.push(t0.elapsed().as_secs_f64() * 1000.0);
         network
             .detach(&pods_dir.join(&uid), &netns)

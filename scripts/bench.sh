@@ -4,7 +4,9 @@
 # podman kube play), the scrape cost and idle cost, and the scale table of
 # the README (start-up of SCALE_PODS two-container pods against raw
 # containerd and podman, RSS through deletion and churn, scrape, stop and
-# SIGKILL recovery, each with its target). Baselines are measured in the
+# SIGKILL recovery, each with its target), then the scale table again with
+# the pods on a CNI bridge (the default podNetwork) against raw containerd
+# plus one CNI ADD per pod. Baselines are measured in the
 # same run on the same machine; the figures to compare are the ratios to
 # them. podman is optional: install it (apt-get install podman catatonit)
 # for the peer's column.
@@ -23,3 +25,5 @@ echo "== cargo bench --bench scrape ($pods two-container pods)"
 BENCH_PODS=$pods BENCH_CONTAINERS=2 cargo bench --locked --bench scrape
 echo "== cargo bench --bench scale ($pods two-container pods)"
 SCALE_PODS=$pods cargo bench --locked --bench scale
+echo "== cargo bench --bench scale ($pods two-container pods on a CNI bridge, one cycle)"
+SCALE_CNI=1 SCALE_CYCLES=1 SCALE_PODS=$pods cargo bench --locked --bench scale

@@ -424,3 +424,38 @@ pub fn remove_all(env: &crate::common::Env, n: usize, tag: &str) {
         env.remove_manifest(&format!("{tag}{i}.yaml"));
     }
 }
+
+/// The agent's own CNI plugin invoker on `net`'s configuration, for a raw
+/// baseline; it keeps its results under `pods_dir`.
+pub fn raw_network(
+    net: &crate::common::net::Net,
+    pods_dir: &Path,
+) -> kubelet_lite::network::Network {
+    kubelet_lite::network::Network::new(kubelet_lite::network::NetworkConfig {
+        conf_dir: net.conf_dir.clone(),
+        bin_dirs: vec![crate::common::net::PLUGINS.into()],
+        pod_cidr: net.subnet.clone(),
+        timeout: std::time::Duration::from_secs(120),
+        pods_dir: pods_dir.to_path_buf(),
+    })
+}
+
+/// One CNI ADD of raw pod `uid` (its directory under the network's
+/// `pods_dir` made first) into the network namespace at `netns`.
+pub fn raw_attach(
+    network: &kubelet_lite::network::Network,
+    pods_dir: &Path,
+    uid: &str,
+    netns: &Path,
+) {
+    std::fs::create_dir_all(pods_dir.join(uid)).unwrap();
+    network
+        .attach(&kubelet_lite::network::PodRef {
+            uid,
+            namespace: "default",
+            name: uid,
+            netns,
+            port_mappings: &[],
+        })
+        .expect("CNI ADD");
+}
