@@ -131,15 +131,22 @@ fn uid_of(dir: &Path) -> String {
 }
 
 impl Host {
-    /// The path of the network namespace of the pod whose directory is
-    /// `dir`, pinned or not.
-    pub fn netns_of(&self, dir: &Path) -> PathBuf {
-        let legacy = dir.join("ns").join("net");
+    /// The path of namespace `kind` of the pod whose directory is `dir`,
+    /// pinned or not: in the host's mount table where an earlier version
+    /// of the agent pinned it, in the pin namespace otherwise.
+    fn ns_path(&self, dir: &Path, kind: &str) -> PathBuf {
+        let legacy = dir.join("ns").join(kind);
         if is_mount_point(&legacy) {
             legacy
         } else {
-            self.pins.path(&uid_of(dir), "net")
+            self.pins.path(&uid_of(dir), kind)
         }
+    }
+
+    /// The path of the network namespace of the pod whose directory is
+    /// `dir`, pinned or not.
+    pub fn netns_of(&self, dir: &Path) -> PathBuf {
+        self.ns_path(dir, "net")
     }
 }
 
@@ -269,15 +276,7 @@ pub fn setup(spec: &SandboxSpec, host: &Host) -> Result<Prepared, SandboxError> 
         }
         Some(shm)
     };
-    let pinned = |k: &str| {
-        wanted.contains(&k).then(|| {
-            if in_host {
-                legacy.join(k)
-            } else {
-                host.pins.path(&spec.uid, k)
-            }
-        })
-    };
+    let pinned = |k: &str| wanted.contains(&k).then(|| host.ns_path(&spec.dir, k));
     Ok(Prepared {
         ctx: PodContext {
             net: pinned("net"),

@@ -229,6 +229,9 @@ impl Pins {
             let dir = Path::new("/pods").join(&uid);
             let made = (|| {
                 unpin_all(&dir)?;
+                if kinds.is_empty() {
+                    return Ok(());
+                }
                 let mut flags = CloneFlags::empty();
                 for k in &kinds {
                     flags |= match k.as_str() {
@@ -236,9 +239,6 @@ impl Pins {
                         "uts" => CloneFlags::CLONE_NEWUTS,
                         _ => CloneFlags::CLONE_NEWIPC,
                     };
-                }
-                if kinds.is_empty() {
-                    return Ok(());
                 }
                 std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                 unshare(flags).map_err(|e| format!("unshare: {e}"))?;
@@ -277,21 +277,9 @@ impl Pins {
 /// directory, then the directory.
 fn unpin_all(dir: &Path) -> Result<(), String> {
     for k in KINDS {
-        let p = dir.join(k);
-        if crate::hostfs::is_mount_point(&p) {
-            umount2(&p, MntFlags::MNT_DETACH).map_err(|e| format!("{}: {e}", p.display()))?;
-        }
-        match std::fs::remove_file(&p) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(format!("{}: {e}", p.display()));
-            }
-            _ => {}
-        }
+        super::unpin(&dir.join(k)).map_err(|e| e.to_string())?;
     }
-    match std::fs::remove_dir(dir) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(format!("{}: {e}", dir.display())),
-        _ => Ok(()),
-    }
+    super::unpin(dir).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
