@@ -12,6 +12,8 @@
 //! scrape (default 0: back to back), as a scraper with an interval leaves
 //! the machine to the workload between scrapes. The CPU per scrape is the
 //! agent's over the whole loop, pauses included (where it is idle).
+//! `BENCH_PID_FILE`: where to write the agent's pid before the scrapes,
+//! then wait `BENCH_HOLD_SECONDS` (default 3) for a profiler to attach.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -92,7 +94,11 @@ fn main() {
     if let Ok(file) = std::env::var("BENCH_PID_FILE") {
         // For profiling: tell where the agent is, and give time to attach.
         std::fs::write(file, pid.to_string()).unwrap();
-        std::thread::sleep(Duration::from_secs(3));
+        let hold = std::env::var("BENCH_HOLD_SECONDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3);
+        std::thread::sleep(Duration::from_secs(hold));
     }
     let rounds = 200;
     // Warm-up, as for any steady scraper: the first scrape reads each

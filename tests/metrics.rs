@@ -343,7 +343,10 @@ fn endpoints_pass_promtool_and_match_the_cgroup_files() {
 
     // container_oom_events_total is the cgroup's oom_kill counter. On this
     // cgroup v1 host an OOM kill takes the child alone (no memory.oom.group
-    // before v2): the shell sleeps on, its container keeps its series.
+    // before v2): the shell sleeps on, its container keeps its series. The
+    // kill comes seconds after the container starts: its count was read
+    // (0) and is kept while the host's OOM kill count stands still; the
+    // kill moves that count, and the container's is read again.
     if v2 {
         return;
     }
@@ -351,12 +354,20 @@ fn endpoints_pass_promtool_and_match_the_cgroup_files() {
         "oomer.yaml",
         &pod_yaml(
             "oomer",
-            "  terminationGracePeriodSeconds: 0\n  containers:\n  - name: oomer\n    image: busybox\n    command: [sh, -c, 'dd if=/dev/zero of=/dev/null bs=100M count=1; sleep 3600']\n    resources:\n      limits: {memory: 32Mi}\n",
+            "  terminationGracePeriodSeconds: 0\n  containers:\n  - name: oomer\n    image: busybox\n    command: [sh, -c, 'sleep 8; dd if=/dev/zero of=/dev/null bs=100M count=1; sleep 3600']\n    resources:\n      limits: {memory: 32Mi}\n",
         ),
     );
     let pod = env.wait_running("oomer-node1");
     let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
     let oomer = [("container", "oomer"), ("pod", "oomer-node1")];
+    let before = env.wait_for("oomer's series", Duration::from_secs(5), || {
+        sample(
+            &env.get("/metrics/cadvisor").ok()?,
+            "container_oom_events_total",
+            &oomer,
+        )
+    });
+    assert_eq!(before, 0.0);
     let events = env.wait_for("an OOM event for oomer", Duration::from_secs(30), || {
         let text = env.get("/metrics/cadvisor").ok()?;
         sample(&text, "container_oom_events_total", &oomer).filter(|v| *v >= 1.0)

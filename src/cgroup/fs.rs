@@ -197,25 +197,53 @@ impl Source for BTreeMap<&str, &str> {
     }
 }
 
-/// Value of `key` in a flat-keyed cgroup file (`key value` per line).
-pub fn parse_keyed(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(' ')?;
-        (k == key).then(|| v.trim().parse().ok()).flatten()
+/// The lines of a kernel-made text, found with `memchr` (a scrape goes
+/// through some 25,000 lines of `memory.stat` at 110 pods).
+fn lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut start = 0;
+    let mut ends = memchr::memchr_iter(b'\n', text.as_bytes());
+    std::iter::from_fn(move || {
+        let end = match ends.next() {
+            Some(end) => end,
+            None if start < text.len() => text.len(),
+            None => return None,
+        };
+        // Both ends are at an ASCII byte or the end: char boundaries.
+        let line = text.get(start..end)?;
+        start = end + 1;
+        Some(line)
     })
 }
 
+/// The value of `line` if it is `key` followed by a space.
+fn value_of<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let rest = line.strip_prefix(key)?;
+    rest.strip_prefix(' ')
+}
+
+/// Value of `key` in a flat-keyed cgroup file (`key value` per line).
+pub fn parse_keyed(text: &str, key: &str) -> Option<u64> {
+    lines(text)
+        .find_map(|l| value_of(l, key))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Values of `keys` in a flat-keyed cgroup file, in one pass over its
-/// lines (v1 `memory.stat` has some 40); 0 for a key that is missing or
+/// lines (v1 `memory.stat` has some 75); 0 for a key that is missing or
 /// not a number.
 pub fn keyed_values<const N: usize>(text: &str, keys: [&str; N]) -> [u64; N] {
     let mut out = [0; N];
     let mut found = 0;
-    for line in text.lines() {
-        let Some((k, v)) = line.split_once(' ') else {
-            continue;
-        };
-        if let Some(i) = keys.iter().position(|key| *key == k) {
+    for line in lines(text) {
+        // Most lines are none of the keys: the length and the space after
+        // the key rule them out before the bytes are compared.
+        let hit = keys.iter().enumerate().find_map(|(i, key)| {
+            (line.as_bytes().get(key.len()) == Some(&b' '))
+                .then(|| value_of(line, key))
+                .flatten()
+                .map(|v| (i, v))
+        });
+        if let Some((i, v)) = hit {
             out[i] = v.trim().parse().unwrap_or(0);
             found += 1;
             if found == N {
@@ -228,7 +256,7 @@ pub fn keyed_values<const N: usize>(text: &str, keys: [&str; N]) -> [u64; N] {
 
 /// Non-empty lines of a file: the entries of `cgroup.procs` or `tasks`.
 pub fn count_lines(text: &str) -> u64 {
-    text.lines().filter(|l| !l.trim().is_empty()).count() as u64
+    lines(text).filter(|l| !l.trim().is_empty()).count() as u64
 }
 
 /// Writes `value` to the control file `file` of the cgroup at `dir`.

@@ -38,14 +38,24 @@ fn qos_dir(qos: QosClass) -> Option<&'static str> {
 }
 
 impl Layout {
-    fn base(&self) -> String {
-        self.root.trim_end_matches('/').to_string()
+    fn base(&self) -> &str {
+        self.root.trim_end_matches('/')
+    }
+
+    /// `parts` joined into one new string (these names are made for every
+    /// cgroup of every scrape: one allocation each).
+    fn join(parts: &[&str]) -> String {
+        let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for p in parts {
+            out.push_str(p);
+        }
+        out
     }
 
     /// `kubepods`, relative to each hierarchy's mount point.
     pub fn kubepods(&self) -> String {
         match self.driver {
-            Driver::Cgroupfs => format!("{}/kubepods", self.base()),
+            Driver::Cgroupfs => Layout::join(&[self.base(), "/kubepods"]),
             Driver::Systemd => "/kubepods.slice".to_string(),
         }
     }
@@ -54,20 +64,53 @@ impl Layout {
     pub fn qos_parent(&self, qos: QosClass) -> String {
         match (self.driver, qos_dir(qos)) {
             (_, None) => self.kubepods(),
-            (Driver::Cgroupfs, Some(q)) => format!("{}/{q}", self.kubepods()),
-            (Driver::Systemd, Some(q)) => format!("/kubepods.slice/kubepods-{q}.slice"),
+            (Driver::Cgroupfs, Some(q)) => Layout::join(&[self.base(), "/kubepods/", q]),
+            (Driver::Systemd, Some(q)) => Layout::join(&["/kubepods.slice/kubepods-", q, ".slice"]),
         }
     }
 
     /// The pod cgroup, relative to each hierarchy's mount point.
     pub fn pod(&self, qos: QosClass, uid: &str) -> String {
-        match (self.driver, qos_dir(qos)) {
-            (Driver::Cgroupfs, _) => format!("{}/pod{uid}", self.qos_parent(qos)),
-            (Driver::Systemd, None) => format!("/kubepods.slice/kubepods-pod{uid}.slice"),
+        self.pod_then(qos, uid, &[])
+    }
+
+    /// The pod cgroup's name followed by `rest`.
+    fn pod_then(&self, qos: QosClass, uid: &str, rest: &[&str]) -> String {
+        let q = qos_dir(qos);
+        let mut out = String::with_capacity(
+            self.base().len() + 80 + uid.len() + rest.iter().map(|r| r.len()).sum::<usize>(),
+        );
+        match (self.driver, q) {
+            (Driver::Cgroupfs, q) => {
+                out.push_str(self.base());
+                out.push_str("/kubepods/");
+                if let Some(q) = q {
+                    out.push_str(q);
+                    out.push('/');
+                }
+                out.push_str("pod");
+            }
+            (Driver::Systemd, None) => out.push_str("/kubepods.slice/kubepods-pod"),
             (Driver::Systemd, Some(q)) => {
-                format!("{}/kubepods-{q}-pod{uid}.slice", self.qos_parent(qos))
+                for part in [
+                    "/kubepods.slice/kubepods-",
+                    q,
+                    ".slice/kubepods-",
+                    q,
+                    "-pod",
+                ] {
+                    out.push_str(part);
+                }
             }
         }
+        out.push_str(uid);
+        if self.driver == Driver::Systemd {
+            out.push_str(".slice");
+        }
+        for r in rest {
+            out.push_str(r);
+        }
+        out
     }
 
     /// The pod's systemd slice unit (the last part of its cgroup's name).
@@ -80,7 +123,7 @@ impl Layout {
     /// `slice:prefix:name` with systemd.
     pub fn container_path(&self, qos: QosClass, uid: &str, id: &str) -> String {
         match self.driver {
-            Driver::Cgroupfs => format!("{}/{id}", self.pod(qos, uid)),
+            Driver::Cgroupfs => self.pod_then(qos, uid, &["/", id]),
             Driver::Systemd => format!("{}:kubelet-lite:{id}", self.pod_unit(qos, uid)),
         }
     }
@@ -89,7 +132,7 @@ impl Layout {
     pub fn container_dir(&self, qos: QosClass, uid: &str, id: &str) -> String {
         match self.driver {
             Driver::Cgroupfs => self.container_path(qos, uid, id),
-            Driver::Systemd => format!("{}/kubelet-lite-{id}.scope", self.pod(qos, uid)),
+            Driver::Systemd => self.pod_then(qos, uid, &["/kubelet-lite-", id, ".scope"]),
         }
     }
 }
@@ -105,6 +148,8 @@ mod tests {
             root: "/".into(),
         };
         assert_eq!(l.kubepods(), "/kubepods");
+        assert_eq!(l.qos_parent(QosClass::Guaranteed), "/kubepods");
+        assert_eq!(l.qos_parent(QosClass::Burstable), "/kubepods/burstable");
         assert_eq!(l.pod(QosClass::Guaranteed, "u1"), "/kubepods/podu1");
         assert_eq!(
             l.pod(QosClass::Burstable, "u1"),
@@ -123,6 +168,10 @@ mod tests {
             root: "/test/".into(),
         };
         assert_eq!(l.pod(QosClass::Guaranteed, "u1"), "/test/kubepods/podu1");
+        assert_eq!(
+            l.container_dir(QosClass::Burstable, "u1", "c1"),
+            "/test/kubepods/burstable/podu1/c1"
+        );
     }
 
     #[test]
@@ -131,6 +180,11 @@ mod tests {
             driver: Driver::Systemd,
             root: "/".into(),
         };
+        assert_eq!(l.kubepods(), "/kubepods.slice");
+        assert_eq!(
+            l.qos_parent(QosClass::BestEffort),
+            "/kubepods.slice/kubepods-besteffort.slice"
+        );
         assert_eq!(
             l.pod(QosClass::Burstable, "u1"),
             "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podu1.slice"

@@ -71,8 +71,16 @@ pub struct Usage {
 ///
 /// v1 reads `memory.failcnt` only for a cgroup `limited` by a limit of its
 /// own: the kernel counts a failed charge on the counter whose limit was
-/// hit, so the count of any other cgroup stays 0.
-pub fn usage(version: Version, memory: &impl Source, limited: bool) -> Option<Usage> {
+/// hit, so the count of any other cgroup stays 0. v1 takes `known_oom_kills`
+/// instead of reading `memory.oom_control` when the caller knows the count
+/// has not moved (see [`host_oom_kills`]); v2 has it in `memory.events`
+/// beside the limit hits, which it reads anyway.
+pub fn usage(
+    version: Version,
+    memory: &impl Source,
+    limited: bool,
+    known_oom_kills: Option<u64>,
+) -> Option<Usage> {
     match version {
         Version::V2 => {
             let [anon, file, inactive_file] = memory
@@ -120,10 +128,12 @@ pub fn usage(version: Version, memory: &impl Source, limited: bool) -> Option<Us
                 } else {
                     0
                 },
-                oom_kills: memory
-                    .counter("memory.oom_control", |t| parse_keyed(t, "oom_kill"))
-                    .flatten()
-                    .unwrap_or(0),
+                oom_kills: known_oom_kills.unwrap_or_else(|| {
+                    memory
+                        .counter("memory.oom_control", |t| parse_keyed(t, "oom_kill"))
+                        .flatten()
+                        .unwrap_or(0)
+                }),
             })
         }
     }
@@ -156,6 +166,20 @@ pub fn oom_kills(version: Version, memory: &impl Source) -> Option<u64> {
         Version::V1 => "memory.oom_control",
     };
     parse_keyed(&memory.read(file)?, "oom_kill")
+}
+
+/// OOM kills on the whole host so far: `oom_kill` of `/proc/vmstat`. The
+/// kernel counts a kill there and in the victim's memory cgroup one
+/// statement apart (`__oom_kill_process`: `count_vm_event(OOM_KILL)`, then
+/// `memcg_memory_event_mm(mm, MEMCG_OOM_KILL)`), and nowhere else: while
+/// this count stands still, no cgroup's `oom_kill` moves. `None` when
+/// unreadable (the caller then reads every cgroup's count).
+pub fn host_oom_kills() -> Option<u64> {
+    static VMSTAT: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
+    let file = VMSTAT
+        .get_or_init(|| std::fs::File::open("/proc/vmstat").ok())
+        .as_ref()?;
+    super::fs::read_with(file, true, |t| parse_keyed(t, "oom_kill")).flatten()
 }
 
 #[cfg(test)]
@@ -209,7 +233,7 @@ mod tests {
             ("memory.events", "low 0\nhigh 0\nmax 7\noom 1\noom_kill 1\n"),
         ]);
         assert_eq!(
-            usage(Version::V2, &mem, true),
+            usage(Version::V2, &mem, true, None),
             Some(Usage {
                 usage: 104_857_600,
                 working_set: 104_857_600 - 20_971_520,
@@ -221,7 +245,7 @@ mod tests {
             })
         );
         assert_eq!(
-            usage(Version::V2, &files(&[]), true),
+            usage(Version::V2, &files(&[]), true, None),
             Some(Usage::default())
         );
     }
@@ -250,17 +274,41 @@ mod tests {
             failcnt: 2,
             oom_kills: 3,
         };
-        assert_eq!(usage(Version::V1, &mem, true), Some(limited));
+        assert_eq!(usage(Version::V1, &mem, true, None), Some(limited));
         // Without a limit of its own, its failcnt is not read.
         assert_eq!(
-            usage(Version::V1, &mem, false),
+            usage(Version::V1, &mem, false, None),
             Some(Usage {
                 failcnt: 0,
                 ..limited
             })
         );
+        // A count known not to have moved is taken, not read; v2 reads its
+        // count beside the limit hits anyway.
+        assert_eq!(
+            usage(Version::V1, &mem, true, Some(1)),
+            Some(Usage {
+                oom_kills: 1,
+                ..limited
+            })
+        );
+        let v2 = files(&[("memory.events", "max 7\noom_kill 2\n")]);
+        assert_eq!(
+            usage(Version::V2, &v2, true, Some(1)).map(|u| u.oom_kills),
+            Some(2)
+        );
         // Without its usage the cgroup is gone.
-        assert_eq!(usage(Version::V1, &files(&[]), true), None);
+        assert_eq!(usage(Version::V1, &files(&[]), true, None), None);
+    }
+
+    #[test]
+    fn host_oom_kills_is_the_kernel_count() {
+        let vmstat = std::fs::read_to_string("/proc/vmstat").unwrap();
+        let want = parse_keyed(&vmstat, "oom_kill");
+        assert!(want.is_some(), "/proc/vmstat has oom_kill since Linux 4.13");
+        // Read twice: the kept file is read again from its start.
+        assert_eq!(host_oom_kills(), want);
+        assert_eq!(host_oom_kills(), want);
     }
 
     #[test]

@@ -122,6 +122,17 @@ impl Cgroups {
         &self.specs
     }
 
+    /// A scrape begins ([`SpecCache::scrape`]); on cgroup v1 with the
+    /// host's OOM kill count, which spares reading each cgroup's while it
+    /// stands still.
+    pub fn begin_scrape(&self) -> u64 {
+        let host_oom_kills = match self.mode.version() {
+            Version::V1 => memory::host_oom_kills(),
+            Version::V2 => None,
+        };
+        self.specs.scrape(host_oom_kills)
+    }
+
     /// [`Manager::setup`].
     pub fn setup(&self, allocatable_cpu_milli: i64, allocatable_memory: i64) -> Result<(), Error> {
         self.manager

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::mode::{Mode, Opened};
 use super::pids::{self, Below};
@@ -47,11 +48,26 @@ pub struct Spec {
 
 /// What a scrape keeps of each cgroup between scrapes: its directories,
 /// opened (so that the long paths are walked once per cgroup, not once per
-/// scrape), and its configured values.
+/// scrape), its configured values, and its OOM kill count with when it
+/// was read.
 #[derive(Debug, Clone)]
 struct Kept {
     opened: Arc<Opened>,
     spec: Spec,
+    oom_kills: Arc<Mutex<Option<(u64, Instant)>>>,
+}
+
+/// How long after the host's OOM kill count moved the cgroups' counts are
+/// read again: the kernel moves the host's count and the victim cgroup's a
+/// statement apart, so a read just after the first may miss the second.
+const OOM_SETTLE: Duration = Duration::from_secs(2);
+
+/// The host's OOM kill count as the scrapes saw it ([`super::memory::host_oom_kills`]).
+#[derive(Debug, Clone, Copy)]
+struct HostOom {
+    count: u64,
+    /// When a scrape first saw this count.
+    seen_at: Instant,
 }
 
 /// The cgroups read by earlier scrapes, by path. A scrape forgets the
@@ -67,6 +83,9 @@ pub struct SpecCache {
     writes: AtomicU64,
     /// Scrapes begun.
     scrapes: AtomicU64,
+    /// The host's OOM kill count at the last scrape; `None`: not read (v2,
+    /// or unreadable), every cgroup's count is read.
+    host_oom: Mutex<Option<HostOom>>,
 }
 
 impl SpecCache {
@@ -108,8 +127,29 @@ impl SpecCache {
     }
 
     /// A scrape begins: its number, for [`SpecCache::forget_unread`].
-    pub fn scrape(&self) -> u64 {
+    /// `host_oom_kills`: the host's OOM kill count now (cgroup v1, where a
+    /// cgroup's own count is a file of its own to read): while it stands
+    /// still, the counts read after it settled are kept.
+    pub fn scrape(&self, host_oom_kills: Option<u64>) -> u64 {
+        let mut host = self.host_oom.lock().unwrap_or_else(|e| e.into_inner());
+        *host = host_oom_kills.map(|count| match *host {
+            Some(seen) if seen.count == count => seen,
+            _ => HostOom {
+                count,
+                seen_at: Instant::now(),
+            },
+        });
+        drop(host);
         self.scrapes.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// A cgroup's OOM kill count kept from an earlier read, if no OOM kill
+    /// can have happened on the host since: it was read after the host's
+    /// count last moved and settled.
+    fn known_oom_kills(&self, kept: &Kept) -> Option<u64> {
+        let host = (*self.host_oom.lock().unwrap_or_else(|e| e.into_inner()))?;
+        let (count, read_at) = (*kept.oom_kills.lock().unwrap_or_else(|e| e.into_inner()))?;
+        (read_at >= host.seen_at + OOM_SETTLE).then_some(count)
     }
 
     /// Forgets the cgroups that neither scrape `scrape` nor a later one
@@ -143,10 +183,16 @@ pub fn read(
     let Some(cache) = cache else {
         let opened = mode.open(rel)?;
         let spec = spec_of(&opened);
-        return read_opened(&opened, &spec, below);
+        return read_opened(&opened, &spec, below, None);
     };
     if let Some(kept) = cache.get(rel) {
-        if let Some(stats) = read_opened(&kept.opened, &kept.spec, below) {
+        let known = cache.known_oom_kills(&kept);
+        let read_at = Instant::now();
+        if let Some(stats) = read_opened(&kept.opened, &kept.spec, below, known) {
+            if known.is_none() {
+                *kept.oom_kills.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((stats.oom_kills, read_at));
+            }
             return Some(stats);
         }
         cache.forget(rel);
@@ -154,8 +200,18 @@ pub fn read(
     let writes = cache.writes();
     let opened = Arc::new(mode.open(rel)?);
     let spec = spec_of(&opened);
-    let stats = read_opened(&opened, &spec, below)?;
-    cache.put(rel, Kept { opened, spec }, writes);
+    let read_at = Instant::now();
+    let stats = read_opened(&opened, &spec, below, None)?;
+    let oom_kills = Arc::new(Mutex::new(Some((stats.oom_kills, read_at))));
+    cache.put(
+        rel,
+        Kept {
+            opened,
+            spec,
+            oom_kills,
+        },
+        writes,
+    );
     Some(stats)
 }
 
@@ -166,7 +222,12 @@ fn spec_of(cg: &Opened) -> Spec {
     }
 }
 
-fn read_opened(cg: &Opened, spec: &Spec, below: Below) -> Option<CgroupStats> {
+fn read_opened(
+    cg: &Opened,
+    spec: &Spec,
+    below: Below,
+    known_oom_kills: Option<u64>,
+) -> Option<CgroupStats> {
     let v = cg.version;
     let cpu = cpu::usage(
         v,
@@ -175,7 +236,7 @@ fn read_opened(cg: &Opened, spec: &Spec, below: Below) -> Option<CgroupStats> {
         cg.unified(),
         spec.cpu.quota_us > 0,
     )?;
-    let memory = memory::usage(v, cg.memory(), spec.memory_limit > 0)?;
+    let memory = memory::usage(v, cg.memory(), spec.memory_limit > 0, known_oom_kills)?;
     let tasks = pids::tasks(v, cg.pids(), cg.processes(), below);
     Some(CgroupStats {
         cpu_usage_ns: cpu.usage_ns,
@@ -264,9 +325,9 @@ mod tests {
         assert_eq!((again.cpu_quota_us, again.processes), (20_000, 1));
         assert_eq!(cache.len(), 1);
         // Read by the scrape that began before: kept ...
-        let first = cache.scrape();
+        let first = cache.scrape(None);
         read(&mode, "/kubepods/podu/c1", Some(&cache), Below::Unknown).unwrap();
-        let second = cache.scrape();
+        let second = cache.scrape(None);
         cache.forget_unread(first);
         assert_eq!(cache.len(), 1);
         // ... and forgotten once a scrape did not read it.
@@ -292,6 +353,61 @@ mod tests {
         // A cgroup removed and made again at the same path is read afresh
         // because the kernel fails reads of the old one's kept files: that
         // needs real cgroups (tests/resources.rs).
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn v1_oom_kills_kept_while_the_host_count_stands_still() {
+        let root = temp("stats-oom");
+        let dirs: BTreeMap<String, PathBuf> = ["cpu", "memory"]
+            .iter()
+            .map(|c| (c.to_string(), root.join(c)))
+            .collect();
+        std::fs::create_dir_all(root.join("cpu/kp/c")).unwrap();
+        let d = root.join("memory/kp/c");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("memory.usage_in_bytes"), "1000\n").unwrap();
+        let oom = |n: u64| {
+            std::fs::write(
+                d.join("memory.oom_control"),
+                format!("oom_kill_disable 0\nunder_oom 0\noom_kill {n}\n"),
+            )
+            .unwrap();
+        };
+        let mode = Mode::V1(dirs);
+        let cache = SpecCache::default();
+        let read_oom = || {
+            read(&mode, "kp/c", Some(&cache), Below::Unknown)
+                .unwrap()
+                .oom_kills
+        };
+        // The host's count settled long ago.
+        let settled = |cache: &SpecCache| {
+            let mut host = cache.host_oom.lock().unwrap();
+            let h = host.as_mut().unwrap();
+            h.seen_at = h.seen_at.checked_sub(OOM_SETTLE * 2).unwrap();
+        };
+        oom(3);
+        cache.scrape(Some(5));
+        settled(&cache);
+        assert_eq!(read_oom(), 3);
+        // The host's count stands still: the cgroup's is not read again (a
+        // file that says otherwise shows it).
+        oom(4);
+        cache.scrape(Some(5));
+        assert_eq!(read_oom(), 3);
+        // It moved: read again, and at every scrape until it settles.
+        cache.scrape(Some(6));
+        assert_eq!(read_oom(), 4);
+        oom(5);
+        cache.scrape(Some(6));
+        assert_eq!(read_oom(), 5);
+        oom(6);
+        assert_eq!(read_oom(), 6);
+        // Without the host's count (v2, or unreadable): always read.
+        cache.scrape(None);
+        oom(7);
+        assert_eq!(read_oom(), 7);
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -64,7 +64,7 @@ struct Family {
 
 /// A label value as the text format escapes it.
 fn push_escaped(out: &mut String, v: &str) {
-    if !v.contains(['\\', '"', '\n']) {
+    if memchr::memchr3(b'\\', b'"', b'\n', v.as_bytes()).is_none() {
         out.push_str(v);
         return;
     }
@@ -125,7 +125,8 @@ impl Iterator for Chunks {
                 out.push(' ');
                 write_value(&mut out, *value);
                 if let Some(t) = ts {
-                    let _ = write!(out, " {t}");
+                    out.push(' ');
+                    out.push_str(itoa::Buffer::new().format(*t));
                 }
                 out.push('\n');
                 done += 1;
@@ -145,7 +146,7 @@ fn write_value(out: &mut String, v: f64) {
     // as the float's, made faster.
     if v.fract() == 0.0 && v.abs() < 1e15 {
         #[allow(clippy::cast_possible_truncation, reason = "integral and below 2^53")]
-        let _ = write!(out, "{}", v as i64);
+        out.push_str(itoa::Buffer::new().format(v as i64));
     } else {
         let _ = write!(out, "{v}");
     }
@@ -236,7 +237,7 @@ struct PodRow {
 /// Reads everything one scrape needs; the pods' network counters only with
 /// `nets` (`/metrics/resource` has no network series).
 fn collect(store: &Store, cgroups: &Cgroups, nets: Option<&NetFiles>) -> Vec<PodRow> {
-    let scrape = cgroups.specs().scrape();
+    let scrape = cgroups.begin_scrape();
     let entries: Vec<Seen> = store.read().values().map(Seen::of).collect();
     // Reading cgroup files is system-call bound: spread the pods over the
     // CPUs for the latency of one scrape (the CPU spent stays the same).
