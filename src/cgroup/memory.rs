@@ -179,7 +179,9 @@ pub fn host_oom_kills() -> Option<u64> {
     let file = VMSTAT
         .get_or_init(|| std::fs::File::open("/proc/vmstat").ok())
         .as_ref()?;
-    super::fs::read_with(file, true, |t| parse_keyed(t, "oom_kill")).flatten()
+    // Room for the whole file (some 4 KiB) and more: one read.
+    let mut buf = vec![0; 16 * 1024];
+    parse_keyed(super::fs::read_text(file, true, &mut buf)?, "oom_kill")
 }
 
 #[cfg(test)]
