@@ -42,20 +42,10 @@ impl Layout {
         self.root.trim_end_matches('/')
     }
 
-    /// `parts` joined into one new string (these names are made for every
-    /// cgroup of every scrape: one allocation each).
-    fn join(parts: &[&str]) -> String {
-        let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-        for p in parts {
-            out.push_str(p);
-        }
-        out
-    }
-
     /// `kubepods`, relative to each hierarchy's mount point.
     pub fn kubepods(&self) -> String {
         match self.driver {
-            Driver::Cgroupfs => Layout::join(&[self.base(), "/kubepods"]),
+            Driver::Cgroupfs => [self.base(), "/kubepods"].concat(),
             Driver::Systemd => "/kubepods.slice".to_string(),
         }
     }
@@ -64,8 +54,8 @@ impl Layout {
     pub fn qos_parent(&self, qos: QosClass) -> String {
         match (self.driver, qos_dir(qos)) {
             (_, None) => self.kubepods(),
-            (Driver::Cgroupfs, Some(q)) => Layout::join(&[self.base(), "/kubepods/", q]),
-            (Driver::Systemd, Some(q)) => Layout::join(&["/kubepods.slice/kubepods-", q, ".slice"]),
+            (Driver::Cgroupfs, Some(q)) => [self.base(), "/kubepods/", q].concat(),
+            (Driver::Systemd, Some(q)) => ["/kubepods.slice/kubepods-", q, ".slice"].concat(),
         }
     }
 
@@ -74,42 +64,34 @@ impl Layout {
         self.pod_then(qos, uid, &[])
     }
 
-    /// The pod cgroup's name followed by `rest`.
+    /// The pod cgroup's name followed by `rest`, in one allocation (these
+    /// names are made for every cgroup of every scrape).
     fn pod_then(&self, qos: QosClass, uid: &str, rest: &[&str]) -> String {
-        let q = qos_dir(qos);
-        let mut out = String::with_capacity(
-            self.base().len() + 80 + uid.len() + rest.iter().map(|r| r.len()).sum::<usize>(),
-        );
-        match (self.driver, q) {
-            (Driver::Cgroupfs, q) => {
-                out.push_str(self.base());
-                out.push_str("/kubepods/");
-                if let Some(q) = q {
-                    out.push_str(q);
-                    out.push('/');
-                }
-                out.push_str("pod");
-            }
-            (Driver::Systemd, None) => out.push_str("/kubepods.slice/kubepods-pod"),
-            (Driver::Systemd, Some(q)) => {
-                for part in [
-                    "/kubepods.slice/kubepods-",
-                    q,
-                    ".slice/kubepods-",
-                    q,
-                    "-pod",
-                ] {
-                    out.push_str(part);
-                }
-            }
-        }
-        out.push_str(uid);
-        if self.driver == Driver::Systemd {
-            out.push_str(".slice");
-        }
-        for r in rest {
-            out.push_str(r);
-        }
+        let head: [&str; 7] = match (self.driver, qos_dir(qos)) {
+            (Driver::Cgroupfs, None) => [self.base(), "/kubepods/pod", uid, "", "", "", ""],
+            (Driver::Cgroupfs, Some(q)) => [self.base(), "/kubepods/", q, "/pod", uid, "", ""],
+            (Driver::Systemd, None) => [
+                "/kubepods.slice/kubepods-pod",
+                uid,
+                ".slice",
+                "",
+                "",
+                "",
+                "",
+            ],
+            (Driver::Systemd, Some(q)) => [
+                "/kubepods.slice/kubepods-",
+                q,
+                ".slice/kubepods-",
+                q,
+                "-pod",
+                uid,
+                ".slice",
+            ],
+        };
+        let parts = || head.iter().chain(rest);
+        let mut out = String::with_capacity(parts().map(|p| p.len()).sum());
+        parts().for_each(|p| out.push_str(p));
         out
     }
 
