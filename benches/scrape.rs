@@ -14,6 +14,11 @@
 //! agent's over the whole loop, pauses included (where it is idle).
 //! `BENCH_PID_FILE`: where to write the agent's pid before the scrapes,
 //! then wait `BENCH_HOLD_SECONDS` (default 3) for a profiler to attach.
+//!
+//! Baseline in the same run: after each scrape (and the same pause), the
+//! bench itself reads the files that scrape read, and nothing else
+//! ([`support::floor`]); the agent's CPU per scrape is reported against
+//! the CPU of those reads alone.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -22,6 +27,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use common::{Env, pod_yaml};
+use support::floor::Floor;
 use support::usage;
 
 fn idle(env: &Env, secs: u64) -> (f64, u64) {
@@ -106,16 +112,23 @@ fn main() {
     for _ in 0..5 {
         env.get("/metrics/cadvisor").unwrap();
     }
+    let mut floor = Floor::open(&env.cgroup_root);
+    floor.pass();
     let (c0, _, _) = usage(pid);
     let mut lat = vec![];
     let mut bytes = 0;
+    let mut reads = Duration::ZERO;
     for _ in 0..rounds {
         std::thread::sleep(gap);
         let t = Instant::now();
         bytes = env.get("/metrics/cadvisor").unwrap().len();
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(gap);
+        reads += floor.pass();
     }
     let (c1, _, _) = usage(pid);
+    let agent_ms = (c1 - c0) * 1000.0 / rounds as f64;
+    let reads_ms = reads.as_secs_f64() * 1000.0 / rounds as f64;
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     #[allow(
         clippy::cast_possible_truncation,
@@ -130,7 +143,12 @@ fn main() {
         p(0.9),
         p(0.99),
         lat[lat.len() - 1],
-        (c1 - c0) * 1000.0 / rounds as f64
+        agent_ms
+    );
+    println!(
+        "the files of a scrape read alone ({} cgroups, same pauses): {reads_ms:.2} ms CPU per pass; agent {:.2}x",
+        floor.cgroups(),
+        agent_ms / reads_ms
     );
     println!(
         "idle agent, 0 pods: CPU {:.3}% of a core, RSS {:.1} MiB",

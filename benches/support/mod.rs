@@ -3,6 +3,8 @@
 
 #![allow(dead_code, reason = "each bench uses part of it")]
 
+pub mod floor;
+
 use std::collections::HashMap;
 use std::path::Path;
 

@@ -241,9 +241,13 @@ fn collect(store: &Store, cgroups: &Cgroups, nets: Option<&NetFiles>) -> Vec<Pod
     let entries: Vec<Seen> = store.read().values().map(Seen::of).collect();
     // Reading cgroup files is system-call bound: spread the pods over the
     // CPUs for the latency of one scrape (the CPU spent stays the same).
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(4);
+    // Counted once: the count reads the agent's own cgroup files.
+    static THREADS: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(4)
+    });
+    let threads = *THREADS;
     let chunk = entries.len().div_ceil(threads).max(1);
     let mut entries = entries.into_iter();
     let parts = std::iter::from_fn(|| {
